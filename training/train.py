@@ -16,6 +16,7 @@ from training.checkpoints import CheckpointManager
 from training.config import validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
+from training.objective import LOSS_NAMES
 
 log = logging.getLogger("stylepipe.train")
 
@@ -37,8 +38,10 @@ class TrainingProgress(keras.callbacks.Callback):
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.mlflow = mlflow_module
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # mean losses of each logging interval
         self.last_logs: dict = {}
+        self.logged_sums: dict = {}
+        self.logged_batches = 0
         self.diverged_at: int | None = None
         self.timer_start: float | None = None
         self.timed_steps = 0
@@ -49,27 +52,31 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.last_logs = logs
+        # Keras reports running means over the epoch; keep their sums to recover interval means.
+        sums = {k: float(v) * (batch + 1) for k, v in (logs or {}).items()}
         # The first step includes tracing/compilation: time the rest for images/s.
         if self.timer_start is None:
             self.timer_start = time.perf_counter()
         else:
             self.timed_steps += 1
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}")
-        if not all(math.isfinite(v) for v in logs.values()):
+        self.bar.set_postfix(loss=f"{float((logs or {}).get('loss', float('nan'))):.4g}")
+        if not all(math.isfinite(v) for v in sums.values()):
             self.diverged_at = self.step
+            self.last_logs = {k: float(v) for k, v in (logs or {}).items()}
             self.model.stop_training = True
             return
         if self.step % self.log_every == 0 or self.step == self.total_steps:
-            entry = {"step": self.step, **logs}
-            self.history.append(entry)
+            n = batch + 1 - self.logged_batches
+            interval = {k: (v - self.logged_sums.get(k, 0.0)) / n for k, v in sums.items()}
+            self.logged_sums, self.logged_batches = sums, batch + 1
+            self.last_logs = interval
+            self.history.append({"step": self.step, **interval})
             if self.bar.disable:
                 log.info("step %d/%d %s", self.step, self.total_steps,
-                         " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+                         " ".join(f"{k}={v:.4g}" for k, v in interval.items()))
             if self.mlflow is not None:
-                self.mlflow.log_metrics(logs, step=self.step)
+                self.mlflow.log_metrics(interval, step=self.step)
         if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
             self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
 
@@ -101,10 +108,21 @@ def stylize(stylizer: keras.Model, photos: list[np.ndarray], style: np.ndarray, 
     bottleneck = predictor(style[None], training=False)
     out = []
     for i in range(0, len(photos), batch_size):
-        chunk = np.stack(photos[i : i + batch_size])
-        repeated = keras.ops.repeat(bottleneck, len(chunk), axis=0)
+        chunk = keras.ops.convert_to_tensor(np.stack(photos[i : i + batch_size]))
+        repeated = keras.ops.repeat(bottleneck, len(photos[i : i + batch_size]), axis=0)
         out.extend(keras.ops.convert_to_numpy(transformer([chunk, repeated], training=False)))
     return out
+
+
+def heldout_losses(objective, photos: list[np.ndarray], styles: list[np.ndarray]) -> dict[str, float]:
+    """The training losses on held-out photos, each paired with every style (inference mode)."""
+    totals = {name: 0.0 for name in LOSS_NAMES}
+    for style in styles:
+        batch = {"content": np.stack(photos), "style": np.repeat(style[None], len(photos), axis=0)}
+        out = objective(batch, training=False)
+        for name in LOSS_NAMES:
+            totals[name] += float(out[name]) / len(styles)
+    return {"loss": sum(totals.values()), **totals}
 
 
 def _build_objective(cfg, cache_dir):
@@ -200,23 +218,22 @@ def train(cfg: DictConfig) -> dict:
         stylizer.save(tmp_model)
         tmp_model.replace(model_path)
 
-        stylized = {name: stylize(stylizer, content.heldout, data_lib.style_crop(image, cfg.data.image_size))
-                    for name, image in styles.items()}
+        style_crops = {name: data_lib.style_crop(image, cfg.data.image_size) for name, image in styles.items()}
+        stylized = {name: stylize(stylizer, content.heldout, crop) for name, crop in style_crops.items()}
+        heldout = heldout_losses(objective, content.heldout, list(style_crops.values()))
+        mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
         from training.sample_grid import make_grid, png_bytes
 
         grid = make_grid(content.heldout, content.heldout_names, styles, stylized)
         grid_path = train_dir / "samples.png"
         atomic_write_bytes(grid_path, png_bytes(grid))
 
-        final = progress.last_logs or {}
         metrics = {
             "steps": total_steps,
             "trained_steps": remaining,
             "resumed_from_step": start_step,
-            "loss": final.get("loss"),
-            "content_loss": final.get("content_loss"),
-            "style_loss": final.get("style_loss"),
-            "tv_loss": final.get("tv_loss"),
+            "heldout": heldout,  # losses on held-out photos x every style, at the final step
+            "train": progress.last_logs or None,  # mean losses of the last logging interval (None: nothing trained)
             "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
             "skipped_files": skipped.count(),
             "skipped_by_reason": skipped.by_reason(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,8 +30,8 @@ def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
 
 
 def scrub_path(value: str) -> str:
-    """Replace this machine's working directory and home in a value (no absolute paths logged)."""
-    for root, alias in ((os.getcwd(), "."), (str(Path.home()), "~")):
+    """Replace this machine's working directory, temp dir and home in a value (no absolute paths logged)."""
+    for root, alias in ((os.getcwd(), "."), (tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
         if root not in ("", "/"):
             value = value.replace(root, alias)
     return value

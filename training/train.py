@@ -204,7 +204,7 @@ def train(cfg: DictConfig) -> dict:
             batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
                                                seed=int(cfg.seed) + start_step)
             dataset = batches.as_tf_dataset().map(lambda b: {"content": b["content"], "style": b["style"]})
-            objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, callbacks=[progress])
+            objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
         if progress.diverged_at is not None:
             last = checkpoints.latest()
             raise TrainingDivergedError(
@@ -212,6 +212,7 @@ def train(cfg: DictConfig) -> dict:
                 f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
             )
 
+        train_dir.mkdir(parents=True, exist_ok=True)
         model_path = train_dir / "model.keras"
         # Keras writes by path: save beside the final name, then rename (never a half-written model).
         tmp_model = model_path.with_name(".model.tmp.keras")

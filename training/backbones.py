@@ -50,8 +50,9 @@ def build_backbone(cfg, cache_dir) -> keras.Model:
             "mobilenet_v2": (keras.applications.MobileNetV2, None),
         }[name]
         net = _keras_application(factory, weights, cut, name=name)
-        # Both were trained on inputs in [-1, 1].
-        features = net(layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(image))
+        # keras.applications' ImageNet weights expect [-1, 1]; Magenta's distilled MobileNetV2 takes [0, 1].
+        low, high = cfg.get("input_range", [-1.0, 1.0])
+        features = net(layers.Rescaling(high - low, offset=low, name="input_range")(image))
     else:
         raise BackboneError(f"unknown backbone.name={name!r}; available: {', '.join(BACKBONES)}")
     backbone = keras.Model(image, features, name=f"backbone_{name}")

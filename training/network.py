@@ -132,6 +132,7 @@ def _dotted(scope: str) -> str:
 def build_transfer_network(
     alpha: float = 1.0,
     batch_norm_momentum: float = 0.99,
+    freeze_batch_norm: bool = False,
     input_shape=(None, None, 3),
     name: str = "transformer",
 ) -> keras.Model:
@@ -162,8 +163,10 @@ def build_transfer_network(
     for i, (kernel, strides) in enumerate([(9, 1), (3, 2), (3, 2)], start=1):
         scope = f"transformer/contract/conv{i}"
         x = conv(x, scope, kernel, strides)
+        # Frozen (inference mode) when it holds imported, folded weights.
         x = layers.BatchNormalization(
-            scale=False, epsilon=1e-3, momentum=batch_norm_momentum, name=_dotted(f"{scope}/BatchNorm")
+            scale=False, epsilon=1e-3, momentum=batch_norm_momentum, name=_dotted(f"{scope}/BatchNorm"),
+            trainable=not freeze_batch_norm,
         )(x)
         x = layers.ReLU(name=_dotted(f"{scope}/Relu"))(x)
     # Residual blocks: x + CIN(conv(ReLU(CIN(conv(x))))), no ReLU after the add.
@@ -205,7 +208,9 @@ def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
 
     predictor = build_style_predictor(build_backbone(backbone_cfg, cache_dir), backbone_cfg.name)
     transformer = build_transfer_network(
-        alpha=model_cfg.alpha, batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99)
+        alpha=model_cfg.alpha,
+        batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99),
+        freeze_batch_norm=model_cfg.get("freeze_batch_norm", False),
     )
     content = keras.Input(shape=(None, None, 3), name="content")
     style = keras.Input(shape=(None, None, 3), name="style")

@@ -96,6 +96,7 @@ def _fingerprint(cfg) -> dict:
         "alpha": float(cfg.model.alpha),
         "backbone": cfg.backbone.name,
         "style": cfg.style.name,
+        "init": cfg.init.name if cfg.get("init") else None,
         "image_size": int(cfg.data.image_size),
         "batch_size": int(cfg.trainer.batch_size),
     }
@@ -173,6 +174,10 @@ def train(cfg: DictConfig) -> dict:
     objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
     _build(objective, optimizer, cfg.data.image_size)
     stylizer = objective.stylizer
+    if cfg.get("init") and cfg.init.name == "magenta_published":
+        from training.magenta_import import load_published_into
+
+        log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
 
     checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
     start_step = 0

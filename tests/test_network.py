@@ -99,3 +99,11 @@ def test_saved_stylizer_reloads_in_safe_mode_with_same_output(tmp_path, real_pho
 def test_alpha_must_be_positive():
     with pytest.raises(ValueError, match="model.alpha"):
         build_transfer_network(alpha=0.0)
+
+
+def test_nearest_upsample_repeats_pixels(real_photo):
+    from training.network import NearestUpsample
+
+    x = real_photo[None, :24, :20]
+    y = keras.ops.convert_to_numpy(NearestUpsample(2)(x))
+    np.testing.assert_array_equal(y, x.repeat(2, axis=1).repeat(2, axis=2))

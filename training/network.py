@@ -101,6 +101,30 @@ class SpatialMean(layers.Layer):
         return (input_shape[0], 1, 1, input_shape[3])
 
 
+@keras.saving.register_keras_serializable(PACKAGE)
+class NearestUpsample(layers.Layer):
+    """Nearest-neighbour resize by an integer factor (Magenta: resize_nearest_neighbor).
+
+    Written as an image resize, not a repeat, so exports get one RESIZE_NEAREST_NEIGHBOR
+    (TFLite, constant size with static shapes) / upsample_nearest_neighbor (Core ML) op.
+    """
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        return ops.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor), interpolation="nearest")
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d * self.factor  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 def transfer_layer_depths(alpha: float) -> dict[str, int]:
     """Output channels of every conv of the transfer network, by Magenta scope."""
     if alpha <= 0:
@@ -178,7 +202,7 @@ def build_transfer_network(
     # Expand: nearest x2 upsampling then conv -> CIN -> ReLU, twice; last conv -> CIN -> sigmoid.
     for i in (1, 2):
         scope = f"transformer/expand/conv{i}"
-        x = layers.UpSampling2D(2, interpolation="nearest", name=_dotted(f"{scope}/upsample"))(x)
+        x = NearestUpsample(2, name=_dotted(f"{scope}/upsample"))(x)
         x = conv_cin(x, f"{scope}/conv", 3, "relu")
     x = conv_cin(x, "transformer/expand/conv3/conv", 9, "sigmoid")
     stylized = layers.Activation("linear", dtype="float32", name="stylized_image")(x)
@@ -216,3 +240,23 @@ def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
     style = keras.Input(shape=(None, None, 3), name="style")
     stylized = transformer([content, predictor(style)])
     return keras.Model({"content": content, "style": style}, stylized, name="stylizer")
+
+
+def load_stylizer(path) -> keras.Model:
+    """Load a stylizer written by the training or import stage (safe mode), or explain why not."""
+    from pathlib import Path
+
+    from training.errors import StylepipeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StylepipeError(f"{path}: no such model file (run `python -m pipelines.train` or `python -m pipelines.import_magenta` first)")
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise StylepipeError(f"{path}: not a readable Keras model file ({first_line})") from None
+    names = {layer.name for layer in model.layers}
+    if not {"style_predictor", "transformer"} <= names:
+        raise StylepipeError(f"{path}: a Keras model, but not a stylepipe stylizer (it has no style_predictor/transformer)")
+    return model

@@ -114,8 +114,10 @@ class NearestUpsample(layers.Layer):
         self.factor = int(factor)
 
     def call(self, inputs):
-        shape = ops.shape(inputs)
-        return ops.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor), interpolation="nearest")
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:  # unknown size while tracing: the same values by repetition
+            return ops.repeat(ops.repeat(inputs, self.factor, axis=1), self.factor, axis=2)
+        return ops.image.resize(inputs, (height * self.factor, width * self.factor), interpolation="nearest")
 
     def compute_output_shape(self, input_shape):
         grow = lambda d: None if d is None else d * self.factor  # noqa: E731

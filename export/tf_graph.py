@@ -1,0 +1,121 @@
+"""TensorFlow functions with static shapes for each export variant, and frozen GraphDefs.
+
+Names are the contract with apps: inputs `content_image` [1, H, W, 3] and `style_bottleneck`
+[1, 1, 1, 100] or `style_image` [1, 256, 256, 3], all float32 in [0, 1]; outputs
+`stylized_image` [1, H, W, 3] in [0, 1] and `style_bottleneck`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.network import BOTTLENECK_DIM
+
+TRAINING_OPS = {"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2", "Assign", "ApplyAdam",
+                "ResourceApplyAdam", "RandomUniform", "RandomStandardNormal", "StatefulPartitionedCall"}
+STYLE_IMAGE_SIZE = 256  # the predictor's input size (Magenta's published predictor: 256 x 256)
+
+
+def make_module(variant: str, stylizer, height: int, width: int, bottleneck: np.ndarray | None = None):
+    """A tf.Module whose `serve` function is the variant at a static size.
+
+    variant: "baked" (content -> stylized, `bottleneck` folded in as a constant),
+    "transfer" (content + bottleneck -> stylized), "predictor" (style image -> bottleneck).
+    """
+    import tensorflow as tf
+
+    transformer = stylizer.get_layer("transformer")
+    predictor = stylizer.get_layer("style_predictor")
+    module = tf.Module()
+    module.models = [transformer, predictor]  # tracked, so a SavedModel carries the weights
+    content = tf.TensorSpec([1, height, width, 3], tf.float32, name="content_image")
+    if variant == "baked":
+        constant = np.asarray(bottleneck, np.float32).reshape(1, 1, 1, BOTTLENECK_DIM)
+
+        @tf.function(input_signature=[content])
+        def serve(content_image):
+            y = transformer([content_image, tf.constant(constant)], training=False)
+            return {"stylized_image": tf.identity(y, name="stylized_image")}
+    elif variant == "transfer":
+        @tf.function(input_signature=[content, tf.TensorSpec([1, 1, 1, BOTTLENECK_DIM], tf.float32, name="style_bottleneck")])
+        def serve(content_image, style_bottleneck):
+            y = transformer([content_image, style_bottleneck], training=False)
+            return {"stylized_image": tf.identity(y, name="stylized_image")}
+    elif variant == "predictor":
+        @tf.function(input_signature=[tf.TensorSpec([1, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE, 3], tf.float32, name="style_image")])
+        def serve(style_image):
+            return {"style_bottleneck": tf.identity(predictor(style_image, training=False), name="style_bottleneck")}
+    else:
+        raise ValueError(f"unknown export variant {variant!r}")
+    module.serve = serve
+    return module
+
+
+def _frozen_function(module):
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = module.serve.get_concrete_function()
+    return concrete, convert_variables_to_constants_v2(concrete)
+
+
+def freeze(module):
+    """(GraphDef with every weight a Const, input names, output names) of `module.serve`."""
+    concrete, frozen = _frozen_function(module)
+    graph_def = frozen.graph.as_graph_def()
+    inputs = [t.name.split(":")[0] for t in frozen.inputs]
+    outputs = sorted(concrete.structured_outputs)  # identity nodes named like the outputs
+    return graph_def, inputs, outputs
+
+
+def constant_module(module):
+    """A tf.Module with the same `serve` signature but every weight a constant (no variables).
+
+    TFLite converted from it has no VAR_HANDLE/READ_VARIABLE ops, only the network's ops.
+    """
+    import tensorflow as tf
+
+    concrete, frozen = _frozen_function(module)
+    names = sorted(concrete.structured_outputs)  # frozen outputs come flattened in this order
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in frozen.inputs]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        return dict(zip(names, frozen(*args)))
+
+    constant = tf.Module()
+    constant.serve = serve
+    return constant
+
+
+def check_frozen_graph(graph_def, inputs: list[str], outputs: list[str]) -> list[str]:
+    """Problems that make a GraphDef unfit to ship: variables, training ops, dynamic shapes, missing names."""
+    problems = []
+    nodes = {n.name: n for n in graph_def.node}
+    for node in graph_def.node:
+        if node.op in TRAINING_OPS:
+            problems.append(f"node {node.name}: {node.op} (a variable or training op) left in the graph")
+    for name in inputs + outputs:
+        if name not in nodes:
+            problems.append(f"no node named {name}")
+    for name in inputs:
+        if name in nodes:
+            dims = [d.size for d in nodes[name].attr["shape"].shape.dim]
+            if not dims or any(d < 0 for d in dims):
+                problems.append(f"input {name} has a dynamic shape {dims}")
+    return problems
+
+
+def run_frozen_graph(graph_def, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """Execute a frozen GraphDef with TensorFlow, feeding placeholders by name."""
+    import tensorflow as tf
+
+    names = list(feeds)
+
+    def imported():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    fn = wrapped.prune([wrapped.graph.get_tensor_by_name(f"{n}:0") for n in names],
+                       [wrapped.graph.get_tensor_by_name(f"{n}:0") for n in outputs])
+    results = fn(*[tf.constant(np.asarray(feeds[n], np.float32)) for n in names])
+    return {name: r.numpy() for name, r in zip(outputs, results)}

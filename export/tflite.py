@@ -1,0 +1,115 @@
+"""TFLite fp16 export, the GPU delegate's op rules, and running a model with LiteRT.
+
+`tf.lite.experimental.Analyzer(gpu_compatibility=True)` accepts anything in TF 2.21, so the
+rules of `tensorflow/lite/tools/versioning/gpu_compatibility.cc` that matter for this network
+are checked here, on the flatbuffer itself.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Builtin ops the GPU delegate (OpenCL/Metal) runs; anything else falls back or fails.
+GPU_DELEGATE_OPS = {
+    "ABS", "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "COS", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
+    "DIV", "ELU", "EXP", "FULLY_CONNECTED", "HARD_SWISH", "LOG", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM",
+    "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "PAD", "PRELU", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE",
+    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SIN", "SOFTMAX", "SQRT", "SQUARE",
+    "SQUARED_DIFFERENCE", "SUB", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
+}
+# Ops that only appear when shapes are dynamic: the delegate needs static shapes.
+DYNAMIC_SHAPE_OPS = {"SHAPE", "PACK", "STRIDED_SLICE", "FILL", "BROADCAST_TO"}
+
+
+@dataclass
+class GpuReport:
+    ops: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
+    """Apply the GPU delegate's rules to every op of a TFLite model."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    report = GpuReport()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+
+        def constant(tensor_index):
+            """The tensor's constant data, or None when it is computed at run time."""
+            tensor = graph.Tensors(tensor_index)
+            buffer = model.Buffers(tensor.Buffer())
+            return buffer.DataAsNumpy() if buffer is not None and buffer.DataLength() else None
+
+        for i in range(graph.InputsLength()):
+            tensor = graph.Tensors(graph.Inputs(i))
+            signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
+            if np.any(np.asarray(signature) < 0):
+                report.problems.append(f"input {tensor.Name().decode()} has a dynamic shape {list(signature)}")
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            report.ops[name] += 1
+            where = f"op {i} {name}"
+            inputs = [op.Inputs(j) for j in range(op.InputsLength())]
+            if name in DYNAMIC_SHAPE_OPS:
+                report.problems.append(f"{where}: a dynamic-shape op; export with static shapes")
+            elif name not in GPU_DELEGATE_OPS:
+                report.problems.append(f"{where}: not supported by the GPU delegate")
+            if name == "MIRROR_PAD":
+                options = schema.MirrorPadOptions()
+                table = op.BuiltinOptions()
+                options.Init(table.Bytes, table.Pos)
+                paddings = graph.Tensors(inputs[1])
+                if options.Mode() != schema.MirrorPadMode.REFLECT:
+                    report.problems.append(f"{where}: only REFLECT mirror padding is supported")
+                if constant(inputs[1]) is None or tuple(paddings.ShapeAsNumpy()) not in ((4, 2), (3, 2)):
+                    report.problems.append(f"{where}: paddings must be a constant 4x2 or 3x2 tensor")
+            elif name == "MEAN" and (constant(inputs[1]) is None or graph.Tensors(inputs[1]).Type() != schema.TensorType.INT32):
+                report.problems.append(f"{where}: axes must be a constant int32 tensor")
+            elif name in ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR") and constant(inputs[1]) is None:
+                report.problems.append(f"{where}: the output size must be constant")
+    return report
+
+
+def convert_fp16(module, signature_key: str) -> bytes:
+    """TFLite with fp16 weights from a variable-free tf.Module (`export.tf_graph.constant_module`).
+
+    Going through a SavedModel keeps the signature and tensor names (`content_image`, ...).
+    """
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved:
+        tf.saved_model.save(module, saved, signatures={signature_key: module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[signature_key])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def signature_io(path, signature_key: str) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of a signature as [{name, shape, dtype}] for the manifest."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner(signature_key)
+    describe = lambda details: [  # noqa: E731
+        {"name": n, "shape": [int(d) for d in v["shape"]], "dtype": np.dtype(v["dtype"]).name} for n, v in details.items()]
+    return describe(runner.get_input_details()), describe(runner.get_output_details())
+
+
+def run_signature(path, signature_key: str, inputs: dict[str, np.ndarray], num_threads: int = 2) -> dict[str, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(signature_key)
+    return runner(**{k: np.asarray(v, np.float32) for k, v in inputs.items()})

@@ -132,6 +132,17 @@ def style_crop(image: np.ndarray, size: int) -> np.ndarray:
     return center_crop(resize_short_side(image, size), size)
 
 
+def fit_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize so the image covers height x width, then centre crop to exactly that."""
+    h, w = image.shape[:2]
+    scale = max(height / h, width / w)
+    pil = Image.fromarray(to_uint8(image)).resize((max(width, round(w * scale)), max(height, round(h * scale))),
+                                                   Image.Resampling.BILINEAR)
+    x = np.asarray(pil, dtype=np.float32) / 255.0
+    top, left = (x.shape[0] - height) // 2, (x.shape[1] - width) // 2
+    return x[top : top + height, left : left + width]
+
+
 def _rgb_to_hsv(rgb):
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     maxc, minc = rgb.max(-1), rgb.min(-1)
@@ -202,9 +213,10 @@ class ImageSource:
 @dataclass
 class ContentData:
     train: ImageSource
-    heldout: list[np.ndarray]
+    heldout: list[np.ndarray]          # square crops at data.image_size
     heldout_names: list[str]
     skipped: SkipReport
+    heldout_full: list[np.ndarray] = field(default_factory=list)  # the same photos uncropped
 
 
 def _folder_images(data_cfg, skipped: SkipReport) -> tuple[list[np.ndarray], list[str]]:
@@ -294,6 +306,7 @@ def load_content(data_cfg) -> ContentData:
         [style_crop(image, data_cfg.image_size) for _, image in heldout],
         [name for name, _ in heldout],
         skipped,
+        [image for _, image in heldout],
     )
 
 

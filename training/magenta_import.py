@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from evaluation.metrics import cosine, psnr_db
 from training.errors import StylepipeError
 from training.network import magenta_scope
 from training.pretrained import sha256_of
@@ -166,16 +167,6 @@ def run_tflite(path, inputs: list[np.ndarray], num_threads: int = 2) -> np.ndarr
         interpreter.set_tensor(detail["index"], match[0].astype(np.float32))
     interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def measure_parity(stylizer: keras.Model, published_dir, photos: dict[str, np.ndarray], styles: dict[str, np.ndarray]) -> dict:

@@ -1,0 +1,111 @@
+"""Core ML export: an mlprogram (fp16, iOS 16+) per variant and size, with image input/output.
+
+Apps pass a CVPixelBuffer straight in: `content_image` / `style_image` are RGB ImageTypes with
+scale 1/255 (pixels 0..255 -> the model's [0, 1]); `stylized_image` is an RGB ImageType (the
+graph emits NCHW 0..255 for it). Converted from a frozen GraphDef (coremltools takes a GraphDef
+object; it fails on a .pb path). Predictions need macOS, so on Linux the MIL program is executed
+by `export.mil_executor`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.tf_graph import STYLE_IMAGE_SIZE, constant_module, freeze
+from training.network import BOTTLENECK_DIM
+
+IMAGE_OUTPUT_NODE = "coreml_stylized_image"  # renamed to `stylized_image` in the model
+
+
+def _coreml_module(module, variant: str, height: int, width: int):
+    """Wrap a variant's `serve` so an image output is NCHW 0..255, as Core ML's ImageType needs."""
+    import tensorflow as tf
+
+    constant = constant_module(module)
+    content = tf.TensorSpec([1, height, width, 3], tf.float32, name="content_image")
+    wrapper = tf.Module()
+    if variant == "baked":
+        @tf.function(input_signature=[content])
+        def serve(content_image):
+            y = constant.serve(content_image)["stylized_image"]
+            return {"pixels": tf.identity(tf.transpose(y * 255.0, [0, 3, 1, 2]), name=IMAGE_OUTPUT_NODE)}
+    elif variant == "transfer":
+        @tf.function(input_signature=[content, tf.TensorSpec([1, 1, 1, BOTTLENECK_DIM], tf.float32, name="style_bottleneck")])
+        def serve(content_image, style_bottleneck):
+            y = constant.serve(content_image, style_bottleneck)["stylized_image"]
+            return {"pixels": tf.identity(tf.transpose(y * 255.0, [0, 3, 1, 2]), name=IMAGE_OUTPUT_NODE)}
+    else:
+        return constant
+    wrapper.serve = serve
+    return wrapper
+
+
+def convert(module, variant: str, height: int, width: int, metadata: dict):
+    """The mlprogram of one variant ("baked", "transfer" or "predictor") at a static size."""
+    import coremltools as ct
+
+    graph_def, _, _ = freeze(_coreml_module(module, variant, height, width))
+    image = lambda name, size: ct.ImageType(  # noqa: E731
+        name=name, shape=(1, *size, 3), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)
+    if variant == "predictor":
+        inputs = [image("style_image", (STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE))]
+        outputs = [ct.TensorType(name="style_bottleneck")]
+    else:
+        inputs = [image("content_image", (height, width))]
+        if variant == "transfer":
+            inputs.append(ct.TensorType(name="style_bottleneck", shape=(1, 1, 1, BOTTLENECK_DIM)))
+        outputs = [ct.ImageType(name=IMAGE_OUTPUT_NODE, color_layout=ct.colorlayout.RGB)]
+    mlmodel = ct.convert(graph_def, source="tensorflow", convert_to="mlprogram", inputs=inputs, outputs=outputs,
+                         minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT16)
+    executable = mlmodel  # as converted, for the Linux executor; renaming below changes only the saved spec
+    spec = mlmodel.get_spec()
+    if variant != "predictor":
+        ct.utils.rename_feature(spec, IMAGE_OUTPUT_NODE, "stylized_image")
+    described = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+    described.author = metadata.get("author", "stylepipe")
+    described.license = metadata.get("license", "")
+    described.short_description = metadata.get("description", "")
+    described.version = metadata.get("version", "")
+    described.user_defined_metadata.update({k: str(v) for k, v in metadata.get("user", {}).items()})
+    for feature in described.input_description:
+        described.input_description[feature] = {
+            "content_image": f"RGB photo, {width}x{height}, pixels 0..255",
+            "style_image": f"RGB style image, {STYLE_IMAGE_SIZE}x{STYLE_IMAGE_SIZE}, pixels 0..255",
+            "style_bottleneck": "style embedding from the style predictor, 1x1x1x100",
+        }[feature]
+    for feature in described.output_description:
+        described.output_description[feature] = {
+            "stylized_image": f"stylized RGB image, {width}x{height}",
+            "style_bottleneck": "style embedding, 1x1x1x100",
+        }[feature]
+    return described, executable
+
+
+def io_description(mlmodel) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) as [{name, shape, dtype}] for the manifest."""
+    def describe(features):
+        rows = []
+        for f in features:
+            kind = f.type.WhichOneof("Type")
+            if kind == "imageType":
+                rows.append({"name": f.name, "shape": [1, int(f.type.imageType.height), int(f.type.imageType.width), 3],
+                             "dtype": "image_rgb"})
+            else:
+                rows.append({"name": f.name, "shape": [int(d) for d in f.type.multiArrayType.shape], "dtype": "float32"})
+        return rows
+
+    description = mlmodel.get_spec().description
+    return describe(description.input), describe(description.output)
+
+
+def predict_on_linux(executable, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Execute the converted MIL program with the project's numpy executor (image inputs 0..255).
+
+    The image output comes back under `stylized_image` as an (H, W, 3) array in 0..255.
+    """
+    from export.mil_executor import run_mil_program
+
+    outputs = run_mil_program(executable, inputs)
+    if IMAGE_OUTPUT_NODE in outputs:
+        outputs["stylized_image"] = outputs.pop(IMAGE_OUTPUT_NODE)
+    return outputs

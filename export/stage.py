@@ -1,0 +1,295 @@
+"""`export(cfg) -> manifest`: write every format, check each against Keras, then install them.
+
+Everything is written to a staging folder first; only when every artifact meets its parity
+threshold are the files moved into `export.output_dir` and the manifest rewritten. A failed
+export leaves the previous artifacts and manifest as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+from omegaconf import OmegaConf
+
+from evaluation.metrics import max_abs, psnr_db
+from training.errors import ConfigError, StylepipeError
+from training.fileio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("stylepipe.export")
+STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
+
+
+class ExportParityError(StylepipeError):
+    """An artifact does not reproduce the Keras model closely enough."""
+
+
+def style_image_path(name: str, paths_cfg) -> str:
+    """The image of a single-style config `configs/style/<name>.yaml`."""
+    file = STYLE_CONFIG_DIR / f"{name}.yaml"
+    available = sorted(p.stem for p in STYLE_CONFIG_DIR.glob("*.yaml") if p.stem != "all")
+    if not file.is_file():
+        raise ConfigError(f"export.style={name!r} is not allowed: one of {', '.join(available)}")
+    style = OmegaConf.merge({"paths": paths_cfg}, {"style": OmegaConf.load(file)}).style
+    images = dict(style.get("images") or {})
+    if len(images) != 1:
+        raise ConfigError(f"export.style={name!r} is not allowed: a single-style config is needed ({', '.join(available)})")
+    return next(iter(images.values()))
+
+
+def validate_export_config(cfg) -> None:
+    e = cfg.export
+    for size in e.sizes:
+        ok = len(size) == 2 and all(isinstance(d, int) and d >= 16 and d % 4 == 0 for d in size)
+        if not ok:
+            raise ConfigError(f"export.sizes={OmegaConf.to_container(e.sizes)} is not allowed: "
+                              "[[height, width], ...] with each side an integer >= 16 divisible by 4")
+    known = {"frozen_graph", "tflite_fp16", "coreml", "bender"}
+    for key in ("formats", "arbitrary_formats"):
+        unknown = set(e[key]) - known
+        if unknown:
+            raise ConfigError(f"export.{key} has {sorted(unknown)}: allowed {sorted(known)}")
+    if "bender" in e.arbitrary_formats:
+        raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:  # an .mlpackage is a folder: hash its files in order
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def _size_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Exporter:
+    """Writes artifacts into a staging folder and records their manifest entries."""
+
+    def __init__(self, cfg, stylizer, staging: Path, photos: list[np.ndarray], style_name: str, style_image: np.ndarray):
+        self.cfg, self.stylizer, self.staging = cfg, stylizer, staging
+        self.photos = photos
+        self.style_name = style_name
+        self.style_image = style_image  # 256 x 256, [0, 1]
+        self.transformer = stylizer.get_layer("transformer")
+        self.predictor = stylizer.get_layer("style_predictor")
+        self.bottleneck = keras.ops.convert_to_numpy(self.predictor(style_image[None], training=False))
+        self.entries: list[dict] = []
+
+    # -- references --
+    def keras_stylized(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        from training.data import fit_crop
+
+        pairs = []
+        for photo in self.photos:
+            x = fit_crop(photo, height, width)[None]
+            pairs.append((x, keras.ops.convert_to_numpy(self.transformer([x, self.bottleneck], training=False))))
+        return pairs
+
+    def record(self, fmt, variant, model, path: Path, inputs, outputs, outputs_vs_reference):
+        # Images are in [0, 1]; a predictor's bottleneck is compared relative to its own range.
+        peak = lambda ref: 1.0 if model != "predictor" else float(np.abs(ref).max())  # noqa: E731
+        psnrs = [psnr_db(ours, ref, peak(ref)) for ours, ref in outputs_vs_reference]
+        worst = max(max_abs(ours, ref) for ours, ref in outputs_vs_reference)
+        entry = {
+            "format": fmt, "variant": variant, "model": model,
+            "style": self.style_name if variant == "baked" else None,
+            "path": path.name, "inputs": inputs, "outputs": outputs,
+            "parity": {"psnr_db": min(psnrs), "max_abs": worst, "photos": len(psnrs)},
+        }
+        self.entries.append(entry)
+        log.info("%-12s %-9s %-9s %-28s PSNR %.1f dB  max-abs %.2e", fmt, variant, model, path.name, min(psnrs), worst)
+
+    # -- formats --
+    def frozen_graph(self, variant, model, module, name, reference):
+        from export.tf_graph import check_frozen_graph, freeze, run_frozen_graph
+
+        graph_def, inputs, outputs = freeze(module)
+        problems = check_frozen_graph(graph_def, inputs, outputs)
+        if problems:
+            raise StylepipeError(f"frozen graph {name}: " + "; ".join(problems))
+        path = self.staging / name
+        atomic_write_bytes(path, graph_def.SerializeToString())
+        placeholder = {n.name: n for n in graph_def.node if n.op == "Placeholder"}
+        io = lambda names, shapes: [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes)]  # noqa: E731
+        in_shapes = [[d.size for d in placeholder[n].attr["shape"].shape.dim] for n in inputs]
+        pairs = [(run_frozen_graph(graph_def, feeds, outputs)[outputs[0]], ref) for feeds, ref in reference]
+        out_shapes = [list(pairs[0][0].shape)]
+        self.record("frozen_graph", variant, model, path, io(inputs, in_shapes), io(outputs, out_shapes), pairs)
+
+    def tflite_fp16(self, variant, model, module, name, reference):
+        from export.tf_graph import constant_module
+        from export.tflite import check_gpu_delegate_rules, convert_fp16, run_signature, signature_io
+
+        flatbuffer = convert_fp16(constant_module(module), "serve")
+        report = check_gpu_delegate_rules(flatbuffer)
+        if not report.ok:
+            raise StylepipeError(f"TFLite {name} breaks the GPU delegate's rules: " + "; ".join(report.problems[:5]))
+        path = self.staging / name
+        atomic_write_bytes(path, flatbuffer)
+        inputs, outputs = signature_io(path, "serve")
+        key = outputs[0]["name"]
+        pairs = [(run_signature(path, "serve", feeds)[key], ref) for feeds, ref in reference]
+        self.record("tflite_fp16", variant, model, path, inputs, outputs, pairs)
+        self.entries[-1]["ops"] = dict(report.ops)
+
+    def coreml(self, variant, model, module, name, reference, height, width):
+        from export import coreml
+
+        metadata = dict(OmegaConf.to_container(self.cfg.export.metadata, resolve=True))
+        metadata["description"] = (f"stylepipe {variant} {model}" + (f", style {self.style_name}" if variant == "baked" else "")
+                                   + f", {width}x{height}")
+        metadata["user"] = {"style": self.style_name if variant == "baked" else "arbitrary", "variant": variant}
+        mlmodel, executable = coreml.convert(module, "predictor" if model == "predictor" else variant, height, width, metadata)
+        path = self.staging / name
+        mlmodel.save(str(path))
+        inputs, outputs = coreml.io_description(mlmodel)
+        pairs = []
+        for feeds, ref in reference:
+            image_feeds = {k: (v[0] * 255.0 if k in ("content_image", "style_image") else v) for k, v in feeds.items()}
+            result = coreml.predict_on_linux(executable, image_feeds)
+            if model == "predictor":
+                pairs.append((np.asarray(result["style_bottleneck"], np.float32).reshape(ref.shape), ref))
+            else:
+                pairs.append((np.asarray(result["stylized_image"], np.float32)[None] / 255.0, ref))
+        self.record("coreml", variant, model, path, inputs, outputs, pairs)
+
+    def bender(self, name, reference, height, width):
+        from export import bender
+        from export.baked import bake
+
+        net = bake(self.transformer, self.bottleneck)
+        graph_def = bender.build_bender_graph(net, height, width)
+        report = bender.check_bender_graph(graph_def)
+        if not report.ok:
+            raise StylepipeError(f"Bender graph {name}: " + "; ".join(report.problems[:5] or [f"drops {report.dropped[:5]}"]))
+        path = self.staging / name
+        atomic_write_bytes(path, graph_def.SerializeToString())
+        pairs = [(bender.run_bender_numpy(graph_def, feeds["content_image"][0])[None], ref) for feeds, ref in reference]
+        io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
+        out = [{"name": "stylized_image", "shape": [1, height, width, 3], "dtype": "float16"}]
+        self.record("bender", "baked", "transfer", path, io, out, pairs)
+        weights_dir = self.staging / f"bender_weights_{self.style_name}"
+        if not weights_dir.exists():
+            bender.write_benderthon_weights(net, weights_dir, f"stylepipe_{self.style_name}")
+
+    def run(self):
+        from export.tf_graph import STYLE_IMAGE_SIZE, make_module
+
+        e = self.cfg.export
+        extension = {"frozen_graph": "pb", "tflite_fp16": "tflite", "coreml": "mlpackage", "bender": "bender.pb"}
+        for height, width in e.sizes:
+            stylized = self.keras_stylized(height, width)
+            baked_ref = [({"content_image": x}, y) for x, y in stylized]
+            transfer_ref = [({"content_image": x, "style_bottleneck": self.bottleneck}, y) for x, y in stylized]
+            for fmt in e.formats:
+                name = f"baked_{self.style_name}_{height}x{width}.{extension[fmt]}"
+                if fmt == "bender":
+                    self.bender(name, baked_ref, height, width)
+                    continue
+                module = make_module("baked", self.stylizer, height, width, self.bottleneck)
+                self._format(fmt, "baked", "transfer", module, name, baked_ref, height, width)
+            for fmt in e.arbitrary_formats:
+                module = make_module("transfer", self.stylizer, height, width)
+                name = f"arbitrary_transfer_{height}x{width}.{extension[fmt]}"
+                self._format(fmt, "arbitrary", "transfer", module, name, transfer_ref, height, width)
+        predictor_ref = [({"style_image": self.style_image[None]}, self.bottleneck)]
+        for fmt in e.arbitrary_formats:
+            module = make_module("predictor", self.stylizer, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE)
+            name = f"arbitrary_predictor_{STYLE_IMAGE_SIZE}x{STYLE_IMAGE_SIZE}.{extension[fmt]}"
+            self._format(fmt, "arbitrary", "predictor", module, name, predictor_ref, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE)
+
+    def _format(self, fmt, variant, model, module, name, reference, height, width):
+        if fmt == "coreml":
+            self.coreml(variant, model, module, name, reference, height, width)
+        else:
+            getattr(self, fmt)(variant, model, module, name, reference)
+
+
+def _parity_failures(entries: list[dict], thresholds) -> list[str]:
+    failures = []
+    for entry in entries:
+        need = float(thresholds[entry["format"]])
+        if entry["parity"]["psnr_db"] < need:
+            failures.append(f"{entry['path']} ({entry['format']}): PSNR {entry['parity']['psnr_db']:.1f} dB < {need}")
+    return failures
+
+
+def _install(staging: Path, output_dir: Path, entries: list[dict]) -> None:
+    """Move staged artifacts into place: files by atomic rename, .mlpackage folders by swap."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        target = output_dir / item.name
+        if item.is_dir():
+            old = output_dir / f".{item.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                target.rename(old)
+            item.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(item, target)
+    for entry in entries:
+        path = output_dir / entry["path"]
+        entry["bytes"] = _size_bytes(path)
+        entry["sha256"] = _sha256(path)
+
+
+def export(cfg) -> dict:
+    """The export stage; returns the manifest."""
+    from training.data import load_content, load_image, style_crop
+    from training.network import load_stylizer
+    from training.tracking import mlflow_run
+
+    validate_export_config(cfg)
+    e = cfg.export
+    style_path = style_image_path(e.style, cfg.paths)
+    stylizer = load_stylizer(e.model_path)
+    content = load_content(cfg.data)
+    photos = content.heldout_full[: int(e.parity_photos)]
+    style_image = style_crop(load_image(style_path), 256)
+    output_dir = Path(e.output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    parent = _training_run_id(Path(e.model_path).parent)
+    tags = {"stage": "export", "style": e.style}
+    with mlflow_run(cfg, cfg.run_name, tags=tags, parent_run_id=parent) as run:
+        import mlflow
+
+        with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=".export-staging-") as staging_dir:
+            staging = Path(staging_dir)
+            exporter = Exporter(cfg, stylizer, staging, photos, e.style, style_image)
+            exporter.run()
+            failures = _parity_failures(exporter.entries, e.thresholds)
+            for entry in exporter.entries:
+                key = f"{entry['format']}.{entry['variant']}.{entry['model']}.{Path(entry['path']).stem.split('_')[-1]}"
+                mlflow.log_metric(f"psnr_db.{key}", min(entry["parity"]["psnr_db"], 1e3))
+            if failures:
+                raise ExportParityError("export failed parity, previous artifacts left untouched: " + "; ".join(failures))
+            _install(staging, output_dir, exporter.entries)
+        manifest = {"model": str(e.model_path), "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
+                    "mlflow_run_id": run.info.run_id, "artifacts": exporter.entries}
+        atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=2))
+        mlflow.log_artifact(str(output_dir / "manifest.json"))
+        for entry in exporter.entries:
+            path = output_dir / entry["path"]
+            if path.is_file() and entry["bytes"] < 50_000_000:
+                mlflow.log_artifact(str(path), "artifacts")
+    return manifest
+
+
+def _training_run_id(train_dir: Path) -> str | None:
+    """The MLflow run of the training that wrote the model, to hang the export run under it."""
+    try:
+        return json.loads((train_dir / "metrics.json").read_text()).get("mlflow_run_id")
+    except (OSError, ValueError):
+        return None

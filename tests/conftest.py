@@ -41,3 +41,19 @@ def real_photo():
 
     image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB")
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def published_model_path(tmp_path_factory):
+    """Magenta's published weights imported into our network, saved as a stylizer .keras file."""
+    from omegaconf import OmegaConf
+
+    from training.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
+    from training.network import build_stylizer
+
+    model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
+    stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), CACHE_DIR)
+    load_published_into(stylizer, REPO / "models" / "magenta-published")
+    path = tmp_path_factory.mktemp("published") / "model.keras"
+    stylizer.save(path)
+    return path

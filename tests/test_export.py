@@ -1,0 +1,102 @@
+"""The export stage on Magenta's real published weights: formats, parity, manifest, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CACHE_DIR, REPO
+from export.tflite import check_gpu_delegate_rules
+
+FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1"]
+
+
+def compose_export(tmp_path, model_path, overrides=()):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("export", overrides=[
+            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.model_path={model_path}", *FAST, *overrides])
+
+
+def tf_formats_only():
+    return ["export.formats=[frozen_graph,tflite_fp16]", "export.arbitrary_formats=[frozen_graph,tflite_fp16]"]
+
+
+def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, published_model_path):
+    from export.stage import export
+
+    manifest = export(compose_export(tmp_path, published_model_path, tf_formats_only()))
+    out = tmp_path / "outputs" / "export"
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["artifacts"] == manifest["artifacts"]
+    kinds = {(a["format"], a["variant"], a["model"], a["path"].rsplit("_", 1)[-1].split(".")[0]) for a in manifest["artifacts"]}
+    for fmt in ("frozen_graph", "tflite_fp16"):
+        for size in ("64x64", "64x128"):
+            assert (fmt, "baked", "transfer", size) in kinds and (fmt, "arbitrary", "transfer", size) in kinds
+        assert (fmt, "arbitrary", "predictor", "256x256") in kinds
+    for a in manifest["artifacts"]:
+        assert (out / a["path"]).is_file()
+        assert a["parity"]["psnr_db"] >= 40.0, a
+        assert len(a["sha256"]) == 64 and a["bytes"] == (out / a["path"]).stat().st_size
+        assert a["inputs"][0]["name"] in ("content_image", "style_image")
+    tflite = [a for a in manifest["artifacts"] if a["format"] == "tflite_fp16" and a["model"] == "transfer"]
+    assert all(a["ops"].get("RESIZE_NEAREST_NEIGHBOR") == 2 and "VAR_HANDLE" not in a["ops"] for a in tflite)
+
+
+def test_failed_parity_leaves_previous_artifacts_untouched(tmp_path, published_model_path):
+    from export.stage import ExportParityError, export
+
+    export(compose_export(tmp_path, published_model_path, tf_formats_only()))
+    out = tmp_path / "outputs" / "export"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    strict = [*tf_formats_only(), "export.thresholds.tflite_fp16=1000", "export.style=great_wave"]
+    with pytest.raises(ExportParityError, match="tflite"):
+        export(compose_export(tmp_path, published_model_path, strict))
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+    assert not list(out.parent.glob(".export-staging-*"))
+
+
+def test_gpu_rules_reject_a_dynamic_resize():
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    def dynamic(x):
+        size = tf.shape(x)[1:3] * 2  # computed at run time: the delegate needs a constant size
+        return tf.image.resize(x, size, method="nearest")
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([dynamic.get_concrete_function()], dynamic)
+    report = check_gpu_delegate_rules(converter.convert())
+    assert not report.ok
+    assert any("RESIZE_NEAREST_NEIGHBOR" in p and "constant" in p for p in report.problems)
+    assert any("dynamic" in p for p in report.problems)
+
+
+def test_published_magenta_transfer_model_passes_the_rules():
+    data = (REPO / "models" / "magenta-published" / "style_transfer_f16_384.tflite").read_bytes()
+    report = check_gpu_delegate_rules(data)
+    assert report.ok, report.problems
+    assert report.ops["MIRROR_PAD"] == 16 and report.ops["CONV_2D"] == 42
+
+
+@pytest.mark.parametrize("override, key", [("export.sizes=[[66,64]]", "export.sizes"), ("export.style=nope", "export.style")])
+def test_bad_export_config_is_a_clear_error(tmp_path, published_model_path, override, key):
+    from export.stage import export
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        export(compose_export(tmp_path, published_model_path, [override]))
+    assert not (tmp_path / "outputs" / "export").exists()
+
+
+def test_not_a_model_file_is_a_clear_error(tmp_path):
+    from export.stage import export
+    from training.errors import StylepipeError
+
+    bogus = tmp_path / "model.keras"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(StylepipeError, match="not a readable Keras model"):
+        export(compose_export(tmp_path, bogus, tf_formats_only()))

@@ -89,8 +89,76 @@ def _same4_kernel(kernel: np.ndarray) -> np.ndarray:
     return out
 
 
+def instance_norm_bound(c: BakedConv, pixels: int) -> float:
+    """Largest |gamma * n + beta| an instance norm over `pixels` values can output.
+
+    A normalised value satisfies |n| = |x - mean| / std <= sqrt(N - 1) (population std), so the bound
+    holds for every input image of that size; Bender's eps only makes |n| smaller.
+    """
+    n_max = float(np.sqrt(max(pixels - 1, 1)))
+    return float(np.max(np.abs(c.gamma) * n_max + np.abs(c.beta)))
+
+
+def _pow2_scale(bound: float, limit: float) -> float:
+    """Largest power-of-two scale s <= 1 with s * bound <= limit (power of two: exact in fp16/fp32)."""
+    return 1.0 if bound <= limit else float(2.0 ** -np.ceil(np.log2(bound / limit)))
+
+
+def clamp_guard_scales(net: BakedNetwork, height: int, width: int,
+                       limit: float = BENDER_INSTANCE_NORM_CLAMP) -> dict[str, float]:
+    """Per-instance-norm output scales that keep every value inside Bender's +-10 clamp.
+
+    {conv scope: s}; the residual stream shares one scale ("stream"), since x + h must stay a sum.
+    The expand conv3 norm feeds a sigmoid (not homogeneous): it keeps s = 1 (sigmoid(10) is already
+    1 - 4.5e-5).
+    """
+    h4, w4 = height // 4, width // 4
+    stream = min(_pow2_scale(instance_norm_bound(c2, h4 * w4), limit) for _, c2 in net.residual)
+    scales = {"stream": stream}
+    for c1, c2 in net.residual:
+        scales[c1.scope] = _pow2_scale(instance_norm_bound(c1, h4 * w4), limit)
+        scales[c2.scope] = stream
+    h, w = h4, w4
+    for c in net.expand:
+        h, w = h * c.upsample, w * c.upsample
+        scales[c.scope] = _pow2_scale(instance_norm_bound(c, h * w), limit) if c.activation == "relu" else 1.0
+    return scales
+
+
+def rescale_for_bender_clamp(net: BakedNetwork, height: int, width: int,
+                             limit: float = BENDER_INSTANCE_NORM_CLAMP) -> tuple[BakedNetwork, dict[str, float]]:
+    """An equivalent network whose instance-norm outputs never reach Bender's +-10 clamp.
+
+    Each norm's gamma/beta are multiplied by a power of two s <= 1 (`clamp_guard_scales`); ReLU is
+    positively homogeneous, so relu(s y) = s relu(y), and the next conv's weights are divided by s,
+    which gives that conv exactly its original output (instance norms see unscaled inputs, eps
+    included). The residual stream is carried scaled by one shared s (contract conv3 weights and bias
+    times s). Powers of two scale float16/float32 values exactly, so this changes nothing but the
+    clamp (and values below fp16's normal range, 6.1e-5 * s).
+    """
+    from dataclasses import replace
+
+    scales = clamp_guard_scales(net, height, width, limit)
+    stream = scales["stream"]
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    contract = list(net.contract)
+    last = contract[-1]
+    contract[-1] = replace(last, kernel=f32(last.kernel * stream), bias=f32(last.bias * stream))
+    residual = []
+    for c1, c2 in net.residual:
+        s1 = scales[c1.scope]
+        residual.append((replace(c1, kernel=f32(c1.kernel / stream), gamma=f32(c1.gamma * s1), beta=f32(c1.beta * s1)),
+                         replace(c2, kernel=f32(c2.kernel / s1), gamma=f32(c2.gamma * stream), beta=f32(c2.beta * stream))))
+    expand, incoming = [], stream
+    for c in net.expand:
+        s = scales[c.scope]
+        expand.append(replace(c, kernel=f32(c.kernel / incoming), gamma=f32(c.gamma * s), beta=f32(c.beta * s)))
+        incoming = s
+    return BakedNetwork(contract=contract, residual=residual, expand=expand), scales
+
+
 def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
-                       upsample: str = "nearest_conv", stride2: str = "same4"):
+                       upsample: str = "nearest_conv", stride2: str = "same4", clamp_guard: bool = True):
     """The baked transfer network as a tf.compat.v1.GraphDef that Bender maps op for op.
 
     input `content_image` [1, H, W, 3] float32 in [0, 1]; output `stylized_image` (Sigmoid).
@@ -99,6 +167,8 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
     derived from the 3x3 kernel: exact in the interior only.
     stride2: "same4" (default) = the 3x3 stride-2 kernel zero-extended to 4x4 with SAME padding;
     "explicit" = 3x3 VALID with Bender's tensor-valued `explicit_paddings` attribute.
+    clamp_guard: rescale the norms by powers of two so Bender's +-10 clamp never cuts a value
+    (`rescale_for_bender_clamp`); False writes gamma/beta as they are.
     """
     import tensorflow as tf
 
@@ -110,6 +180,8 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
         raise BenderExportError(
             f"{height}x{width}: Bender's SAME convolution floors H / stride, so both sides must be "
             "multiples of 4 (two stride-2 convs, two x2 upsamplings) and at least 8")
+    if clamp_guard:
+        net, _ = rescale_for_bender_clamp(net, height, width)
     rt = tf.raw_ops
     graph = tf.compat.v1.Graph()
     explicit_convs: list[str] = []
@@ -572,7 +644,7 @@ class _Replay:
     def fold_instance_norms(self):
         """TFInstanceNormOptimizer.swift (the converter's additional optimizer)."""
         mappings: dict[str, dict] = {}
-        seen_patterns = set()
+        reported = set()
         for node in list(self.nodes):
             m = MOMENTS_REGEX.search(node.name)
             if not m:
@@ -594,8 +666,8 @@ class _Replay:
                     add_final.op = "InstanceNormAdd"
                     mul.op = "InstanceNormMul"
                     entry["output"] = add_final
-                    seen_patterns.add(key)
                 else:
+                    reported.add(key)
                     self.problems.append(
                         f"{key}: the nodes after the moments do not form Bender's instance-norm pattern "
                         f"(Add -> Pow -> RealDiv(Sub) -> Mul -> Add, op types literally 'Add', each with one consumer): "
@@ -606,9 +678,10 @@ class _Replay:
                 entry["output"].add_incoming(entry["input"])
                 for node in entry["strip"]:
                     node.strip()
-            elif key in seen_patterns or entry["output"] is None:
-                if not any(key in p for p in self.problems):
-                    self.problems.append(f"{key}: instance-norm pattern not recognised; its nodes stay in the graph")
+            elif key not in reported:
+                self.problems.append(f"{key}: instance-norm pattern not recognised (input found: "
+                                     f"{entry['input'] is not None}, output found: {entry['output'] is not None}); "
+                                     "its nodes stay in the graph")
 
     @staticmethod
     def _instance_norm_chain(add):
@@ -691,8 +764,8 @@ def _param(node: _Node | None, what: str, layer: str, problems: list[str]) -> np
     return _const_array(src.nd)
 
 
-def _weight_data(node: _Node, layer: str, problems: list[str]):
-    """TFWeightData.getWeightData: (weights, bias, weight_shape)."""
+def _weight_data(node: _Node, layer: str, problems: list[str], read_bias: bool = True):
+    """TFWeightData.getWeightData: (weights, bias, weight_shape, bias_node)."""
     var_inputs = [i for i in node.edge_in if i.is_const_or_var]
     bias_node = None
     if len(var_inputs) == 1:
@@ -709,13 +782,13 @@ def _weight_data(node: _Node, layer: str, problems: list[str]):
             weights_node = var_inputs[1]
         else:
             problems.append(f"{layer}: Bender's getWeightData fails (two parameter inputs, neither is a bias)")
-            return None, None, None
+            return None, None, None, None
     else:
         problems.append(f"{layer}: Bender's getWeightData needs 1 or 2 parameter inputs, found {len(var_inputs)}")
-        return None, None, None
+        return None, None, None, None
     shape = _const_shape(weights_node.nd)
     weights = _param(weights_node, "weights", layer, problems)
-    bias = _param(bias_node, "bias", layer, problems) if bias_node is not None else None
+    bias = _param(bias_node, "bias", layer, problems) if bias_node is not None and read_bias else None
     if weights is not None and shape and weights.size == int(np.prod(shape)):
         weights = weights.reshape(shape)
     return weights, bias, shape, bias_node
@@ -761,7 +834,8 @@ def _map_layer(node: _Node, problems: list[str], notes: list[str]) -> BenderLaye
     elif kind == "ConvTranspose":
         strides = _attr_ints(nd, "strides", [1, 1, 1, 1])
         p["stride"] = (int(strides[1]), int(strides[2]))
-        w, b, shape, bias_node = _weight_data(node, node.name, problems)
+        # ConvTranspose is built without useBias, so whatever getWeightData calls the bias is not read.
+        w, _, shape, bias_node = _weight_data(node, node.name, problems, read_bias=False)
         p["weights"] = w  # [kh, kw, out, in]
         if bias_node is not None and bias_node.name == nd.input[0]:
             notes.append(f"{node.name}: input_sizes is taken as a 'bias' by getWeightData, but ConvTranspose is "
@@ -882,6 +956,14 @@ def check_bender_graph(graph_def, input_name: str = INPUT_NAME, output_name: str
             problems.append(f"{layer.id}: {layer.type} needs exactly one input layer, has {n_in}")
         layer.out_size = _layer_size(layer, [sizes.get(i) for i in layer.inputs], problems)
         sizes[layer.id] = layer.out_size
+        if layer.type == "InstanceNorm" and layer.out_size and layer.params.get("scale") is not None \
+                and layer.params.get("shift") is not None:
+            n_max = float(np.sqrt(max(layer.out_size[0] * layer.out_size[1] - 1, 1)))
+            bound = float(np.max(np.abs(layer.params["scale"]) * n_max + np.abs(layer.params["shift"])))
+            layer.params["bound"] = bound
+            if bound > BENDER_INSTANCE_NORM_CLAMP:
+                notes.append(f"{layer.id}: |scale| * sqrt(N-1) + |shift| = {bound:.1f}; values beyond "
+                             f"+-{BENDER_INSTANCE_NORM_CLAMP:g} are possible and Bender's kernel clamps them")
     # connectivity: Network.set(layers:) wants one input layer; the output is nodes.last
     sources = [layer.id for layer in layers if not layer.inputs]
     if len(sources) != 1:
@@ -894,7 +976,7 @@ def check_bender_graph(graph_def, input_name: str = INPUT_NAME, output_name: str
     if output_name not in by_id:
         problems.append(f"output {output_name!r} is not a Bender layer")
     else:
-        if layers[-1].id != output_name:
+        if layers and layers[-1].id != output_name:
             problems.append(f"the last layer is {layers[-1].id!r}, not the output {output_name!r} "
                             "(Bender returns nodes.last)")
         forward = _reach(input_name, lambda n: consumers.get(n, []))
@@ -1036,8 +1118,8 @@ def run_bender_numpy(graph_def, image: np.ndarray, *, fp16: bool = True,
             if p["padding"] == "same":
                 pads = p["paddings"]
                 ph, pw = src.shape[0] + pads[2] + pads[3], src.shape[1] + pads[0] + pads[1]
-                pad_top = ((oh - 1) * sy + kh - ph) // 2
-                pad_left = ((ow - 1) * sx + kw - pw) // 2
+                pad_top = int(((oh - 1) * sy + kh - ph) / 2)  # Swift Int(padHeight / 2): truncation
+                pad_left = int(((ow - 1) * sx + kw - pw) / 2)
             else:
                 pad_top, pad_left = p["paddings"][2], p["paddings"][0]
             y = mps_conv(src, p["weights"].astype(np.float32), (sy, sx), pad_top, pad_left, (oh, ow),

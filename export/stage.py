@@ -128,9 +128,9 @@ class Exporter:
 
     def tflite_fp16(self, variant, model, module, name, reference):
         from export.tf_graph import constant_module
-        from export.tflite import check_gpu_delegate_rules, convert_fp16, run_signature, signature_io
+        from export.tflite import check_gpu_delegate_rules, convert, run_signature, signature_io
 
-        flatbuffer = convert_fp16(constant_module(module), "serve")
+        flatbuffer = convert(constant_module(module), "serve", fp16=True)
         report = check_gpu_delegate_rules(flatbuffer)
         if not report.ok:
             raise StylepipeError(f"TFLite {name} breaks the GPU delegate's rules: " + "; ".join(report.problems[:5]))

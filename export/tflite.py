@@ -83,8 +83,9 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
     return report
 
 
-def convert_fp16(module, signature_key: str) -> bytes:
-    """TFLite with fp16 weights from a variable-free tf.Module (`export.tf_graph.constant_module`).
+def convert(module, signature_key: str, fp16: bool = True) -> bytes:
+    """TFLite with fp16 weights (fp32 when `fp16` is false) from a variable-free tf.Module
+    (`export.tf_graph.constant_module`).
 
     Going through a SavedModel keeps the signature and tensor names (`content_image`, ...).
     """
@@ -93,8 +94,9 @@ def convert_fp16(module, signature_key: str) -> bytes:
     with tempfile.TemporaryDirectory() as saved:
         tf.saved_model.save(module, saved, signatures={signature_key: module.serve})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[signature_key])
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
+        if fp16:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
 
 

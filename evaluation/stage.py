@@ -1,0 +1,231 @@
+"""`evaluate(cfg) -> metrics`: latency and quality of every exported model on this host.
+
+Reads `outputs/export/manifest.json`; writes `metrics.json`, `latency.png` (chart) and
+`stylized_grid.png`; logs all of it to MLflow under the training run. Runtimes that this
+host lacks are listed under `skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from evaluation.latency import summarize, time_calls, tflite_runner
+from evaluation.metrics import psnr_db
+from training.errors import StylepipeError
+from training.fileio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("stylepipe.evaluate")
+PUBLISHED_NAME = "magenta_published"
+
+
+def read_manifest(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise StylepipeError(f"{path}: no export manifest (run `python -m pipelines.export` first)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise StylepipeError(f"{path}: not a readable manifest ({err})") from None
+
+
+def conv_flops(net, height: int, width: int) -> int:
+    """Multiply-adds x 2 of every conv of a baked network at an input size."""
+    flops, h, w = 0, height, width
+    for conv in net.convs():
+        h, w = h * conv.upsample // conv.stride, w * conv.upsample // conv.stride
+        kh, kw, cin, cout = conv.kernel.shape
+        flops += 2 * h * w * kh * kw * cin * cout
+    return flops
+
+
+def _grid(rows: list[tuple[str, list[np.ndarray]]], columns: list[str]) -> bytes:
+    from training.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
+    from PIL import Image, ImageDraw
+
+    tile_h, tile_w = rows[0][1][0].shape[:2]
+    scale = 192 / max(tile_h, tile_w)
+    th, tw = int(tile_h * scale), int(tile_w * scale)
+    grid = Image.new("RGB", (tw * len(columns), (th + LABEL_HEIGHT) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (row_name, images) in enumerate(rows):
+        for c, (image, column) in enumerate(zip(images, columns)):
+            y = r * (th + LABEL_HEIGHT)
+            grid.paste(Image.fromarray(to_uint8(image)).resize((tw, th)), (c * tw, y + LABEL_HEIGHT))
+            draw.text((c * tw + 3, y + 1), f"{row_name} | {column}"[: tw // 7], fill="black")
+    return png_bytes(grid)
+
+
+def _latency_chart(rows: list[dict]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['format']} {r['variant']} {r['runtime']}" + (f" t{r['threads']}" if r["threads"] else "")
+              + f" {r['height']}x{r['width']}" + (f" [{r['device']}]" if r["device"] != "host" else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), [r["median_ms"] for r in rows], xerr=[[0] * len(rows), [r["p90_ms"] - r["median_ms"] for r in rows]],
+            color=["#d62728" if PUBLISHED_NAME in r["format"] else "#1f77b4" for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median latency, ms (bar to p90); red: Magenta's published model")
+    ax.set_title("stylepipe latency by format, runtime, threads and size")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def evaluate(cfg) -> dict:
+    from evaluation import device_results as device_lib
+    from export.baked import bake
+    from export.tf_graph import constant_module, make_module, run_frozen_graph
+    from export.tflite import convert
+    from training import losses
+    from training.data import fit_crop, load_content, load_image, style_crop
+    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+    from training.network import load_stylizer
+    from training.tracking import mlflow_run
+    from training.vgg16 import build_loss_network
+
+    ev = cfg.evaluate
+    external = device_lib.load(ev.device_results) if ev.get("device_results") else []  # validate before any work
+    manifest = read_manifest(ev.manifest)
+    export_dir = Path(ev.manifest).parent
+    stylizer = load_stylizer(manifest["model"])
+    transformer = stylizer.get_layer("transformer")
+    from export.stage import style_image_path
+
+    style_image = style_crop(load_image(style_image_path(manifest["style"], cfg.paths)), 256)
+    bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))
+    photos = load_content(cfg.data).heldout_full[: int(ev.quality_photos)]
+    baked = {(a["format"], a["path"].rsplit("_", 1)[-1].split(".")[0]): a for a in manifest["artifacts"]
+             if a["variant"] == "baked"}
+    published_dir = Path(cfg.paths.published_dir)
+
+    latency, skipped = [], []
+
+    def measure(call, **fields):
+        row = summarize(time_calls(call, int(ev.warmup), int(ev.runs)), **fields).as_dict()
+        log.info("%-30s %-9s %-8s t=%-4s %4dx%-4d median %7.1f ms  p90 %7.1f ms", row["format"], row["variant"],
+                 row["runtime"], row["threads"], row["height"], row["width"], row["median_ms"], row["p90_ms"])
+        latency.append(row)
+
+    for height, width in ev.sizes:
+        size = f"{height}x{width}"
+        x = fit_crop(photos[0], height, width)[None]
+        feeds = {"content_image": x}
+        if ("tflite_fp16", size) in baked:
+            for threads in ev.threads:
+                measure(tflite_runner(export_dir / baked[("tflite_fp16", size)]["path"], "serve", feeds, threads),
+                        format="tflite_fp16", variant="baked", runtime="litert_xnnpack", threads=threads, height=height, width=width)
+        fp32 = convert(constant_module(make_module("baked", stylizer, height, width, bottleneck)), "serve", fp16=False)
+        for threads in ev.threads:
+            measure(tflite_runner(fp32, "serve", feeds, threads), format="tflite_fp32", variant="baked",
+                    runtime="litert_xnnpack", threads=threads, height=height, width=width)
+        if ("frozen_graph", size) in baked:
+            import tensorflow as tf
+
+            graph_def = tf.compat.v1.GraphDef.FromString((export_dir / baked[("frozen_graph", size)]["path"]).read_bytes())
+            measure(lambda: run_frozen_graph(graph_def, feeds, ["stylized_image"]), format="frozen_graph", variant="baked",
+                    runtime="tensorflow", threads=None, height=height, width=width)
+        measure(lambda: transformer([x, bottleneck], training=False), format="keras", variant="arbitrary",
+                runtime=f"keras_{keras.backend.backend()}", threads=None, height=height, width=width)
+        if ("coreml", size) in baked:
+            if platform.system() != "Darwin":
+                skipped.append({"format": "coreml", "runtime": "coreml", "height": height, "width": width,
+                                "reason": "Core ML runs only on macOS (this host is " + platform.system() + ")"})
+        if (height, width) == (384, 384):  # the published transfer model's only size: the baseline row
+            published_bottleneck = run_tflite(published_dir / PUBLISHED_PREDICTOR_INT8.name, [style_image[None]])
+            for threads in ev.threads:
+                measure(tflite_runner(published_dir / PUBLISHED_TRANSFER_FP16.name, None,
+                                      {"content_image": x, "style_bottleneck": published_bottleneck}, threads),
+                        format=f"{PUBLISHED_NAME}_tflite_fp16", variant="arbitrary", runtime="litert_xnnpack",
+                        threads=threads, height=height, width=width)
+        else:
+            skipped.append({"format": f"{PUBLISHED_NAME}_tflite_fp16", "runtime": "litert_xnnpack", "height": height,
+                            "width": width, "reason": "Magenta's published transfer model has a fixed 384x384 input"})
+
+    # Quality at 384x384 on held-out photos: each format's output vs Keras, and the training losses.
+    qh, qw = (384, 384)
+    loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)
+    scale = float(cfg.loss_network.feature_scale)
+    features = lambda images: {k: keras.ops.convert_to_numpy(v) * scale  # noqa: E731
+                               for k, v in loss_network(np.asarray(images, np.float32), training=False).items()}
+    style_grams = {k: losses.gram_matrix(v) for k, v in features(style_image[None]).items()}
+
+    def loss_terms(outputs, inputs):
+        out_f, in_f = features(outputs), features(inputs)
+        return {"content_loss": float(losses.content_loss(out_f, in_f, cfg.loss_network.content_weights)),
+                "style_loss": float(losses.style_loss(out_f, style_grams, cfg.loss_network.style_weights))}
+
+    inputs = np.stack([fit_crop(p, qh, qw) for p in photos])
+    outputs = {"keras": keras.ops.convert_to_numpy(transformer([inputs, np.repeat(bottleneck, len(inputs), 0)], training=False))}
+    size = f"{qh}x{qw}"
+    if ("tflite_fp16", size) in baked:
+        path = export_dir / baked[("tflite_fp16", size)]["path"]
+        outputs["tflite_fp16"] = np.concatenate([tflite_runner_output(path, x[None]) for x in inputs])
+    if ("frozen_graph", size) in baked:
+        import tensorflow as tf
+
+        graph_def = tf.compat.v1.GraphDef.FromString((export_dir / baked[("frozen_graph", size)]["path"]).read_bytes())
+        outputs["frozen_graph"] = np.concatenate([run_frozen_graph(graph_def, {"content_image": x[None]}, ["stylized_image"])
+                                                  ["stylized_image"] for x in inputs])
+    published_bottleneck = run_tflite(published_dir / PUBLISHED_PREDICTOR_INT8.name, [style_image[None]])
+    outputs[PUBLISHED_NAME] = np.concatenate([run_tflite(published_dir / PUBLISHED_TRANSFER_FP16.name, [x[None], published_bottleneck])
+                                              for x in inputs])
+    quality = {"style": manifest["style"], "size": [qh, qw], "photos": len(inputs), "formats": {}}
+    for name, out in outputs.items():
+        quality["formats"][name] = {**loss_terms(out, inputs),
+                                    "psnr_db_vs_keras": None if name == PUBLISHED_NAME else psnr_db(out, outputs["keras"])}
+    quality["style_loss_ours_vs_published"] = {
+        "ours": quality["formats"]["keras"]["style_loss"], "published": quality["formats"][PUBLISHED_NAME]["style_loss"]}
+
+    net = bake(transformer, bottleneck)
+    models = [{"path": a["path"], "format": a["format"], "variant": a["variant"], "params": int(transformer.count_params()),
+               "flops": conv_flops(net, *[int(d) for d in a["path"].rsplit("_", 1)[-1].split(".")[0].split("x")]),
+               "bytes": a.get("bytes")} for a in manifest["artifacts"] if a["model"] == "transfer" and a["variant"] == "baked"]
+    latency.extend(external)
+
+    metrics = {"latency": latency, "skipped": skipped, "quality": quality, "models": models,
+               "host": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor()}}
+    out_dir = Path(ev.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart = _latency_chart(latency)
+    grid = _grid([(f"photo {i}", [inputs[i]] + [outputs[k][i] for k in outputs]) for i in range(len(inputs))],
+                 ["input", *outputs])
+    from export.stage import _training_run_id
+
+    parent = _training_run_id(Path(manifest["model"]).parent)
+    with mlflow_run(cfg, cfg.run_name, tags={"stage": "evaluate", "style": manifest["style"]}, parent_run_id=parent) as run:
+        import mlflow
+
+        metrics["mlflow_run_id"] = run.info.run_id
+        for row in latency:
+            key = f"{row['format']}.{row['runtime']}.t{row['threads'] or 0}.{row['height']}x{row['width']}"
+            if row["device"] != "host":
+                key = f"{row['device']}.{key}"
+            mlflow.log_metric(f"latency_ms.{key}".replace(" ", "_"), row["median_ms"])
+        for name, q in quality["formats"].items():
+            mlflow.log_metrics({f"style_loss.{name}": q["style_loss"], f"content_loss.{name}": q["content_loss"]})
+        atomic_write_bytes(out_dir / "latency.png", chart)
+        atomic_write_bytes(out_dir / "stylized_grid.png", grid)
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+        for name in ("latency.png", "stylized_grid.png", "metrics.json"):
+            mlflow.log_artifact(str(out_dir / name))
+    return metrics
+
+
+def tflite_runner_output(path, x: np.ndarray) -> np.ndarray:
+    from export.tflite import run_signature
+
+    return run_signature(path, "serve", {"content_image": x})["stylized_image"]

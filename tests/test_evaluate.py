@@ -1,0 +1,82 @@
+"""The evaluation stage after an export: latency rows, quality, chart, grid, MLflow, device results."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from PIL import Image
+
+from conftest import CACHE_DIR, REPO
+
+SIZES = "[[64,64],[64,128]]"
+
+
+def compose(name, tmp_path, overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose(name, overrides=[
+            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, published_model_path):
+    from export.stage import export
+
+    tmp_path = tmp_path_factory.mktemp("evaluate")
+    export(compose("export", tmp_path, [f"export.model_path={published_model_path}", f"export.sizes={SIZES}",
+                                        "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",
+                                        "export.arbitrary_formats=[tflite_fp16]"]))
+    return tmp_path
+
+
+def write_device_results(path, **override):
+    data = {"device": "iPhone 12", "source": "Bender app", "measurements": [
+        {"format": "bender", "variant": "baked", "runtime": "bender_metal", "threads": None, "height": 384,
+         "width": 768, "median_ms": 70.0, "p90_ms": 74.0, "runs": 50}]}
+    data.update(override)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_writes_latency_quality_chart_grid_and_mlflow(exported, tmp_path):
+    from evaluation.stage import evaluate
+
+    phone = write_device_results(tmp_path / "phone.json")
+    metrics = evaluate(compose("evaluate", exported, [f"evaluate.sizes={SIZES}", "evaluate.runs=2", "evaluate.warmup=1",
+                                                      "evaluate.quality_photos=1", f"device_results={phone}"]))
+    out = exported / "outputs" / "evaluate"
+    assert json.loads((out / "metrics.json").read_text())["latency"] == metrics["latency"]
+    rows = {(r["format"], r["threads"], r["height"], r["width"]) for r in metrics["latency"] if r["device"] == "host"}
+    for h, w in ((64, 64), (64, 128)):
+        assert {("tflite_fp16", 1, h, w), ("tflite_fp16", 2, h, w), ("tflite_fp32", 1, h, w), ("frozen_graph", None, h, w)} <= rows
+    assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["runs"] == 2
+               for r in metrics["latency"] if r["device"] == "host")
+    assert [r["device"] for r in metrics["latency"] if r["device"] != "host"] == ["iPhone 12"]
+    assert {s["format"] for s in metrics["skipped"]} == {"magenta_published_tflite_fp16"}  # only 384x384
+    q = metrics["quality"]["formats"]
+    assert {"keras", "magenta_published"} <= set(q) and q["keras"]["style_loss"] > 0
+    for name in ("latency.png", "stylized_grid.png"):
+        assert Image.open(out / name).size[0] > 200
+    mlflow.set_tracking_uri(f"sqlite:///{exported / 'mlflow.db'}")
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    assert any(k.startswith("latency_ms.tflite_fp16.litert_xnnpack.t2.64x128") for k in run.data.metrics)
+    assert any(k.startswith("latency_ms.iPhone_12.bender") for k in run.data.metrics)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"latency.png", "stylized_grid.png", "metrics.json"} <= artifacts
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"device": ""}, "device"),
+    ({"measurements": []}, "measurements"),
+    ({"measurements": [{"format": "bender", "median_ms": 70.0}]}, "variant"),
+])
+def test_device_results_are_validated(tmp_path, change, message):
+    from evaluation.device_results import DeviceResultsError, load
+
+    with pytest.raises(DeviceResultsError, match=message):
+        load(write_device_results(tmp_path / "bad.json", **change))

@@ -55,7 +55,7 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
             tensor = graph.Tensors(graph.Inputs(i))
             signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
             if np.any(np.asarray(signature) < 0):
-                report.problems.append(f"input {tensor.Name().decode()} has a dynamic shape {list(signature)}")
+                report.problems.append(f"input {tensor.Name().decode()} has a dynamic shape {[int(d) for d in signature]}")
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
             code = model.OperatorCodes(op.OpcodeIndex())

@@ -211,18 +211,24 @@ def evaluate(cfg) -> dict:
 
         metrics["mlflow_run_id"] = run.info.run_id
         for row in latency:
-            key = f"{row['format']}.{row['runtime']}.t{row['threads'] or 0}.{row['height']}x{row['width']}"
-            if row["device"] != "host":
-                key = f"{row['device']}.{key}"
-            mlflow.log_metric(f"latency_ms.{key}".replace(" ", "_"), row["median_ms"])
+            mlflow.log_metric(f"latency_ms.{_row_key(row)}", row["median_ms"])
         for name, q in quality["formats"].items():
             mlflow.log_metrics({f"style_loss.{name}": q["style_loss"], f"content_loss.{name}": q["content_loss"]})
         atomic_write_bytes(out_dir / "latency.png", chart)
         atomic_write_bytes(out_dir / "stylized_grid.png", grid)
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+        # Flat files for `dvc metrics show` and `dvc plots show`.
+        atomic_write_text(out_dir / "latency_summary.json", json.dumps({_row_key(r): round(r["median_ms"], 2) for r in latency}, indent=2))
+        atomic_write_text(out_dir / "latency_plot.json", json.dumps(
+            [{"model": _row_key(r), "median_ms": round(r["median_ms"], 2)} for r in latency], indent=2))
         for name in ("latency.png", "stylized_grid.png", "metrics.json"):
             mlflow.log_artifact(str(out_dir / name))
     return metrics
+
+
+def _row_key(row: dict) -> str:
+    key = f"{row['format']}.{row['runtime']}.t{row['threads'] or 0}.{row['height']}x{row['width']}"
+    return (key if row["device"] == "host" else f"{row['device']}.{key}").replace(" ", "_")
 
 
 def tflite_runner_output(path, x: np.ndarray) -> np.ndarray:

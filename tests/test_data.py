@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import shutil
+import struct
+import time
+import zlib
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONTENT_DIR, STYLE_DIR
+from conftest import CONTENT_DIR, STYLE_DIR, compose_train
 from training.data import (
     DataError,
+    SkipReport,
     TrainingBatches,
     augment_style,
     load_content,
     load_image,
     load_style_images,
+    style_crop,
 )
 
-PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))[:6]
+ALL_PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
+PHOTOS = ALL_PHOTOS[:6]
 
 
 def data_cfg(content_dir, **overrides):
@@ -28,17 +34,32 @@ def data_cfg(content_dir, **overrides):
     return OmegaConf.create({**base, **overrides})
 
 
-@pytest.fixture
-def bad_files(tmp_path):
-    """One file of each kind that breaks naive loaders, named by the reason it must be skipped for."""
-    d = tmp_path / "bad"
-    d.mkdir()
+def write_png_header_only(path, width, height):
+    """A PNG whose header claims width x height but holds 4 rows: decoding it would fail as truncated."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    rows = zlib.compress(b"\0" * (1 + (width + 7) // 8) * 4)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+# name -> reason it must be skipped for (with min_side=64, max_pixels=50e6)
+BAD_FILES = {"zero.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "not_an_image",
+             "tiny.png": "too_small", "bomb.png": "too_large", "claims_huge.png": "too_large"}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """One file of each kind that breaks naive loaders (read only: tests copy it to change it)."""
+    d = tmp_path_factory.mktemp("bad")
     (d / "zero.jpg").write_bytes(b"")
     data = PHOTOS[0].read_bytes()
     (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (d / "text.jpg").write_text("this is not a jpeg")
     Image.new("RGB", (20, 20), "red").save(d / "tiny.png")
-    Image.new("1", (9000, 9000)).save(d / "bomb.png")  # 81 Mpx, compresses to a few kB
+    Image.new("1", (9000, 9000)).save(d / "bomb.png")  # a real 81 Mpx PNG, a few kB on disk
+    write_png_header_only(d / "claims_huge.png", 20000, 20000)
     return d
 
 
@@ -48,124 +69,315 @@ def odd_but_good(tmp_path):
     d = tmp_path / "odd"
     d.mkdir()
     photo = Image.open(PHOTOS[1]).convert("RGB").resize((96, 80))
+    photo.save(d / "photo.png")
     photo.convert("L").save(d / "gray.png")
-    photo.convert("CMYK").save(d / "cmyk.jpg")
+    photo.quantize(256).save(d / "palette.png")
+    photo.convert("CMYK").save(d / "cmyk.jpg", quality=95)
     rgba = photo.convert("RGBA")
-    rgba.putalpha(128)
+    alpha = np.full((80, 96), 255, np.uint8)
+    alpha[:, 48:] = 0  # right half fully transparent: must come out white
+    rgba.putalpha(Image.fromarray(alpha))
     rgba.save(d / "rgba.png")
     sixteen = np.full((80, 96), 32768, np.uint16)
     sixteen[:, :48] = 65535
     Image.fromarray(sixteen).save(d / "sixteen.png")
+    for suffix in ("bmp", "gif", "webp", "tif"):
+        photo.save(d / f"photo.{suffix}")
     return d
 
 
-@pytest.mark.parametrize("name, reason", [("zero.jpg", "empty"), ("truncated.jpg", "truncated"), ("text.jpg", "not_an_image"),
-                                          ("tiny.png", "too_small"), ("bomb.png", "too_large")])
+@pytest.mark.parametrize("name, reason", sorted(BAD_FILES.items()))
 def test_bad_files_raise_data_error_with_reason(bad_files, name, reason):
     with pytest.raises(DataError) as err:
         load_image(bad_files / name, min_side=64, max_pixels=50_000_000)
     assert err.value.reason == reason
-    assert name in str(err.value)
+    assert str(bad_files / name) in str(err.value)
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_image(tmp_path / "gone.jpg")
+    assert err.value.reason == "unreadable" and "gone.jpg" in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [10000, 20000])  # PIL warns past 89 Mpx and raises past 179 Mpx
+def test_pil_bomb_limit_is_a_data_error_even_when_max_pixels_allows(tmp_path, side):
+    path = tmp_path / "huge.png"
+    write_png_header_only(path, side, side)
+    with pytest.raises(DataError) as err:
+        load_image(path, max_pixels=10**12)
+    assert err.value.reason == "too_large"  # not "truncated": refused from the header, never decoded
 
 
 def test_odd_encodings_load_as_rgb_unit_range(odd_but_good):
+    reference = load_image(odd_but_good / "photo.png")
     for path in sorted(odd_but_good.iterdir()):
         image = load_image(path)
         assert image.shape == (80, 96, 3) and image.dtype == np.float32, path.name
         assert 0.0 <= image.min() and image.max() <= 1.0, path.name
+        if path.stem in ("photo", "cmyk", "palette"):
+            assert np.abs(image - reference).mean() < 0.05, path.name  # same picture, lossy at most
+    gray = load_image(odd_but_good / "gray.png")
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
     sixteen = load_image(odd_but_good / "sixteen.png")
-    assert sixteen[0, 0, 0] == pytest.approx(1.0) and sixteen[0, -1, 0] == pytest.approx(0.5, abs=1e-3)
+    assert sixteen[0, 0, 0] == pytest.approx(1.0) and sixteen[0, -1, 0] == pytest.approx(32768 / 65535)
     rgba = load_image(odd_but_good / "rgba.png")
-    assert rgba.mean() > load_image(odd_but_good / "gray.png").mean() - 0.05  # composited on white, not black
+    np.testing.assert_array_equal(rgba[:, 48:], 1.0)  # transparent composited on white, not black
+    np.testing.assert_allclose(rgba[:, :48], reference[:, :48])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees
+    Image.open(PHOTOS[0]).convert("RGB").resize((96, 80)).save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").shape == (96, 80, 3)
+
+
+def mixed_folder(tmp_path, bad_files):
+    """Good photos (one in a subfolder, one with an upper-case suffix) mixed with every bad file."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(bad_files, mixed / "bad")
+    (mixed / "nested").mkdir()
+    for i, photo in enumerate(PHOTOS):
+        shutil.copy(photo, mixed / ("nested" if i == 0 else ".") / (photo.stem + (".JPG" if i == 1 else ".jpg")))
+    (mixed / "notes.txt").write_text("not an image suffix: ignored, not reported")
+    return mixed
 
 
 def test_folder_skips_bad_files_and_reports_them(tmp_path, bad_files):
-    mixed = tmp_path / "mixed"
-    shutil.copytree(bad_files, mixed / "bad")
-    for photo in PHOTOS:
-        shutil.copy(photo, mixed / photo.name)
-    content = load_content(data_cfg(mixed))
+    content = load_content(data_cfg(mixed_folder(tmp_path, bad_files)))
     assert len(content.train) + len(content.heldout) == len(PHOTOS)
-    assert content.skipped.by_reason() == {"empty": 1, "truncated": 1, "not_an_image": 1, "too_small": 1, "too_large": 1}
+    assert set(content.heldout_names) <= {p.stem for p in PHOTOS}
+    assert content.skipped.count() == len(BAD_FILES)
+    assert content.skipped.by_reason() == {"empty": 1, "truncated": 1, "not_an_image": 1, "too_small": 1,
+                                           "too_large": 2}
+    assert {(p.split("/")[-1], r) for p, r in content.skipped.skipped} == set(BAD_FILES.items())
     summary = content.skipped.summary()
-    assert "5 file(s) skipped" in summary and "truncated.jpg" in summary
+    assert summary.startswith(f"{len(BAD_FILES)} file(s) skipped")
+    assert all(name in summary for name in BAD_FILES)
+
+
+def test_skip_report_summary_merges_and_limits():
+    a = SkipReport([(f"/p/{i}.jpg", "corrupt") for i in range(12)])
+    merged = a.merge(SkipReport([("/p/x.png", "too_small")]))
+    assert merged.count() == 13 and merged.by_reason() == {"corrupt": 12, "too_small": 1}
+    assert "and 3 more" in merged.summary() and "/p/9.jpg" in merged.summary() and "/p/x.png" not in merged.summary()
+    assert a.count() == 12  # merge returns a new report
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "only_bad", "a_file", "all_held_out"])
+def test_unusable_folders_are_clear_errors(tmp_path, bad_files, make):
+    folder = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "only_bad": bad_files,
+              "a_file": PHOTOS[0], "all_held_out": tmp_path / "two"}[make]
+    if make == "empty":
+        folder.mkdir()
+    if make == "all_held_out":
+        folder.mkdir()
+        for photo in PHOTOS[:2]:
+            shutil.copy(photo, folder)
+    with pytest.raises(DataError, match="data.content_dir") as err:
+        load_content(data_cfg(folder))
+    assert str(folder) in str(err.value)
 
 
 def test_heldout_split_is_deterministic_and_disjoint():
     cfg = data_cfg(CONTENT_DIR, heldout_count=4)
     a, b = load_content(cfg), load_content(cfg)
     assert a.heldout_names == b.heldout_names and len(a.heldout_names) == 4
-    assert all(h.shape == (64, 64, 3) for h in a.heldout)
-    assert len(a.train) == len(list(CONTENT_DIR.glob("*.jpg"))) - 4
+    assert load_content(data_cfg(CONTENT_DIR, heldout_count=4, seed=1)).heldout_names != a.heldout_names
+    assert all(h.shape == (64, 64, 3) and h.dtype == np.float32 for h in a.heldout)
+    assert all(min(f.shape[:2]) > 64 for f in a.heldout_full)  # uncropped originals kept for evaluation
+    train_names = {p.stem for p in a.train.paths}
+    assert len(train_names) == len(ALL_PHOTOS) - 4 == len(a.train)
+    assert not train_names & set(a.heldout_names)
 
 
-@pytest.mark.parametrize("make", ["missing", "empty", "only_bad"])
-def test_unusable_folders_are_clear_errors(tmp_path, bad_files, make):
-    folder = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "only_bad": bad_files}[make]
-    if make == "empty":
-        folder.mkdir()
-    with pytest.raises(DataError, match="data.content_dir") as err:
-        load_content(data_cfg(folder))
-    assert str(folder) in str(err.value)
+def test_a_file_that_breaks_after_validation_is_skipped_once(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in PHOTOS:
+        shutil.copy(photo, folder)
+    content = load_content(data_cfg(folder, heldout_count=0, cache_bytes=0))  # no cache: decode when drawn
+    broken = content.train.paths[0]
+    broken.write_bytes(b"overwritten")
+    rng = np.random.default_rng(0)
+    crops = [content.train.sample(rng) for _ in range(40)]
+    assert all(c.shape == (64, 64, 3) for c in crops)
+    assert content.skipped.skipped == [(str(broken), "not_an_image")]
+    assert len(content.train) == len(PHOTOS) - 1 and broken not in content.train.paths
 
 
-def test_style_images_and_missing_style_path(tmp_path):
+def test_plain_dicts_and_the_projects_own_config(tmp_path):
+    plain = {"source": "folder", "content_dir": str(CONTENT_DIR), "image_size": 64, "resize_short_side": [64, 80],
+             "heldout_count": 1}
+    assert len(load_content(plain).heldout) == 1
+    cfg = compose_train([], tmp_path)  # data=samples, the shipped photos
+    content = load_content(cfg.data)
+    assert len(content.train) == len(ALL_PHOTOS) - cfg.data.heldout_count
+    assert content.train.sample(np.random.default_rng(0)).shape == (256, 256, 3)
+    with pytest.raises(DataError, match="data.source"):
+        load_content({**plain, "source": "s3"})
+
+
+def test_style_images_and_missing_or_broken_style_paths(tmp_path):
     styles, skipped = load_style_images(OmegaConf.create({"name": "all", "dir": str(STYLE_DIR), "images": {}}))
-    assert len(styles) == len(list(STYLE_DIR.glob("*.jpg"))) and skipped.count() == 0
-    with pytest.raises(DataError, match="style.images.starry"):
+    assert list(styles) == sorted(p.stem for p in STYLE_DIR.glob("*.jpg")) and skipped.count() == 0
+    with pytest.raises(DataError, match="style.images.starry") as err:
         load_style_images(OmegaConf.create({"name": "starry", "images": {"starry": str(tmp_path / "gone.jpg")}}))
+    assert "gone.jpg" in str(err.value)
+    (tmp_path / "broken.jpg").write_text("not a painting")
+    with pytest.raises(DataError, match="style.images.broken"):
+        load_style_images({"name": "x", "images": {"broken": str(tmp_path / "broken.jpg")}})
 
 
-def test_training_batches_are_deterministic_and_well_formed():
-    content = load_content(data_cfg(CONTENT_DIR))
-    styles, _ = load_style_images(OmegaConf.create({"name": "all", "dir": str(STYLE_DIR)}))
-    style_cfg = OmegaConf.create({"augment": True})
-    first = next(iter(TrainingBatches(content, styles, data_cfg(CONTENT_DIR), style_cfg, batch_size=3, seed=7)))
-    again = next(iter(TrainingBatches(content, styles, data_cfg(CONTENT_DIR), style_cfg, batch_size=3, seed=7)))
+def test_style_dir_skips_bad_files_and_keeps_explicit_ones(tmp_path):
+    style_dir = tmp_path / "styles"
+    style_dir.mkdir()
+    shutil.copy(STYLE_DIR / "starry_night.jpg", style_dir)
+    (style_dir / "broken.jpg").write_bytes(b"")
+    styles, skipped = load_style_images({"dir": str(style_dir), "images": {"extra": str(PHOTOS[0])}})
+    assert list(styles) == ["extra", "starry_night"]
+    assert skipped.skipped == [(str(style_dir / "broken.jpg"), "empty")]
+    (style_dir / "starry_night.jpg").unlink()
+    with pytest.raises(DataError, match="no usable style image"):
+        load_style_images({"name": "none", "dir": str(style_dir)})
+
+
+@pytest.fixture(scope="module")
+def folder_content():
+    return load_content(data_cfg(CONTENT_DIR))
+
+
+@pytest.fixture(scope="module")
+def all_styles():
+    return load_style_images(OmegaConf.create({"name": "all", "dir": str(STYLE_DIR)}))[0]
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_training_batches_are_deterministic_and_well_formed(folder_content, all_styles, augment):
+    def first_batches(seed, n=2):
+        batches = iter(TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": augment},
+                                       batch_size=3, seed=seed))
+        return [next(batches) for _ in range(n)]
+
+    first, again, other = first_batches(7), first_batches(7), first_batches(8)
     for key in ("content", "style"):
-        assert first[key].shape == (3, 64, 64, 3) and first[key].dtype == np.float32
-        assert 0.0 <= first[key].min() and first[key].max() <= 1.0
-        np.testing.assert_array_equal(first[key], again[key])
+        assert first[0][key].shape == (3, 64, 64, 3) and first[0][key].dtype == np.float32
+        assert 0.0 <= first[0][key].min() and first[0][key].max() <= 1.0
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a[key], b[key])
+        assert not np.array_equal(first[0][key], other[0][key])
+    index = first[0]["style_index"]
+    assert index.dtype == np.int32 and index.shape == (3,) and 0 <= index.min() and index.max() < len(all_styles)
+    if not augment:  # fixed styles: exactly the centre crop of the chosen painting
+        names = list(all_styles)
+        for i, style in zip(index, first[0]["style"]):
+            np.testing.assert_array_equal(style, style_crop(all_styles[names[i]], 64))
+
+
+def test_training_batches_as_tf_dataset(folder_content, all_styles):
+    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
+    batch = next(iter(batches.as_tf_dataset()))
+    assert batch["content"].shape == (2, 64, 64, 3) and batch["style_index"].dtype.name == "int32"
+    np.testing.assert_allclose(batch["content"].numpy(), next(iter(batches))["content"])
+
+
+def test_training_batches_are_fast_at_full_size(all_styles):
+    cfg = data_cfg(CONTENT_DIR, image_size=256, resize_short_side=[258, 320], heldout_count=4)
+    batches = iter(TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, batch_size=8, seed=0))
+    next(batches)
+    start = time.perf_counter()
+    for _ in range(5):
+        next(batches)
+    per_batch = (time.perf_counter() - start) / 5
+    assert per_batch < 0.3, f"{per_batch * 1000:.0f} ms per 8x256x256 batch"  # ~40-60 ms; loose for busy CI
 
 
 def test_style_augmentation_changes_colours_and_keeps_size():
     image = load_image(STYLE_DIR / "starry_night.jpg")
     rng = np.random.default_rng(0)
-    out = [augment_style(image, rng, 64) for _ in range(4)]
-    assert all(o.shape == (64, 64, 3) and 0.0 <= o.min() and o.max() <= 1.0 for o in out)
+    out = [augment_style(image, rng, 64) for _ in range(6)]
+    assert all(o.shape == (64, 64, 3) and o.dtype == np.float32 and 0.0 <= o.min() and o.max() <= 1.0 for o in out)
     means = np.array([o.mean(axis=(0, 1)) for o in out])
     assert np.ptp(means, axis=0).max() > 0.05  # brightness/saturation/hue jitter differ between draws
+    hue_order = {tuple(np.argsort(m)) for m in means}
+    assert len(hue_order) > 1  # hue shifts reorder the dominant channels, not just scale them
 
 
-def write_tfds_dataset(data_dir):
-    """A real TFDS dataset on disk (TFRecord shards + metadata) made from shipped photos."""
+def test_saturation_and_hue_match_tensorflow():
+    """The numpy colour jitter is tf.image.adjust_saturation then adjust_hue, as in Magenta."""
     import tensorflow as tf
+
+    from training.data import _jitter_saturation_hue
+
+    x = style_crop(load_image(STYLE_DIR / "starry_night.jpg"), 64)
+    for saturation, hue in [(0.5, -0.2), (1.5, 0.2), (1.1, 0.05)]:
+        expected = tf.image.adjust_hue(tf.image.adjust_saturation(x, saturation), hue).numpy()
+        np.testing.assert_allclose(_jitter_saturation_hue(x, saturation, hue), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory, bad_files):
+    """A real TFDS dataset on disk (TFRecord shards + dataset_info.json), built offline from shipped
+    photos, with a truncated JPEG and a too-small image among the training examples."""
     import tensorflow_datasets as tfds
 
-    def split(paths):
-        images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((96, 80))) for p in paths])
-        return tf.data.Dataset.from_tensor_slices({"image": images})
-
-    return tfds.dataset_builders.store_as_tfds_dataset(
-        name="sample_photos", version="1.0.0", data_dir=str(data_dir),
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(80, 96, 3))}),
-        split_datasets={"train": split(PHOTOS[:4]), "validation": split(PHOTOS[4:])},
+    root = tmp_path_factory.mktemp("tfds")
+    files = []
+    for photo in PHOTOS:
+        files.append(root / photo.name)
+        Image.open(photo).convert("RGB").resize((96, 80)).save(files[-1])
+    Image.new("RGB", (20, 20), "red").save(root / "tiny.jpg")
+    train = [*files[:4], bad_files / "truncated.jpg", root / "tiny.jpg"]
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="sample_photos", version="1.0.0", data_dir=str(root / "data"),
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(encoding_format="jpeg")}),
+        # Paths, not arrays: TFDS stores the JPEG bytes as they are, so the broken ones stay broken.
+        split_datasets={"train": [(str(i), {"image": str(f)}) for i, f in enumerate(train)],
+                        "validation": [(str(i), {"image": str(f)}) for i, f in enumerate(files[4:])]},
     )
+    return root / "data"
 
 
-def test_tfds_dataset_by_name_streams_training_crops(tmp_path):
-    write_tfds_dataset(tmp_path / "tfds")
-    tfds_cfg = {"name": "sample_photos", "data_dir": str(tmp_path / "tfds"), "builder_dir": None, "train_split": "train",
-                "heldout_split": "validation", "image_key": "image", "download": False, "manual_dir": None, "shuffle_buffer": 8}
-    content = load_content(data_cfg(None, source="tfds", tfds=tfds_cfg, heldout_count=1))
-    assert len(content.train) == 4 and content.heldout_names == ["validation_0"]
-    crops = [content.train.sample(np.random.default_rng(i)) for i in range(6)]  # more draws than images: it repeats
-    assert all(c.shape == (64, 64, 3) and c.max() <= 1.0 for c in crops)
+def tfds_cfg(**overrides):
+    return {"name": "sample_photos", "data_dir": None, "builder_dir": None, "train_split": "train",
+            "heldout_split": "validation", "image_key": "image", "download": False, "manual_dir": None,
+            "shuffle_buffer": 8, **overrides}
+
+
+@pytest.mark.parametrize("by", ["name", "builder_dir"])
+def test_tfds_dataset_streams_training_crops_and_skips_bad_examples(tfds_dir, by):
+    where = ({"data_dir": str(tfds_dir)} if by == "name"
+             else {"name": None, "builder_dir": str(tfds_dir / "sample_photos" / "1.0.0")})
+    content = load_content(data_cfg(None, source="tfds", tfds=tfds_cfg(**where), heldout_count=1))
+    assert len(content.train) == 6 and content.heldout_names == ["validation_0"]
     assert content.heldout[0].shape == (64, 64, 3) and content.heldout[0].std() > 0.05  # real pixels, not blank
+    assert content.heldout_full[0].shape == (80, 96, 3)
+    rng = np.random.default_rng(0)
+    crops = [content.train.sample(rng) for _ in range(14)]  # three passes over the 4 good examples
+    assert all(c.shape == (64, 64, 3) and c.dtype == np.float32 and c.std() > 0.05 for c in crops)
+    assert content.skipped.by_reason() == {"truncated": 1, "too_small": 1}  # counted once, not per pass
+    assert all(name.startswith("sample_photos-train") for name, _ in content.skipped.skipped)
 
 
-def test_tfds_dataset_not_prepared_is_a_clear_error(tmp_path):
-    tfds_cfg = {"name": "coco/2017", "data_dir": str(tmp_path / "empty"), "builder_dir": None, "train_split": "train",
-                "heldout_split": "validation", "image_key": "image", "download": False, "manual_dir": None}
-    with pytest.raises(DataError, match="data.tfds"):
-        load_content(data_cfg(None, source="tfds", tfds=tfds_cfg))
+def test_tfds_training_batches_repeat_for_a_seed(tfds_dir, all_styles):
+    cfg = data_cfg(None, source="tfds", tfds=tfds_cfg(data_dir=str(tfds_dir)), heldout_count=1)
+    batches = TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": False}, batch_size=4, seed=3)
+    first, again = next(iter(batches)), next(iter(batches))
+    np.testing.assert_array_equal(first["content"], again["content"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"name": "coco/2017"}, "data.tfds.download=true"),
+    ({"heldout_split": "test"}, "data.tfds.heldout_split='test'.*available: train, validation"),
+    ({"image_key": "photo"}, "data.tfds.image_key"),
+    ({"name": None, "builder_dir": "/nonexistent/dir"}, "data.tfds.builder_dir=/nonexistent/dir"),
+])
+def test_tfds_problems_are_clear_errors(tfds_dir, override, match):
+    cfg = data_cfg(None, source="tfds", tfds=tfds_cfg(data_dir=str(tfds_dir), **override))
+    with pytest.raises(DataError, match=match):
+        load_content(cfg)

@@ -15,6 +15,7 @@ from export.tf_graph import STYLE_IMAGE_SIZE, constant_module, freeze
 from training.network import BOTTLENECK_DIM
 
 IMAGE_OUTPUT_NODE = "coreml_stylized_image"  # renamed to `stylized_image` in the model
+BOTTLENECK_OUTPUT_NODE = "coreml_style_bottleneck"  # renamed to `style_bottleneck`
 
 
 def _coreml_module(module, variant: str, height: int, width: int):
@@ -35,7 +36,10 @@ def _coreml_module(module, variant: str, height: int, width: int):
             y = constant.serve(content_image, style_bottleneck)["stylized_image"]
             return {"pixels": tf.identity(tf.transpose(y * 255.0, [0, 3, 1, 2]), name=IMAGE_OUTPUT_NODE)}
     else:
-        return constant
+        @tf.function(input_signature=[tf.TensorSpec([1, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE, 3], tf.float32, name="style_image")])
+        def serve(style_image):
+            y = constant.serve(style_image)["style_bottleneck"]
+            return {"bottleneck": tf.identity(y, name=BOTTLENECK_OUTPUT_NODE)}
     wrapper.serve = serve
     return wrapper
 
@@ -49,7 +53,7 @@ def convert(module, variant: str, height: int, width: int, metadata: dict):
         name=name, shape=(1, *size, 3), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)
     if variant == "predictor":
         inputs = [image("style_image", (STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE))]
-        outputs = [ct.TensorType(name="style_bottleneck")]
+        outputs = [ct.TensorType(name=BOTTLENECK_OUTPUT_NODE)]
     else:
         inputs = [image("content_image", (height, width))]
         if variant == "transfer":
@@ -59,7 +63,9 @@ def convert(module, variant: str, height: int, width: int, metadata: dict):
                          minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT16)
     executable = mlmodel  # as converted, for the Linux executor; renaming below changes only the saved spec
     spec = mlmodel.get_spec()
-    if variant != "predictor":
+    if variant == "predictor":
+        ct.utils.rename_feature(spec, BOTTLENECK_OUTPUT_NODE, "style_bottleneck")
+    else:
         ct.utils.rename_feature(spec, IMAGE_OUTPUT_NODE, "stylized_image")
     described = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
     described.author = metadata.get("author", "stylepipe")
@@ -98,14 +104,24 @@ def io_description(mlmodel) -> tuple[list[dict], list[dict]]:
     return describe(description.input), describe(description.output)
 
 
-def predict_on_linux(executable, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Execute the converted MIL program with the project's numpy executor (image inputs 0..255).
+def predict(path, executable, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a saved model: Core ML itself on macOS, else the MIL program on the numpy executor.
 
-    The image output comes back under `stylized_image` as an (H, W, 3) array in 0..255.
+    Image inputs are (H, W, 3) arrays in 0..255; the image output comes back under
+    `stylized_image` as an (H, W, 3) array in 0..255.
     """
+    import platform
+
+    if platform.system() == "Darwin":  # the real runtime: MLModel.predict on PIL images
+        import coremltools as ct
+        from PIL import Image
+
+        model = ct.models.MLModel(str(path))
+        feeds = {k: Image.fromarray(np.clip(v, 0, 255).astype(np.uint8)) if v.ndim == 3 else v for k, v in inputs.items()}
+        outputs = model.predict(feeds)
+        return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
     from export.mil_executor import run_mil_program
 
-    outputs = run_mil_program(executable, inputs)
-    if IMAGE_OUTPUT_NODE in outputs:
-        outputs["stylized_image"] = outputs.pop(IMAGE_OUTPUT_NODE)
-    return outputs
+    outputs = run_mil_program(executable, inputs)  # image output as an app reads it: uint8 pixels
+    renames = {IMAGE_OUTPUT_NODE: "stylized_image", BOTTLENECK_OUTPUT_NODE: "style_bottleneck"}
+    return {renames.get(k, k): v for k, v in outputs.items()}

@@ -149,14 +149,15 @@ class Exporter:
         metadata["description"] = (f"stylepipe {variant} {model}" + (f", style {self.style_name}" if variant == "baked" else "")
                                    + f", {width}x{height}")
         metadata["user"] = {"style": self.style_name if variant == "baked" else "arbitrary", "variant": variant}
-        mlmodel, executable = coreml.convert(module, "predictor" if model == "predictor" else variant, height, width, metadata)
+        kind = "baked" if variant == "baked" else model  # coreml.convert: baked | transfer | predictor
+        mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
         path = self.staging / name
         mlmodel.save(str(path))
         inputs, outputs = coreml.io_description(mlmodel)
         pairs = []
         for feeds, ref in reference:
             image_feeds = {k: (v[0] * 255.0 if k in ("content_image", "style_image") else v) for k, v in feeds.items()}
-            result = coreml.predict_on_linux(executable, image_feeds)
+            result = coreml.predict(path, executable, image_feeds)
             if model == "predictor":
                 pairs.append((np.asarray(result["style_bottleneck"], np.float32).reshape(ref.shape), ref))
             else:

@@ -100,3 +100,29 @@ def test_not_a_model_file_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not a zip")
     with pytest.raises(StylepipeError, match="not a readable Keras model"):
         export(compose_export(tmp_path, bogus, tf_formats_only()))
+
+
+def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, published_model_path):
+    import coremltools as ct
+
+    from export.stage import export
+
+    manifest = export(compose_export(tmp_path, published_model_path, [
+        "export.sizes=[[64,64]]", "export.formats=[coreml]", "export.arbitrary_formats=[coreml]"]))
+    entries = {(a["variant"], a["model"]): a for a in manifest["artifacts"]}
+    assert set(entries) == {("baked", "transfer"), ("arbitrary", "transfer"), ("arbitrary", "predictor")}
+    for entry in entries.values():
+        assert entry["parity"]["psnr_db"] >= 40.0, entry
+    baked = ct.models.MLModel(str(tmp_path / "outputs" / "export" / entries[("baked", "transfer")]["path"]), skip_model_load=True)
+    spec = baked.get_spec()
+    assert spec.specificationVersion >= 7  # iOS 16
+    assert [f.type.WhichOneof("Type") for f in spec.description.input] == ["imageType"]
+    assert [f.type.WhichOneof("Type") for f in spec.description.output] == ["imageType"]
+    assert spec.description.output[0].name == "stylized_image"
+    assert baked.author == "stylepipe" and "Apache-2.0" in baked.license
+    assert baked.user_defined_metadata["style"] == "starry"
+    assert "pixels 0..255" in baked.input_description["content_image"]
+    from export.mil_executor import mil_ops_used
+
+    ops = mil_ops_used(baked)  # read back from the saved package
+    assert ops["conv"] == 16 and ops["pad"] == 16 and ops["resize_nearest_neighbor"] == 2

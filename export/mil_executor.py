@@ -336,7 +336,11 @@ def _instance_norm(op, get):
     axes = tuple(range(2, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     var = np.square(x - mean).mean(axis=axes, keepdims=True)  # biased
-    eps = get("epsilon")
+    return _normalize(x, mean, var, get("epsilon"), get)
+
+
+def _normalize(x, mean, var, eps, get):
+    """(x - mean) / sqrt(var + eps), then the optional per-channel gamma and beta (both norms)."""
     y = (x - mean) / np.sqrt(var + np.float32(1e-5 if eps is None else eps))
     gamma, beta = _per_channel(get("gamma"), x.ndim), _per_channel(get("beta"), x.ndim)
     if gamma is not None:
@@ -349,15 +353,7 @@ def _instance_norm(op, get):
 @_op("batch_norm")
 def _batch_norm(op, get):
     x = _f32(get("x"))
-    eps = get("epsilon")
-    y = (x - _per_channel(get("mean"), x.ndim)) / np.sqrt(
-        _per_channel(get("variance"), x.ndim) + np.float32(1e-5 if eps is None else eps))
-    gamma, beta = _per_channel(get("gamma"), x.ndim), _per_channel(get("beta"), x.ndim)
-    if gamma is not None:
-        y = y * gamma
-    if beta is not None:
-        y = y + beta
-    return y
+    return _normalize(x, _per_channel(get("mean"), x.ndim), _per_channel(get("variance"), x.ndim), get("epsilon"), get)
 
 
 @_op("pad")

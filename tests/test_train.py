@@ -38,6 +38,10 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     for name in ("model.keras", "metrics.json", "samples.png"):
         assert (train_dir / name).is_file(), name
     assert json.loads((train_dir / "metrics.json").read_text())["steps"] == 16
+    from training.network import load_stylizer
+
+    reloaded = load_stylizer(train_dir / "model.keras")  # what the export stage does, in safe mode
+    assert {"style_predictor", "transformer"} <= {layer.name for layer in reloaded.layers}
     # The loss falls on real photos: held-out loss after 16 steps vs the same network untrained
     # (same seed, same initial weights), and the style term over the logged training steps.
     assert metrics["heldout"]["loss"] < 0.85 * untrained["heldout"]["loss"], (metrics["heldout"], untrained["heldout"])

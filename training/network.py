@@ -248,6 +248,7 @@ def load_stylizer(path) -> keras.Model:
     """Load a stylizer written by the training or import stage (safe mode), or explain why not."""
     from pathlib import Path
 
+    from training import vgg16  # noqa: F401 - registers VGGPreprocess, used by the vgg16 backbone
     from training.errors import StylepipeError
 
     path = Path(path)

@@ -71,7 +71,7 @@ def _latency_chart(rows: list[dict]) -> bytes:
 
     labels = [f"{r['format']} {r['variant']} {r['runtime']}" + (f" t{r['threads']}" if r["threads"] else "")
               + f" {r['height']}x{r['width']}" + (f" [{r['device']}]" if r["device"] != "host" else "") for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(13, 0.32 * len(rows) + 1.2))
     ax.barh(range(len(rows)), [r["median_ms"] for r in rows], xerr=[[0] * len(rows), [r["p90_ms"] - r["median_ms"] for r in rows]],
             color=["#d62728" if PUBLISHED_NAME in r["format"] else "#1f77b4" for r in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=7)

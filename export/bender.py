@@ -18,6 +18,7 @@ on real photos (the table in docs/bender.md).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,16 @@ OUTPUT_NAME = "stylized_image"
 BENDER_INSTANCE_NORM_EPSILON = 1e-4
 BENDER_INSTANCE_NORM_CLAMP = 10.0
 
-# Recommended parity threshold for the export stage (docs/bender.md: measured minimum minus margin).
-BENDER_MIN_PSNR_DB = 38.0
+# Recommended parity thresholds for the export stage (docs/bender.md: measured minima minus a margin).
+# BENDER_MIN_PSNR_DB: run_bender_numpy(graph) vs reference_forward, full frame, default graph
+# (padding="concat"), any size; also the padding="clamp" graph run with edge_mode="reflect".
+# CLAMP_PADDING_*: what a padding="clamp" graph can promise on the device (short side >= 384).
+BENDER_MIN_PSNR_DB = 42.0
+CLAMP_PADDING_MIN_PSNR_DB = 18.0
+CLAMP_PADDING_MIN_INTERIOR_PSNR_DB = 28.0
 
 UPSAMPLE_FORMS = ("nearest_conv", "fused")
+PADDING_FORMS = ("clamp", "concat")
 STRIDE2_FORMS = ("same4", "explicit")
 
 
@@ -138,6 +145,9 @@ def rescale_for_bender_clamp(net: BakedNetwork, height: int, width: int,
     """
     from dataclasses import replace
 
+    if net.contract[-1].activation != "relu" or any(c1.activation != "relu" or c2.activation is not None
+                                                    for c1, c2 in net.residual):
+        raise BenderExportError("clamp guard expects Magenta's structure (ReLU after contract conv3 and residual conv1)")
     scales = clamp_guard_scales(net, height, width, limit)
     stream = scales["stream"]
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
@@ -158,20 +168,29 @@ def rescale_for_bender_clamp(net: BakedNetwork, height: int, width: int,
 
 
 def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
-                       upsample: str = "nearest_conv", stride2: str = "same4", clamp_guard: bool = True):
+                       padding: str = "concat", upsample: str = "nearest_conv", stride2: str = "same4",
+                       clamp_guard: bool = True):
     """The baked transfer network as a tf.compat.v1.GraphDef that Bender maps op for op.
 
     input `content_image` [1, H, W, 3] float32 in [0, 1]; output `stylized_image` (Sigmoid).
+    padding: "concat" (default) = Magenta's reflect padding built exactly from mapped layers (border
+    rows/columns copied by one-hot convolutions, ConcatV2) followed by VALID convs; it relies on
+    Bender's Concat axis mapping (TF axis 1 -> width, 2 -> height; written accordingly) and on MPS
+    convolutions with a stride as large as the image. "clamp" = SAME convs with pad_mode REFLECT,
+    which Bender turns into MPSImageEdgeMode.clamp: replicate padding, borders differ from Magenta.
     upsample: "nearest_conv" (default) = ConvTranspose(2x2 identity, stride 2) then the 3x3 conv
     with SAME + pad_mode REFLECT: exact, borders included. "fused" = one 4x4 ConvTranspose
     derived from the 3x3 kernel: exact in the interior only.
-    stride2: "same4" (default) = the 3x3 stride-2 kernel zero-extended to 4x4 with SAME padding;
+    stride2 (padding="clamp" only; "concat" pads explicitly and runs 3x3 VALID stride 2):
+    "same4" (default) = the 3x3 stride-2 kernel zero-extended to 4x4 with SAME padding;
     "explicit" = 3x3 VALID with Bender's tensor-valued `explicit_paddings` attribute.
     clamp_guard: rescale the norms by powers of two so Bender's +-10 clamp never cuts a value
     (`rescale_for_bender_clamp`); False writes gamma/beta as they are.
     """
     import tensorflow as tf
 
+    if padding not in PADDING_FORMS:
+        raise BenderExportError(f"padding must be one of {PADDING_FORMS}, got {padding!r}")
     if upsample not in UPSAMPLE_FORMS:
         raise BenderExportError(f"upsample must be one of {UPSAMPLE_FORMS}, got {upsample!r}")
     if stride2 not in STRIDE2_FORMS:
@@ -186,10 +205,47 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
     graph = tf.compat.v1.Graph()
     explicit_convs: list[str] = []
     with graph.as_default():
-        const = lambda value, name: tf.constant(np.ascontiguousarray(value), name=name)  # noqa: E731
+        const = lambda value, name: tf.constant(np.array(value, order="C"), name=name)  # noqa: E731
 
-        def conv2d(x, c: BakedConv, name_scope: str, kernel=None):
+        def reflect_pad(x, p: int, name: str):
+            """Magenta's REFLECT pad by p from mapped layers: each border row/column is copied by a
+            one-hot convolution (identity over channels), then ConcatV2 along height and width."""
+            _, hh, ww, cc = (int(d) for d in x.shape)
+            eye = np.eye(cc, dtype=np.float32)
+
+            def pick(src, j: int, size: int, axis: int, nm: str):
+                def kernel(length, at):
+                    k = np.zeros((length, 1, cc, cc) if axis == 1 else (1, length, cc, cc), np.float32)
+                    k[(at, 0) if axis == 1 else (0, at)] = eye
+                    return k
+
+                def strides(step):
+                    return [1, step, 1, 1] if axis == 1 else [1, 1, step, 1]
+
+                if 2 * j < size:  # near the start: a (j+1)-long kernel whose only window starts at 0
+                    return rt.Conv2D(input=src, filter=const(kernel(j + 1, j), f"{nm}/weights"), strides=strides(size),
+                                     padding="VALID", name=f"{nm}/Conv2D")
+                # near the end: stride j keeps lines 0 and j, then a 2-long kernel keeps line j
+                two = rt.Conv2D(input=src, filter=const(kernel(1, 0), f"{nm}/stride/weights"), strides=strides(j),
+                                padding="VALID", name=f"{nm}/stride/Conv2D")
+                return rt.Conv2D(input=two, filter=const(kernel(2, 1), f"{nm}/weights"), strides=[1, 1, 1, 1],
+                                 padding="VALID", name=f"{nm}/Conv2D")
+
+            rows = ([pick(x, j, hh, 1, f"{name}/row{j}") for j in range(p, 0, -1)] + [x]
+                    + [pick(x, hh - 1 - m, hh, 1, f"{name}/row{hh - 1 - m}") for m in range(1, p + 1)])
+            xh = rt.ConcatV2(values=rows, axis=const(np.int32(1), f"{name}/rows/axis"), name=f"{name}/rows")
+            cols = ([pick(xh, j, ww, 2, f"{name}/col{j}") for j in range(p, 0, -1)] + [xh]
+                    + [pick(xh, ww - 1 - m, ww, 2, f"{name}/col{ww - 1 - m}") for m in range(1, p + 1)])
+            return rt.ConcatV2(values=cols, axis=const(np.int32(2), f"{name}/cols/axis"), name=f"{name}/cols")
+
+        def conv2d(x, c: BakedConv, name_scope: str, kernel=None, after_upsample: bool = False):
             kernel = c.kernel if kernel is None else kernel
+            if padding == "concat" and not after_upsample:
+                # (after a nearest upsampling, the clamp edge already equals reflect: SAME below)
+                xp = reflect_pad(x, kernel.shape[0] // 2, f"{name_scope}/reflect")
+                w = const(kernel, f"{name_scope}/weights")
+                return rt.Conv2D(input=xp, filter=w, strides=[1, c.stride, c.stride, 1], padding="VALID",
+                                 name=f"{name_scope}/Conv2D")
             if c.stride == 1:
                 w = const(kernel, f"{name_scope}/weights")
                 return rt.Conv2D(input=x, filter=w, strides=[1, 1, 1, 1], padding="SAME", name=f"{name_scope}/Conv2D")
@@ -236,7 +292,7 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
             y = rt.BiasAdd(value=y, bias=const(c.bias.astype(np.float32), f"{c.scope}/biases"), name=f"{c.scope}/BiasAdd")
             x = activation(y, c)
             h, w = h // c.stride, w // c.stride
-        for i, (conv1, conv2) in enumerate(net.residual, start=1):
+        for conv1, conv2 in net.residual:
             block = conv1.scope.rsplit("/", 1)[0]
             y = activation(instance_norm(conv2d(x, conv1, conv1.scope), conv1), conv1)
             y = instance_norm(conv2d(y, conv2, conv2.scope), conv2)
@@ -253,7 +309,7 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
                     input_sizes=const(np.array([1, h, w, cin], np.int32), f"{parent}/upsample/input_sizes"),
                     filter=const(nearest_upsample_transpose_filter(cin), f"{parent}/upsample/filter"),
                     out_backprop=x, strides=[1, 2, 2, 1], padding="SAME", name=f"{parent}/upsample/conv2d_transpose")
-                y = conv2d(up, c, c.scope)
+                y = conv2d(up, c, c.scope, after_upsample=True)
             elif c.upsample == 2:
                 h, w = 2 * h, 2 * w
                 y = rt.Conv2DBackpropInput(
@@ -266,8 +322,9 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
         if x.op.name != OUTPUT_NAME:
             raise BenderExportError(f"the network does not end in a sigmoid (last op {x.op.name})")
     graph_def = graph.as_graph_def()
+    _swap_concat_axes(graph_def)  # TF NHWC axis 1 (height) is Bender's 2, and 2 (width) its 1
     for node in graph_def.node:
-        if node.op == "Conv2D":
+        if node.op == "Conv2D" and node.attr["padding"].s != b"VALID":
             node.attr["pad_mode"].s = b"REFLECT"  # Bender: REFLECT/SYMMETRIC -> MPSImageEdgeMode.clamp
             if node.name in explicit_convs:
                 # Bender reads attr["explicit_paddings"].tensor.tensorContent (Int32) and treats any padding
@@ -277,7 +334,26 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
                 node.attr["explicit_paddings"].tensor.CopyFrom(_int32_tensor([0, 0, 1, 1, 1, 1, 0, 0]))
         if node.op == "Const":
             _force_tensor_content(node)
+    report = check_bender_graph(graph_def)
+    if not report.ok:  # the builder's own output must survive Bender's converter
+        raise BenderExportError("built graph is not Bender-compatible:\n" + report.summary())
     return graph_def
+
+
+def _swap_concat_axes(graph_def) -> None:
+    """Rewrite ConcatV2 axis constants between TF's NHWC numbering and Bender's.
+
+    Bender's concatMapper reads the axis from the Const "<concat>/axis" (int_val) and maps it with
+    LayerSizeAxis.fromTF: 1 -> .w, 2 -> .h, 3 -> .f; in TF's NHWC, 1 is height and 2 width.
+    The same swap turns a Bender graph back into a TF one.
+    """
+    by_name = {n.name: n for n in graph_def.node}
+    for node in graph_def.node:
+        if node.op == "ConcatV2":
+            axis = by_name.get(f"{node.name}/axis")
+            if axis is not None and axis.attr["value"].tensor.int_val:
+                value = axis.attr["value"].tensor.int_val[0]
+                axis.attr["value"].tensor.int_val[0] = {1: 2, 2: 1}.get(value, value)
 
 
 def _int32_tensor(values):
@@ -303,11 +379,13 @@ def _force_tensor_content(node) -> None:
 
 def to_tensorflow_graph_def(graph_def):
     """A copy TensorFlow can import: Bender-only attributes removed (pad_mode; explicit_paddings as a
-    tensor becomes TF's EXPLICIT padding). Edges then pad with zeros instead of clamping."""
+    tensor becomes TF's EXPLICIT padding), ConcatV2 axes back in NHWC numbering. SAME convs then pad
+    with zeros instead of clamping."""
     from tensorflow.core.framework import graph_pb2
 
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
+    _swap_concat_axes(out)
     for node in out.node:
         if node.op != "Conv2D":
             continue
@@ -618,7 +696,7 @@ class _Replay:
             block = next((c for c in consts if c.name.endswith("/block_shape")), None)
             if block is not None:
                 shape = _const_array(block.nd)
-                if shape is not None and shape.size == 2:
+                if shape is not None and shape.size == 2 and len(node.nd.attr["dilations"].list.i) == 4:
                     node.nd.attr["dilations"].list.i[1] = int(shape[0])
                     node.nd.attr["dilations"].list.i[2] = int(shape[1])
                     node.nd.attr["padding"].s = b"SAME"
@@ -850,6 +928,17 @@ def _map_layer(node: _Node, problems: list[str], notes: list[str]) -> BenderLaye
         p["shift"] = _param(shift_node, "shift", node.name, problems)
     elif kind == "Neuron":
         p["neuron"] = node.op
+    elif kind == "Concat":
+        axis_node = next((i for i in node.edge_in if i.name in (f"{node.name}/axis", f"{node.name}/concat_dim")), None)
+        values = list(axis_node.nd.attr["value"].tensor.int_val) if axis_node is not None else []
+        axis = {1: "w", 2: "h", 3: "f"}.get(values[0]) if values else None  # LayerSizeAxis.fromTF
+        if axis is None:
+            problems.append(f"{node.name}: concatMapper needs a Const '{node.name}/axis' with int_val 1, 2 or 3 "
+                            f"(found {values or 'none'})")
+        p["axis"] = axis
+        repeated = {i for i in node.nd.input if list(node.nd.input).count(i) > 1}
+        if repeated:
+            problems.append(f"{node.name}: repeated inputs {sorted(repeated)} (Bender keeps one edge per node)")
     elif kind == "Add":
         pass
     else:
@@ -892,6 +981,19 @@ def _layer_size(layer: BenderLayer, in_sizes: list, problems: list[str]):
         return h, w, f
     if layer.type in ("Neuron", "Add"):
         return h, w, f
+    if layer.type == "Concat" and p.get("axis"):
+        axis = "hwf".index(p["axis"])
+        if len(in_sizes) > 10:
+            problems.append(f"{layer.id}: Concat takes at most 10 inputs (maxInputTextures), has {len(in_sizes)}")
+        for s in in_sizes[1:]:
+            if any(s[i] != in_sizes[0][i] for i in range(3) if i != axis):
+                problems.append(f"{layer.id}: Concat inputs differ off the {p['axis']} axis: {in_sizes}")
+                return None
+        if p["axis"] == "f" and any(s[2] % 4 for s in in_sizes):
+            problems.append(f"{layer.id}: Concat along f needs multiples of 4 channels")
+        out = list(in_sizes[0])
+        out[axis] = sum(s[axis] for s in in_sizes)
+        return tuple(out)
     return None
 
 
@@ -904,13 +1006,14 @@ def check_bender_graph(graph_def, input_name: str = INPUT_NAME, output_name: str
     `ok` means: nothing dropped, no problem found, one Start, every layer on a path from the input to
     the output, and the output is the last layer (Network.initialize takes nodes.last as output).
     """
-    if isinstance(graph_def, (bytes, bytearray)):
-        from tensorflow.core.framework import graph_pb2
+    from tensorflow.core.framework import graph_pb2
 
-        parsed = graph_pb2.GraphDef()
+    parsed = graph_pb2.GraphDef()  # a copy: the replay rewrites attributes (dilation folding) in place
+    if isinstance(graph_def, (bytes, bytearray)):
         parsed.ParseFromString(bytes(graph_def))
-        graph_def = parsed
-    replay = _Replay(graph_def)
+    else:
+        parsed.CopyFrom(graph_def)
+    replay = _Replay(parsed)
     replay.run()
     problems, notes = replay.problems, replay.notes
     layers: list[BenderLayer] = []
@@ -1031,15 +1134,10 @@ def mps_conv(x: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], pad_top
     top, left = max(0, pad_top), max(0, pad_left)
     bottom = max(0, (oh - 1) * sy - pad_top + kh - h)
     right = max(0, (ow - 1) * sx - pad_left + kw - w)
-    xp = _pad(x, top, bottom, left, right, edge)
-    acc = np.zeros((oh * ow, cout), np.float32)
-    for ky in range(kh):
-        r0 = ky - pad_top + top
-        for kx in range(kw):
-            c0 = kx - pad_left + left
-            patch = xp[r0: r0 + sy * (oh - 1) + 1: sy, c0: c0 + sx * (ow - 1) + 1: sx]
-            acc += patch.reshape(-1, cin) @ kernel[ky, kx]
-    return acc.reshape(oh, ow, cout)
+    xp = _pad(x, top, bottom, left, right, edge)[top - pad_top:, left - pad_left:]
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(0, 1))
+    windows = windows[: sy * (oh - 1) + 1: sy, : sx * (ow - 1) + 1: sx]  # (oh, ow, cin, kh, kw)
+    return np.tensordot(windows, kernel, axes=([2, 3, 4], [2, 0, 1])).astype(np.float32, copy=False)
 
 
 def mps_conv_transpose(x: np.ndarray, filt: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
@@ -1135,15 +1233,24 @@ def run_bender_numpy(graph_def, image: np.ndarray, *, fp16: bool = True,
             y = _neuron(outputs[layer.inputs[0]], p["neuron"])
         elif layer.type == "Add":
             y = outputs[layer.inputs[0]] + outputs[layer.inputs[1]]
+        elif layer.type == "Concat":
+            y = np.concatenate([outputs[i] for i in layer.inputs], axis="hwf".index(p["axis"]))
         else:
             raise BenderExportError(f"{layer.id}: {layer.type} layers are not modelled")
         outputs[layer.id] = rnd(y)
     return outputs[report.details[-1].id]
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+def psnr_db(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    """PSNR for images in [0, 1]; border > 0 leaves out that many pixels on every side."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if border:
+        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
+    mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+INTERIOR_BORDER = 16  # pixels left out by the "interior" PSNR (where edge clamping does not reach)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1202,31 +1309,40 @@ PUBLISHED_MODEL = REPO / "outputs" / "magenta_published" / "model.keras"
 PUBLISHED_DIR = REPO / "models" / "magenta-published"
 
 
+def published_stylizer(model_path=PUBLISHED_MODEL, published_dir=PUBLISHED_DIR):
+    """Magenta's published stylizer (alpha 0.25): the import stage's model file when present,
+    otherwise a freshly built stylizer with the published TFLite weights loaded. Cached."""
+    return _published_stylizer(str(model_path), str(published_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _published_stylizer(model_path: str, published_dir: str):
+    if Path(model_path).is_file():
+        from training.network import load_stylizer
+
+        return load_stylizer(model_path)
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from training.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
+    from training.network import build_stylizer
+
+    model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
+    stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
+    load_published_into(stylizer, published_dir)
+    return stylizer
+
+
 def published_baked_network(style_path=REPO / "data" / "samples" / "style" / "starry_night.jpg",
                             model_path=PUBLISHED_MODEL, published_dir=PUBLISHED_DIR) -> BakedNetwork:
-    """Magenta's published weights (alpha 0.25), one style baked in. Uses the import stage's model
-    file when present, otherwise builds the stylizer and loads the published TFLite weights."""
+    """Magenta's published weights (alpha 0.25) with the style of `style_path` baked in."""
     import keras
 
     from export.baked import bake
     from training.data import load_image, style_crop
 
-    model_path = Path(model_path)
-    if model_path.is_file():
-        from training.network import load_stylizer
-
-        stylizer = load_stylizer(model_path)
-    else:
-        import tempfile
-
-        from omegaconf import OmegaConf
-
-        from training.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
-        from training.network import build_stylizer
-
-        model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
-        stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
-        load_published_into(stylizer, published_dir)
+    stylizer = published_stylizer(model_path, published_dir)
     predictor = stylizer.get_layer("style_predictor")
     bottleneck = keras.ops.convert_to_numpy(predictor(style_crop(load_image(style_path), 256)[None]))
     return bake(stylizer.get_layer("transformer"), bottleneck)
@@ -1246,33 +1362,52 @@ def fit_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[top: top + height, left: left + width]
 
 
-def measure(net: BakedNetwork, photos: dict[str, np.ndarray], sizes=((384, 384), (384, 768))) -> list[dict]:
-    """Rows of (size, variant, photo, psnr_db, max_abs) against reference_forward.
+MEASURE_VARIANTS = ("bender", "fp32", "clamp_padding", "clamp_padding_fp32", "no_clamp_guard", "fused_upsample")
 
-    variants: "bender" (the default graph, Bender's numerics); "fp32_reflect" (same graph, float32,
-    eps 1e-5, no clamp, reflect edges: the graph's own exactness); "fp32_clamp" (float32 but Bender's
-    edge clamp: the padding cost alone); "fused_upsample" (4x4 ConvTranspose form, Bender's numerics).
+
+def measure(net: BakedNetwork, photos: dict[str, np.ndarray], sizes=((384, 384), (384, 768)),
+            variants=MEASURE_VARIANTS, style: str = "") -> list[dict]:
+    """Rows of (size, variant, photo, psnr_db, interior_psnr_db, max_abs) against reference_forward.
+
+    variants (Bender's numerics unless said): "bender" = the default graph (padding="concat");
+    "fp32" = the default graph in float32 with Magenta's eps and no clamp (the graph's own exactness);
+    "clamp_padding" = the pad_mode/edge-clamp graph; "clamp_padding_fp32" = that graph in float32
+    (its padding cost alone); "no_clamp_guard" = default graph with gamma/beta as they are (the
+    instance-norm clamp's cost); "fused_upsample" = default graph with the 4x4 ConvTranspose form.
     """
     from export.baked import reference_forward
 
+    fp32 = dict(fp16=False, eps=CIN_EPSILON, clamp=None)
+    plan = {  # variant: (graph options, executor options)
+        "bender": ({}, {}),
+        "fp32": ({}, fp32),
+        "clamp_padding": ({"padding": "clamp"}, {}),
+        "clamp_padding_fp32": ({"padding": "clamp"}, fp32),
+        "no_clamp_guard": ({"clamp_guard": False}, {}),
+        "fused_upsample": ({"upsample": "fused"}, {}),
+    }
+    unknown = set(variants) - set(plan)
+    if unknown:
+        raise BenderExportError(f"unknown variants {sorted(unknown)}; choose from {MEASURE_VARIANTS}")
     rows = []
     for height, width in sizes:
-        graph = build_bender_graph(net, height, width)
-        fused = build_bender_graph(net, height, width, upsample="fused")
-        report, fused_report = check_bender_graph(graph), check_bender_graph(fused)
+        graphs, reports = {}, {}
+        for variant in variants:
+            key = tuple(sorted(plan[variant][0].items()))
+            if key not in graphs:
+                graphs[key] = build_bender_graph(net, height, width, **plan[variant][0])
+                reports[key] = check_bender_graph(graphs[key])
         for name, photo in photos.items():
             image = fit_crop(photo, height, width)
             ref = reference_forward(net, image)
-            variants = {
-                "bender": run_bender_numpy(graph, image, report=report),
-                "fp32_reflect": run_bender_numpy(graph, image, fp16=False, eps=CIN_EPSILON, clamp=None,
-                                                 edge_mode="reflect", report=report),
-                "fp32_clamp": run_bender_numpy(graph, image, fp16=False, eps=CIN_EPSILON, clamp=None, report=report),
-                "fused_upsample": run_bender_numpy(fused, image, report=fused_report),
-            }
-            for variant, out in variants.items():
-                rows.append({"size": f"{height}x{width}", "variant": variant, "photo": name,
-                             "psnr_db": psnr_db(out, ref), "max_abs": float(np.abs(out - ref).max())})
+            outputs = {}
+            for variant in variants:
+                key = tuple(sorted(plan[variant][0].items()))
+                outputs[variant] = run_bender_numpy(graphs[key], image, report=reports[key], **plan[variant][1])
+            for variant, out in outputs.items():
+                rows.append({"size": f"{height}x{width}", "variant": variant, "photo": name, "style": style,
+                             "psnr_db": psnr_db(out, ref), "interior_psnr_db": psnr_db(out, ref, INTERIOR_BORDER),
+                             "max_abs": float(np.abs(out - ref).max())})
     return rows
 
 
@@ -1280,9 +1415,10 @@ def _summarise(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["size"], r["variant"]), []).append(r)
-    return [{"size": size, "variant": variant, "photos": len(rs),
+    return [{"size": size, "variant": variant, "runs": len(rs),
              "min_psnr_db": min(r["psnr_db"] for r in rs),
              "mean_psnr_db": float(np.mean([min(r["psnr_db"], 200.0) for r in rs])),
+             "min_interior_psnr_db": min(r["interior_psnr_db"] for r in rs),
              "max_abs": max(r["max_abs"] for r in rs)} for (size, variant), rs in groups.items()]
 
 
@@ -1296,13 +1432,18 @@ def main(argv=None) -> int:
     parser.add_argument("--measure", action="store_true", help="parity of the Bender form vs reference_forward")
     parser.add_argument("--photos", default="chelsea,astronaut,coffee,rocket,magenta_golden_gate_sq,wood",
                         help="comma-separated stems under data/samples/content")
-    parser.add_argument("--style", default="starry_night", help="stem under data/samples/style")
+    parser.add_argument("--style", default="starry_night",
+                        help="stem(s) under data/samples/style, comma-separated, or 'all'")
+    parser.add_argument("--sizes", default="384x384,384x768", help="HxW list for --measure")
+    parser.add_argument("--variants", default=",".join(MEASURE_VARIANTS), help="subset of " + ",".join(MEASURE_VARIANTS))
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--graph", type=Path, help="write the Bender .pb here (with --size)")
     parser.add_argument("--weights", type=Path, help="write benderthon --only-weights files into this folder")
     parser.add_argument("--size", default="384x768", help="HxW of the graph written by --graph")
     args = parser.parse_args(argv)
-    net = published_baked_network(REPO / "data" / "samples" / "style" / f"{args.style}.jpg")
+    style_dir = REPO / "data" / "samples" / "style"
+    styles = sorted(p.stem for p in style_dir.glob("*.jpg")) if args.style == "all" else args.style.split(",")
+    net = published_baked_network(style_dir / f"{styles[0]}.jpg")
     if args.graph:
         h, w = (int(v) for v in args.size.lower().split("x"))
         graph = build_bender_graph(net, h, w)
@@ -1312,20 +1453,27 @@ def main(argv=None) -> int:
             return 1
         args.graph.parent.mkdir(parents=True, exist_ok=True)
         args.graph.write_bytes(graph.SerializeToString())
-        print(f"wrote {args.graph} ({len(report.layers)} Bender layers)")
+        print(f"wrote {args.graph} ({len(report.layers)} Bender layers, style {styles[0]})")
     if args.weights:
-        files = write_benderthon_weights(net, args.weights, args.style)
+        files = write_benderthon_weights(net, args.weights, styles[0])
         print(f"wrote {len(files)} benderthon weight files to {args.weights}")
     if args.measure:
         content = REPO / "data" / "samples" / "content"
         photos = {stem: load_image(content / f"{stem}.jpg") for stem in args.photos.split(",") if stem}
-        rows = measure(net, photos)
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
+        variants = [v for v in args.variants.split(",") if v]
+        rows = []
+        for style in styles:
+            style_net = net if style == styles[0] else published_baked_network(style_dir / f"{style}.jpg")
+            rows += measure(style_net, photos, sizes, variants, style=style)
         summary = _summarise(rows)
-        print(f"style {args.style}, {len(photos)} photos: {', '.join(photos)}")
-        print("| size | variant | min PSNR dB | mean PSNR dB | max-abs |")
-        print("|---|---|---|---|---|")
+        print(f"styles: {', '.join(styles)}; {len(photos)} photos: {', '.join(photos)}")
+        print(f"| size | variant | runs | min PSNR dB | mean PSNR dB | min interior PSNR dB ({INTERIOR_BORDER} px border "
+              "left out) | max-abs |")
+        print("|---|---|---|---|---|---|---|")
         for s in summary:
-            print(f"| {s['size']} | {s['variant']} | {s['min_psnr_db']:.2f} | {s['mean_psnr_db']:.2f} | {s['max_abs']:.4f} |")
+            print(f"| {s['size']} | {s['variant']} | {s['runs']} | {s['min_psnr_db']:.2f} | {s['mean_psnr_db']:.2f} | "
+                  f"{s['min_interior_psnr_db']:.2f} | {s['max_abs']:.4f} |")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))

@@ -15,6 +15,8 @@ def run_stage(stage, cfg):
     from training.errors import StylepipeError
 
     logging.getLogger("stylepipe").setLevel(logging.INFO)
+    for chatty in ("coremltools", "tensorflow", "absl"):  # their INFO lines bury ours (coremltools prints whole graphs)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return stage(cfg)
     except StylepipeError as err:

@@ -141,7 +141,17 @@ def evaluate(cfg) -> dict:
         measure(lambda: transformer([x, bottleneck], training=False), format="keras", variant="arbitrary",
                 runtime=f"keras_{keras.backend.backend()}", threads=None, height=height, width=width)
         if ("coreml", size) in baked:
-            if platform.system() != "Darwin":
+            if platform.system() == "Darwin":
+                import coremltools as ct
+                from PIL import Image
+
+                pixels = {"content_image": Image.fromarray((x[0] * 255).round().astype(np.uint8))}
+                for units in ("CPU_ONLY", "CPU_AND_GPU", "ALL"):
+                    model = ct.models.MLModel(str(export_dir / baked[("coreml", size)]["path"]),
+                                              compute_units=getattr(ct.ComputeUnit, units))
+                    measure(lambda: model.predict(pixels), format="coreml", variant="baked",
+                            runtime=f"coreml_{units.lower()}", threads=None, height=height, width=width)
+            else:
                 skipped.append({"format": "coreml", "runtime": "coreml", "height": height, "width": width,
                                 "reason": "Core ML runs only on macOS (this host is " + platform.system() + ")"})
         if (height, width) == (384, 384):  # the published transfer model's only size: the baseline row

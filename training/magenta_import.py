@@ -155,18 +155,11 @@ def load_published_into(stylizer: keras.Model, published_dir) -> dict[str, int]:
 
 
 def run_tflite(path, inputs: list[np.ndarray], num_threads: int = 2) -> np.ndarray:
-    """Run a TFLite model with LiteRT; inputs are matched to the model's inputs by shape."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Run a TFLite model with LiteRT once; inputs are matched to the model's inputs by shape."""
+    from evaluation.latency import tflite_runner
 
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    for detail in interpreter.get_input_details():
-        match = [x for x in inputs if tuple(x.shape) == tuple(detail["shape"])]
-        if not match:
-            raise MagentaImportError(f"{path}: no input of shape {tuple(detail['shape'])} given")
-        interpreter.set_tensor(detail["index"], match[0].astype(np.float32))
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    call = tflite_runner(path, None, {str(i): x for i, x in enumerate(inputs)}, num_threads)
+    return call()
 
 
 def measure_parity(stylizer: keras.Model, published_dir, photos: dict[str, np.ndarray], styles: dict[str, np.ndarray]) -> dict:

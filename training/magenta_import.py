@@ -202,7 +202,7 @@ def import_magenta(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from training.data import find_images, load_image, style_crop
-    from training.fileio import atomic_write_text
+    from training.fileio import atomic_write_text, save_keras_atomically
     from training.network import build_stylizer
     from training.tracking import mlflow_run
 
@@ -227,10 +227,7 @@ def import_magenta(cfg) -> dict:
                 f"parity below threshold: transfer PSNR {parity['min_transfer_psnr_db']:.1f} dB "
                 f"(need {p.min_transfer_psnr_db}), predictor cosine {parity['min_predictor_cosine']:.4f} "
                 f"(need {p.min_predictor_cosine}); nothing written to {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp_model = out_dir / ".model.tmp.keras"
-        stylizer.save(tmp_model)
-        tmp_model.replace(out_dir / "model.keras")
+        save_keras_atomically(stylizer, out_dir / "model.keras")
         atomic_write_text(out_dir / "parity.json", json.dumps({**parity, "mlflow_run_id": run.info.run_id}, indent=2))
         mlflow.log_artifact(str(out_dir / "parity.json"))
     return parity

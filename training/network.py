@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from training.distribute import tensorflow_replicas
+
 BOTTLENECK_DIM = 100
 PACKAGE = "stylepipe"
 
@@ -193,6 +195,8 @@ def build_transfer_network(
         x = layers.BatchNormalization(
             scale=False, epsilon=1e-3, momentum=batch_norm_momentum, name=_dotted(f"{scope}/BatchNorm"),
             trainable=not freeze_batch_norm,
+            # Under a multi-device tf.distribute scope: statistics over the global batch, not each replica's.
+            synchronized=tensorflow_replicas() > 1,
         )(x)
         x = layers.ReLU(name=_dotted(f"{scope}/Relu"))(x)
     # Residual blocks: x + CIN(conv(ReLU(CIN(conv(x))))), no ReLU after the add.

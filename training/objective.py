@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution  # not exported by keras 3.15
 
 from training import losses
 
@@ -48,7 +49,9 @@ class StylizationObjective(keras.Model):
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return sum(y_pred[name] for name in LOSS_NAMES)
+        # Under tf.distribute each replica's gradients are summed: scale by 1/replicas as Keras' own
+        # compute_loss does (Keras unscales the reported loss again). A no-op on JAX and one device.
+        return scale_loss_for_distribution(sum(y_pred[name] for name in LOSS_NAMES))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for name, tracker in self.trackers.items():

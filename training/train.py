@@ -171,84 +171,89 @@ def train(cfg: DictConfig) -> dict:
         log.warning("skipped %d unusable file(s): %s", skipped.count(), skipped.summary())
     log.info("content: %d training photos, %d held out; styles: %s", len(content.train), len(content.heldout), ", ".join(styles))
 
-    objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
-    _build(objective, optimizer, cfg.data.image_size)
-    stylizer = objective.stylizer
-    if cfg.get("init") and cfg.init.name == "magenta_published":
-        from training.magenta_import import load_published_into
+    from training.distribute import data_parallel
 
-        log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
+    # Everything that creates variables or runs steps happens under the data-parallel scope.
+    with data_parallel(int(cfg.trainer.devices), int(cfg.trainer.batch_size)):
+        objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
+        _build(objective, optimizer, cfg.data.image_size)
+        stylizer = objective.stylizer
+        if cfg.get("init") and cfg.init.name == "magenta_published":
+            from training.magenta_import import load_published_into
 
-    checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
-    start_step = 0
-    if not cfg.trainer.resume:
-        checkpoints.clear()
-    elif (latest := checkpoints.latest()) is not None:
-        start_step = checkpoints.restore(latest[1], stylizer, optimizer)
-        log.info("resuming from %s (step %d)", latest[1], start_step)
-    total_steps = int(cfg.trainer.steps)
-    remaining = max(0, total_steps - start_step)
+            log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
 
-    import mlflow
+        checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
+        start_step = 0
+        if not cfg.trainer.resume:
+            checkpoints.clear()
+        elif (latest := checkpoints.latest()) is not None:
+            start_step = checkpoints.restore(latest[1], stylizer, optimizer)
+            log.info("resuming from %s (step %d)", latest[1], start_step)
+        total_steps = int(cfg.trainer.steps)
+        remaining = max(0, total_steps - start_step)
 
-    from training.tracking import mlflow_run
+        import mlflow
 
-    tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
-    with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
-        mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
-                           "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
-        mlflow.log_metric("skipped_files", skipped.count())
-        if skipped.count():
-            mlflow.log_text(skipped.summary(), "data/skipped_files.txt")
+        from training.tracking import mlflow_run
 
-        progress = TrainingProgress(
-            start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
-            cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow,
-        )
-        if remaining:
-            batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
-                                               seed=int(cfg.seed) + start_step)
-            dataset = batches.as_tf_dataset().map(lambda b: {"content": b["content"], "style": b["style"]})
-            objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
-        if progress.diverged_at is not None:
-            last = checkpoints.latest()
-            raise TrainingDivergedError(
-                f"loss became NaN/Inf at step {progress.diverged_at} ({progress.last_logs}); "
-                f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
+        tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
+        with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
+            mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
+                               "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
+            mlflow.log_metric("skipped_files", skipped.count())
+            if skipped.count():
+                mlflow.log_text(skipped.summary(), "data/skipped_files.txt")
+
+            progress = TrainingProgress(
+                start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
+                cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow,
             )
+            if remaining:
+                batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
+                                                   seed=int(cfg.seed))
+                # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
+                dataset = batches.training_input(start_step, remaining, workers=cfg.trainer.data_workers)
+                objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
+            if progress.diverged_at is not None:
+                last = checkpoints.latest()
+                raise TrainingDivergedError(
+                    f"loss became NaN/Inf at step {progress.diverged_at} ({progress.last_logs}); "
+                    f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
+                )
 
-        model_path = save_keras_atomically(stylizer, train_dir / "model.keras")
+            model_path = save_keras_atomically(stylizer, train_dir / "model.keras")
 
-        style_crops = {name: data_lib.style_crop(image, cfg.data.image_size) for name, image in styles.items()}
-        stylized = {name: stylize(stylizer, content.heldout, crop) for name, crop in style_crops.items()}
-        heldout = heldout_losses(objective, content.heldout, list(style_crops.values()))
-        mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
-        from training.sample_grid import make_grid, png_bytes
+            style_crops = {name: data_lib.style_crop(image, cfg.data.image_size) for name, image in styles.items()}
+            stylized = {name: stylize(stylizer, content.heldout, crop) for name, crop in style_crops.items()}
+            heldout = heldout_losses(objective, content.heldout, list(style_crops.values()))
+            mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
+            from training.sample_grid import make_grid, png_bytes
 
-        grid = make_grid(content.heldout, content.heldout_names, styles, stylized)
-        grid_path = train_dir / "samples.png"
-        atomic_write_bytes(grid_path, png_bytes(grid))
+            grid = make_grid(content.heldout, content.heldout_names, styles, stylized)
+            grid_path = train_dir / "samples.png"
+            atomic_write_bytes(grid_path, png_bytes(grid))
 
-        metrics = {
-            "steps": total_steps,
-            "trained_steps": remaining,
-            "resumed_from_step": start_step,
-            "heldout": heldout,  # losses on held-out photos x every style, at the final step
-            "train": progress.last_logs or None,  # mean losses of the last logging interval (None: nothing trained)
-            "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
-            "skipped_files": skipped.count(),
-            "skipped_by_reason": skipped.by_reason(),
-            "styles": list(styles),
-            "heldout_photos": content.heldout_names,
-            "keras_backend": keras.backend.backend(),
-            "mlflow_run_id": run.info.run_id,
-            "history": progress.history,
-        }
-        atomic_write_text(train_dir / "metrics.json", json.dumps(metrics, indent=2))
-        if metrics["images_per_second"] is not None:
-            mlflow.log_metric("images_per_second", metrics["images_per_second"])
-        mlflow.log_artifact(str(grid_path), "samples")
-        mlflow.log_artifact(str(train_dir / "metrics.json"))
-        mlflow.log_artifact(str(model_path), "model")
-        log.info("wrote %s, %s and %s", model_path, grid_path, train_dir / "metrics.json")
+            metrics = {
+                "steps": total_steps,
+                "trained_steps": remaining,
+                "resumed_from_step": start_step,
+                "heldout": heldout,  # losses on held-out photos x every style, at the final step
+                "train": progress.last_logs or None,  # mean losses of the last logging interval (None: nothing trained)
+                "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
+                "skipped_files": skipped.count(),
+                "skipped_by_reason": skipped.by_reason(),
+                "styles": list(styles),
+                "heldout_photos": content.heldout_names,
+                "keras_backend": keras.backend.backend(),
+                "mlflow_run_id": run.info.run_id,
+                "history": progress.history,
+            }
+            atomic_write_text(train_dir / "metrics.json", json.dumps(metrics, indent=2))
+            if metrics["images_per_second"] is not None:
+                mlflow.log_metric("images_per_second", metrics["images_per_second"])
+            mlflow.log_artifact(str(grid_path), "samples")
+            mlflow.log_artifact(str(train_dir / "metrics.json"))
+            mlflow.log_artifact(str(model_path), "model")
+            log.info("wrote %s, %s and %s", model_path, grid_path, train_dir / "metrics.json")
     return metrics

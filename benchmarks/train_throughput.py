@@ -1,0 +1,226 @@
+"""Training throughput: images/s and model FLOP utilisation (MFU) of the real training step.
+
+The step is the project's own (`training.train._build_objective`: stylizer + VGG-16 loss,
+Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
+
+- `--input synthetic`: a few random batches, made once and cycled (measures the step);
+- `--input pipeline`: the real batch pipeline on the shipped photos (`TrainingBatches` with
+  `trainer.data_workers` threads), as `python -m pipelines.train` feeds it.
+
+FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
+product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
+backward) and checked against the traced gradient step. MFU = FLOPs/s over the bf16 dense peak
+(`--peak-tflops`, H100 SXM datasheet 989.4) and over a bf16 matrix product measured in the same run.
+The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed the step's rate.
+
+    KERAS_BACKEND=jax python benchmarks/train_throughput.py --out outputs/benchmarks/train_throughput.json
+    KERAS_BACKEND=jax python benchmarks/train_throughput.py --models magenta_lite --batch-sizes 2 \\
+        --precisions float32 --image-size 64 --steps 2 --warmup 1     # a quick check on a CPU
+
+Writes JSON after every configuration (a cut-off run keeps what it measured) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+BACKBONE_OF = {"magenta": "inception_v3", "magenta_lite": "mobilenet_v2"}  # as Magenta trains each
+
+
+def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=[
+            f"model={model}", f"backbone={BACKBONE_OF[model]}", "backbone.weights=null",
+            "loss_network.weights=null",  # random VGG-16: same FLOPs, nothing to download
+            f"trainer.precision={precision}", f"trainer.batch_size={batch_size}", "trainer.jit_compile=true",
+            f"trainer.data_workers={workers}", f"data.image_size={image_size}",
+            f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
+            f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark",
+        ])
+
+
+class CycledBatches(keras.utils.PyDataset):
+    """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's)."""
+
+    def __init__(self, batch_size: int, image_size: int, steps: int, distinct: int = 4, seed: int = 0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        shape = (batch_size, image_size, image_size, 3)
+        self.batches = [{"content": rng.random(shape, np.float32), "style": rng.random(shape, np.float32)}
+                        for _ in range(distinct)]
+        self.steps = steps
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, i):
+        return self.batches[i % len(self.batches)]
+
+
+def pipeline_batches(cfg):
+    from training import data as data_lib
+
+    content = data_lib.load_content(cfg.data)
+    styles, _ = data_lib.load_style_images(cfg.style)
+    return data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size, seed=0)
+
+
+def pipeline_rate(cfg, seconds: float = 5.0) -> float:
+    """Images/s of the real input pipeline alone, with cfg's worker threads."""
+    batches = pipeline_batches(cfg)
+    feed = batches.training_input(0, 10_000, workers=cfg.trainer.data_workers)
+    # The adapter `fit` itself reads a PyDataset with (its worker threads included).
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    iterator = PyDatasetAdapter(feed, shuffle=False).get_numpy_iterator()
+    next(iterator)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        n += cfg.trainer.batch_size
+    return n / (time.perf_counter() - start)
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
+    """A large bf16 matrix product through JAX: the achievable dense rate on this device."""
+    import jax
+    import jax.numpy as jnp
+
+    if jax.devices()[0].platform == "cpu":
+        return None
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    product = jax.jit(lambda x, y: x @ y)
+    product(a, b).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = product(a, b)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, cache: dict) -> dict:
+    from training.flops import step_flops, training_step_flops_traced
+    from training.train import _build, _build_objective
+
+    keras.backend.clear_session()
+    cfg = compose(model, precision, batch_size, image_size, workers)
+    keras.utils.set_random_seed(0)
+    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
+    _build(objective, optimizer, image_size)
+    if model not in cache:  # FLOPs per image depend on the model and image size only
+        flops = step_flops(objective, image_size)
+        cache[model] = {**flops.as_dict(), "traced_total": training_step_flops_traced(objective, 2, image_size)}
+    flops = cache[model]
+
+    def feed(n):
+        if input_mode == "pipeline":
+            return pipeline_batches(cfg).training_input(0, n, workers=workers)
+        return CycledBatches(batch_size, image_size, n)
+
+    start = time.perf_counter()
+    objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    history = objective.fit(feed(steps), epochs=1, verbose=0)
+    seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
+    loss = float(history.history["loss"][-1])
+    images_per_s = steps * batch_size / seconds
+    return {
+        "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size,
+        "image_size": image_size, "input": input_mode, "steps": steps, "step_ms": 1000 * seconds / steps,
+        "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
+        "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
+        "finite_loss": bool(np.isfinite(loss)),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["magenta_lite", "magenta"], choices=sorted(BACKBONE_OF))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 16, 32, 64])
+    parser.add_argument("--precisions", nargs="+", default=["mixed_bfloat16", "float32"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--input", choices=["synthetic", "pipeline"], default="synthetic")
+    parser.add_argument("--workers", type=int, default=8, help="trainer.data_workers for --input pipeline")
+    parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak (H100 SXM: 989.4)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "train_throughput.json")
+    args = parser.parse_args(argv)
+    if keras.backend.backend() != "jax":
+        parser.error("run with KERAS_BACKEND=jax (FLOPs are counted on the JAX trace)")
+    import jax
+
+    device = jax.devices()[0]
+    report = {
+        "command": "KERAS_BACKEND=jax python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": getattr(device, "device_kind", str(device)), "platform": device.platform,
+        "host": platform.node(), "cpus": os.cpu_count(), "jax": jax.__version__, "keras": keras.__version__,
+        "peak_tflops": args.peak_tflops, "matmul_tflops": matmul_tflops(), "flops": {}, "results": [],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    matmul = report["matmul_tflops"]
+    print(f"device {report['device']}; bf16 matmul {matmul:.0f} TFLOP/s" if matmul else f"device {report['device']}",
+          flush=True)
+    for model in args.models:
+        if args.input == "pipeline" or model == args.models[0]:
+            cfg = compose(model, "float32", max(args.batch_sizes), args.image_size, args.workers)
+            report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers"] = pipeline_rate(cfg)
+        for precision in args.precisions:
+            for batch_size in args.batch_sizes:
+                try:
+                    row = measure(model, precision, batch_size, args.image_size, args.steps, args.warmup,
+                                  args.input, args.workers, report["flops"])
+                except Exception as err:  # e.g. out of memory at a large batch: record it and go on
+                    row = {"model": model, "precision": precision, "batch_size": batch_size,
+                           "error": f"{type(err).__name__}: {str(err)[:300]}"}
+                row["mfu_peak"] = row.get("tflops_per_s", 0) / args.peak_tflops
+                row["mfu_matmul"] = row.get("tflops_per_s", 0) / matmul if matmul else None
+                report["results"].append(row)
+                args.out.write_text(json.dumps(report, indent=2))
+                print(format_row(row), flush=True)
+    print()
+    print(format_table(report))
+    return 0
+
+
+def format_row(row: dict) -> str:
+    if "error" in row:
+        return f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5}  {row['error']}"
+    mfu = f"{100 * row['mfu_peak']:5.1f}%"
+    return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row['images_per_s']:>9.1f} "
+            f"{row['step_ms']:>8.1f} {row['tflops_per_s']:>8.1f} {mfu:>7} {row['first_fit_s']:>7.1f}")
+
+
+def format_table(report: dict) -> str:
+    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
+    lines = [head, "-" * len(head)] + [format_row(r) for r in report["results"]]
+    for model, f in report["flops"].items():
+        lines.append(f"{model}: {f['total'] / 1e9:.1f} GFLOP per image (forward {f['forward'] / 1e9:.1f}, "
+                     f"backward {f['backward'] / 1e9:.1f}; traced step {f['traced_total'] / 1e9:.1f})")
+    for workers, rate in report.get("pipeline_images_per_s", {}).items():
+        lines.append(f"input pipeline alone ({workers}, {report['cpus']} CPUs): {rate:.0f} images/s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Analytic FLOP counts of the training step: every convolution and matrix product, from its shapes.
+
+Counted on the JAX trace (jaxpr) of each part's forward pass at a fixed image size, so the shapes
+are the ones the network really computes: a convolution costs 2 * output elements * (kernel
+height * width * input channels per group), a matrix product 2 * M * N * K. Element-wise work
+(normalisation, activations, padding) is left out, as in the usual model-FLOP-utilisation (MFU)
+convention. Backward: a trainable layer costs 2x its forward (input and weight gradients), a frozen
+layer that gradients pass through 1x (input gradients only), a frozen layer at the start of the
+graph 0x. Needs KERAS_BACKEND=jax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def _product(shape) -> int:
+    return int(np.prod([int(d) for d in shape], dtype=np.int64))
+
+
+def _eqn_flops(eqn) -> int:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        out = eqn.outvars[0].aval.shape
+        spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
+        per_output = int(rhs[spec[1]]) * _product([rhs[d] for d in spec[2:]])
+        return 2 * _product(out) * per_output
+    if name == "dot_general":
+        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2 * _product(eqn.outvars[0].aval.shape) * _product([lhs[d] for d in lhs_contract])
+    return 0
+
+
+def jaxpr_flops(jaxpr) -> int:
+    """Convolution and matrix-product FLOPs of a (closed) jaxpr, including nested calls."""
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += _eqn_flops(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(sub, (Jaxpr, ClosedJaxpr)):
+                    total += jaxpr_flops(sub)
+    return total
+
+
+def forward_flops(fn, *example_inputs) -> int:
+    """FLOPs of one call of `fn` (a Keras model or function) on inputs of these shapes."""
+    import jax
+
+    return jaxpr_flops(jax.make_jaxpr(lambda *args: fn(*args))(*example_inputs))
+
+
+@dataclass
+class StepFlops:
+    """FLOPs per training image at one image size, by part; `total` is forward + backward."""
+
+    transfer_forward: int
+    predictor_backbone_forward: int
+    predictor_head_forward: int
+    loss_network_forward: int  # one image through VGG-16 (the step runs it on 3 images per example)
+    gram_forward: int  # the style layers' Gram matrices of one image (stylized and style image each)
+    predictor_backbone_trainable: bool
+
+    @property
+    def forward(self) -> int:
+        return (self.transfer_forward + self.predictor_backbone_forward + self.predictor_head_forward
+                + 3 * self.loss_network_forward + 2 * self.gram_forward)
+
+    @property
+    def backward(self) -> int:
+        # Transfer network and predictor head: trainable. VGG-16 and the Gram matrices: input
+        # gradients for the stylized image only (the targets are constants). The backbone:
+        # trainable (Inception, fine-tuned) or frozen at the start of the graph (MobileNetV2).
+        backbone = 2 * self.predictor_backbone_forward if self.predictor_backbone_trainable else 0
+        return (2 * self.transfer_forward + 2 * self.predictor_head_forward + backbone
+                + self.loss_network_forward + 2 * self.gram_forward)
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "forward": self.forward, "backward": self.backward, "total": self.total}
+
+
+def step_flops(objective, image_size: int) -> StepFlops:
+    """Per-image FLOPs of `objective` (a StylizationObjective) training on image_size^2 crops."""
+    import jax.numpy as jnp
+
+    from training.losses import gram_matrix
+
+    stylizer = objective.stylizer
+    predictor = stylizer.get_layer("style_predictor")
+    transformer = stylizer.get_layer("transformer")
+    backbone = next(l for l in predictor.layers if l.name.startswith("backbone_"))
+    image = jnp.full((1, image_size, image_size, 3), 0.5, jnp.float32)
+    bottleneck = predictor(image)
+    vgg_features = objective.loss_network(image)
+    predictor_total = forward_flops(predictor, image)
+    backbone_flops = forward_flops(backbone, image)
+    # The style-parameter 1x1 convs live in the transfer network; they run once per example too.
+    return StepFlops(
+        transfer_forward=forward_flops(lambda c, b: transformer([c, b]), image, bottleneck),
+        predictor_backbone_forward=backbone_flops,
+        predictor_head_forward=predictor_total - backbone_flops,
+        loss_network_forward=forward_flops(objective.loss_network, image),
+        gram_forward=sum(forward_flops(gram_matrix, vgg_features[k]) for k in objective.style_weights),
+        predictor_backbone_trainable=bool(backbone.trainable and backbone.trainable_weights),
+    )
+
+
+def training_step_flops_traced(objective, batch_size: int, image_size: int) -> int:
+    """Cross-check: the conv/matmul FLOPs of the whole traced gradient step, per image."""
+    import jax
+    import jax.numpy as jnp
+    from keras import ops
+
+    trainable = [v.value for v in objective.trainable_variables]
+    non_trainable = [v.value for v in objective.non_trainable_variables]
+    shape = (batch_size, image_size, image_size, 3)
+    batch = {"content": jnp.full(shape, 0.5, jnp.float32), "style": jnp.full(shape, 0.25, jnp.float32)}
+
+    def loss(trainable, non_trainable, batch):
+        out, _ = objective.stateless_call(trainable, non_trainable, batch, training=True)
+        return ops.cast(objective.compute_loss(y_pred=out), "float32")
+
+    return jaxpr_flops(jax.make_jaxpr(jax.grad(loss))(trainable, non_trainable, batch)) // batch_size

@@ -10,7 +10,7 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
 FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
 backward) and checked against the traced gradient step. MFU = FLOPs/s over the bf16 dense peak
-(`--peak-tflops`, H100 SXM datasheet 989.4) and over a bf16 matrix product measured in the same run.
+(`--peak-tflops`: 989.4, the datasheet figure of the H100 SXM and the H200) and over a bf16 matrix product measured in the same run.
 The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed the step's rate.
 
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --out outputs/benchmarks/train_throughput.json
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 BACKBONE_OF = {"magenta": "inception_v3", "magenta_lite": "mobilenet_v2"}  # as Magenta trains each
 
 
-def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int):
+def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int, devices: int = 1):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -50,7 +50,7 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             f"model={model}", f"backbone={BACKBONE_OF[model]}", "backbone.weights=null",
             "loss_network.weights=null",  # random VGG-16: same FLOPs, nothing to download
             f"trainer.precision={precision}", f"trainer.batch_size={batch_size}", "trainer.jit_compile=true",
-            f"trainer.data_workers={workers}", f"data.image_size={image_size}",
+            f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"data.image_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
             f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark",
         ])
@@ -85,7 +85,7 @@ def pipeline_batches(cfg):
 def pipeline_rate(cfg, seconds: float = 5.0) -> float:
     """Images/s of the real input pipeline alone, with cfg's worker threads."""
     batches = pipeline_batches(cfg)
-    feed = batches.training_input(0, 10_000, workers=cfg.trainer.data_workers)
+    feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers)  # more than 5 s need
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -116,12 +116,20 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, cache: dict) -> dict:
+def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict) -> dict:
+    """One configuration; `batch_size` is the global batch (split over `devices`, as in training)."""
+    from training.distribute import data_parallel
+
+    keras.backend.clear_session()
+    cfg = compose(model, precision, batch_size, image_size, workers, devices)
+    with data_parallel(devices, batch_size):
+        return _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache)
+
+
+def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache):
     from training.flops import step_flops, training_step_flops_traced
     from training.train import _build, _build_objective
 
-    keras.backend.clear_session()
-    cfg = compose(model, precision, batch_size, image_size, workers)
     keras.utils.set_random_seed(0)
     objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
     _build(objective, optimizer, image_size)
@@ -144,7 +152,7 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     loss = float(history.history["loss"][-1])
     images_per_s = steps * batch_size / seconds
     return {
-        "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size,
+        "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "image_size": image_size, "input": input_mode, "steps": steps, "step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
         "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
@@ -163,7 +171,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--input", choices=["synthetic", "pipeline"], default="synthetic")
     parser.add_argument("--workers", type=int, default=8, help="trainer.data_workers for --input pipeline")
-    parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak (H100 SXM: 989.4)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="trainer.devices: data-parallel over this many GPUs; batch sizes are per device")
+    parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak of one GPU (H100 SXM and H200: 989.4)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "train_throughput.json")
     args = parser.parse_args(argv)
     if keras.backend.backend() != "jax":
@@ -188,13 +198,14 @@ def main(argv=None) -> int:
         for precision in args.precisions:
             for batch_size in args.batch_sizes:
                 try:
-                    row = measure(model, precision, batch_size, args.image_size, args.steps, args.warmup,
-                                  args.input, args.workers, report["flops"])
+                    row = measure(model, precision, batch_size * args.devices, args.image_size, args.steps,
+                                  args.warmup, args.input, args.workers, args.devices, report["flops"])
                 except Exception as err:  # e.g. out of memory at a large batch: record it and go on
                     row = {"model": model, "precision": precision, "batch_size": batch_size,
                            "error": f"{type(err).__name__}: {str(err)[:300]}"}
-                row["mfu_peak"] = row.get("tflops_per_s", 0) / args.peak_tflops
-                row["mfu_matmul"] = row.get("tflops_per_s", 0) / matmul if matmul else None
+                # Utilisation per device: the peak and the measured matrix product are one GPU's.
+                row["mfu_peak"] = row.get("tflops_per_s", 0) / args.devices / args.peak_tflops
+                row["mfu_matmul"] = row.get("tflops_per_s", 0) / args.devices / matmul if matmul else None
                 report["results"].append(row)
                 args.out.write_text(json.dumps(report, indent=2))
                 print(format_row(row), flush=True)
@@ -207,12 +218,12 @@ def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5}  {row['error']}"
     mfu = f"{100 * row['mfu_peak']:5.1f}%"
-    return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row['images_per_s']:>9.1f} "
+    return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row.get('devices', 1):>4} {row['images_per_s']:>9.1f} "
             f"{row['step_ms']:>8.1f} {row['tflops_per_s']:>8.1f} {mfu:>7} {row['first_fit_s']:>7.1f}")
 
 
 def format_table(report: dict) -> str:
-    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
+    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'GPUs':>4} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
     lines = [head, "-" * len(head)] + [format_row(r) for r in report["results"]]
     for model, f in report["flops"].items():
         lines.append(f"{model}: {f['total'] / 1e9:.1f} GFLOP per image (forward {f['forward'] / 1e9:.1f}, "

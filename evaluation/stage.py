@@ -103,7 +103,7 @@ def evaluate(cfg) -> dict:
     export_dir = Path(ev.manifest).parent
     stylizer = load_stylizer(manifest["model"])
     transformer = stylizer.get_layer("transformer")
-    from export.stage import style_image_path
+    from training.config import style_image_path
 
     style_image = style_crop(load_image(style_image_path(manifest["style"], cfg.paths)), 256)
     bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))

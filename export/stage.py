@@ -20,44 +20,15 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from evaluation.metrics import max_abs, psnr_db
-from training.errors import ConfigError, StylepipeError
+from training.config import style_image_path, validate_export_config
+from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("stylepipe.export")
-STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
 
 
 class ExportParityError(StylepipeError):
     """An artifact does not reproduce the Keras model closely enough."""
-
-
-def style_image_path(name: str, paths_cfg) -> str:
-    """The image of a single-style config `configs/style/<name>.yaml`."""
-    file = STYLE_CONFIG_DIR / f"{name}.yaml"
-    available = sorted(p.stem for p in STYLE_CONFIG_DIR.glob("*.yaml") if p.stem != "all")
-    if not file.is_file():
-        raise ConfigError(f"export.style={name!r} is not allowed: one of {', '.join(available)}")
-    style = OmegaConf.merge({"paths": paths_cfg}, {"style": OmegaConf.load(file)}).style
-    images = dict(style.get("images") or {})
-    if len(images) != 1:
-        raise ConfigError(f"export.style={name!r} is not allowed: a single-style config is needed ({', '.join(available)})")
-    return next(iter(images.values()))
-
-
-def validate_export_config(cfg) -> None:
-    e = cfg.export
-    for size in e.sizes:
-        ok = len(size) == 2 and all(isinstance(d, int) and d >= 16 and d % 4 == 0 for d in size)
-        if not ok:
-            raise ConfigError(f"export.sizes={OmegaConf.to_container(e.sizes)} is not allowed: "
-                              "[[height, width], ...] with each side an integer >= 16 divisible by 4")
-    known = {"frozen_graph", "tflite_fp16", "coreml", "bender"}
-    for key in ("formats", "arbitrary_formats"):
-        unknown = set(e[key]) - known
-        if unknown:
-            raise ConfigError(f"export.{key} has {sorted(unknown)}: allowed {sorted(known)}")
-    if "bender" in e.arbitrary_formats:
-        raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
 
 
 def _sha256(path: Path) -> str:
@@ -249,9 +220,10 @@ def export(cfg) -> dict:
     """The export stage; returns the manifest."""
     from training.data import load_content, load_image, style_crop
     from training.network import load_stylizer
-    from training.tracking import mlflow_run
+    from training.tracking import check_tracking_store, mlflow_run
 
     validate_export_config(cfg)
+    check_tracking_store(cfg.mlflow.tracking_uri)
     e = cfg.export
     style_path = style_image_path(e.style, cfg.paths)
     stylizer = load_stylizer(e.model_path)

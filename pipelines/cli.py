@@ -1,13 +1,68 @@
-"""What every stage entry point shares: logging set-up and clear one-line errors."""
+"""What every stage entry point shares: checks before any work, logging set-up, one-line errors."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides the messages that matter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def fail(message: str):
+    """The one-line error every stage ends with on an expected failure: `error: ...`, exit 1."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def preflight(config_name: str, check: Callable | None = None, argv: list[str] | None = None) -> None:
+    """Compose the command line's config and check it before Hydra starts the stage.
+
+    Hydra creates the run folder (and rewrites its .hydra/ files) before the stage runs; checking
+    here first means a bad value or an unreachable tracking server ends in one line and leaves an
+    earlier run's outputs as they were. Hydra's own flags (--help, --multirun, -cn ...) are left to it.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from training.errors import StylepipeError
+    from training.tracking import check_tracking_store
+
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("-") for arg in args):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=args)
+    except MissingConfigException as err:
+        fail(_missing_option(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_one_line(err))
+    try:
+        if check is not None:
+            check(cfg)
+        check_tracking_store(cfg.mlflow.tracking_uri)
+    except StylepipeError as err:
+        fail(str(err))
+
+
+def _missing_option(err) -> str:
+    """Hydra's "Could not find 'style/nope'" with its list of options, as one line."""
+    group, _, name = (err.missing_cfg_file or "").rpartition("/")
+    if not group or not err.options:
+        return _one_line(err)
+    return f"{group}={name} is not allowed: one of {', '.join(err.options)} (configs/{group}/)"
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
 
 
 def run_stage(stage, cfg):
@@ -21,5 +76,4 @@ def run_stage(stage, cfg):
         return stage(cfg)
     except StylepipeError as err:
         logging.getLogger("stylepipe").error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(err))

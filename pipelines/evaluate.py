@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import run_stage
+from pipelines.cli import preflight, run_stage
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
@@ -25,4 +25,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight("evaluate")
     main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import run_stage
+from pipelines.cli import preflight, run_stage
 
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")
@@ -20,4 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from training.config import validate_export_config
+
+    preflight("export", validate_export_config)
     main()

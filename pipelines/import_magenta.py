@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import run_stage
+from pipelines.cli import preflight, run_stage
 
 
 @hydra.main(config_path="../configs", config_name="import_magenta", version_base="1.3")
@@ -18,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight("import_magenta")
     main()

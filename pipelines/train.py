@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import run_stage
+from pipelines.cli import preflight, run_stage
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -16,4 +16,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from training.config import validate_train_config
+
+    preflight("train", validate_train_config)
     main()

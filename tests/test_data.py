@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONTENT_DIR, STYLE_DIR, compose_train
+from training.config import ConfigError
 from training.data import (
     DataError,
     SkipReport,
@@ -223,7 +224,7 @@ def test_plain_dicts_and_the_projects_own_config(tmp_path):
 def test_style_images_and_missing_or_broken_style_paths(tmp_path):
     styles, skipped = load_style_images(OmegaConf.create({"name": "all", "dir": str(STYLE_DIR), "images": {}}))
     assert list(styles) == sorted(p.stem for p in STYLE_DIR.glob("*.jpg")) and skipped.count() == 0
-    with pytest.raises(DataError, match="style.images.starry") as err:
+    with pytest.raises(ConfigError, match="style.images.starry") as err:
         load_style_images(OmegaConf.create({"name": "starry", "images": {"starry": str(tmp_path / "gone.jpg")}}))
     assert "gone.jpg" in str(err.value)
     (tmp_path / "broken.jpg").write_text("not a painting")

@@ -46,20 +46,6 @@ def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, pub
     assert all(a["ops"].get("RESIZE_NEAREST_NEIGHBOR") == 2 and "VAR_HANDLE" not in a["ops"] for a in tflite)
 
 
-def test_failed_parity_leaves_previous_artifacts_untouched(tmp_path, published_model_path):
-    from export.stage import ExportParityError, export
-
-    export(compose_export(tmp_path, published_model_path, tf_formats_only()))
-    out = tmp_path / "outputs" / "export"
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    strict = [*tf_formats_only(), "export.thresholds.tflite_fp16=1000", "export.style=great_wave"]
-    with pytest.raises(ExportParityError, match="tflite"):
-        export(compose_export(tmp_path, published_model_path, strict))
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert after == before
-    assert not list(out.parent.glob(".export-staging-*"))
-
-
 def test_gpu_rules_reject_a_dynamic_resize():
     import tensorflow as tf
 
@@ -90,16 +76,6 @@ def test_bad_export_config_is_a_clear_error(tmp_path, published_model_path, over
     with pytest.raises(ConfigError, match=key):
         export(compose_export(tmp_path, published_model_path, [override]))
     assert not (tmp_path / "outputs" / "export").exists()
-
-
-def test_not_a_model_file_is_a_clear_error(tmp_path):
-    from export.stage import export
-    from training.errors import StylepipeError
-
-    bogus = tmp_path / "model.keras"
-    bogus.write_bytes(b"not a zip")
-    with pytest.raises(StylepipeError, match="not a readable Keras model"):
-        export(compose_export(tmp_path, bogus, tf_formats_only()))
 
 
 def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, published_model_path):

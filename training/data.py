@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageOps
 
+from training.config import check_style_image_paths
 from training.errors import StylepipeError
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,25 @@ def _to_rgb_float(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
+# Leading bytes of the image formats we read: a file that starts like one is corrupt, not "not an image".
+IMAGE_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
+                    b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _image_signature(source: Path | bytes) -> str | None:
+    if isinstance(source, bytes):
+        head = source[:16]
+    else:
+        try:
+            with source.open("rb") as f:
+                head = f.read(16)
+        except OSError:
+            return None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+
+
 def _decode(source: Path | bytes, name: str, min_side: int, max_pixels: int,
             draft_short_side: int | None = None) -> np.ndarray:
     """Decode a file or encoded bytes to float32 RGB; any failure becomes a DataError with a reason.
@@ -131,6 +151,8 @@ def _decode(source: Path | bytes, name: str, min_side: int, max_pixels: int,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as err:
         raise DataError(f"{name}: image too large to decode ({err})", "too_large", name) from None
     except Image.UnidentifiedImageError:
+        if fmt := _image_signature(source):  # an image format's signature, but PIL cannot read its header
+            raise DataError(f"{name}: corrupt {fmt} image (its header cannot be read)", "corrupt", name) from None
         raise DataError(f"{name}: not an image (unrecognised format)", "not_an_image", name) from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         raise DataError(f"{name}: cannot be read ({err.strerror})", "unreadable", name) from None
@@ -633,10 +655,9 @@ def load_style_images(style_cfg, min_side: int = 64,
                 styles[name] = load_image(path, min_side, max_pixels)
             except DataError as err:
                 skipped.add(path, err.reason)
+    check_style_image_paths(style_cfg)
     for name, path in (_get(style_cfg, "images", "style", None) or {}).items():
         key = f"style.images.{name}"
-        if path is None or not Path(path).is_file():
-            raise DataError(f"{key}={path}: no such file", "missing", str(path))
         try:
             styles[name] = load_image(path, min_side, max_pixels)
         except DataError as err:  # an explicit style must work: say which config entry is broken

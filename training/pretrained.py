@@ -116,5 +116,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def load_numpy_pickle(path: str | os.PathLike) -> dict:
-    with open(path, "rb") as f:
-        return NumpyOnlyUnpickler(io.BufferedReader(f)).load()
+    try:
+        with open(path, "rb") as f:
+            return NumpyOnlyUnpickler(io.BufferedReader(f)).load()
+    except pickle.UnpicklingError as err:
+        raise PretrainedWeightsError(f"{path}: {err}. Delete the file: the pinned one is fetched again.") from None

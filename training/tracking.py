@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from training.errors import StylepipeError
+
 MAX_PARAM_VALUE = 6000
 PARAMS_PER_BATCH = 100
+# MLflow retries an unreachable server for minutes; the probe before any work waits this long.
+PROBE_TIMEOUT_S = 5.0
+# Config keys whose values are never logged (credentials passed as overrides).
+SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# An absolute path: "/" + at least one name, not preceded by a character that makes it part of a
+# URL or a relative path ("http://host/x", "a/b").
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~$>-])/[^\s'\",\]\[}{]+")
+
+
+class TrackingStoreError(StylepipeError):
+    """The MLflow tracking store cannot be reached or created."""
 
 
 def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
-    """{"a.b.c": "value"} for every leaf, with machine-specific absolute paths made relative."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """{"a.b.c": "value"} for every leaf, scrubbed by `loggable_config`."""
     flat: dict[str, str] = {}
 
     def visit(node, key):
@@ -23,18 +40,94 @@ def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
             for k, v in node.items():
                 visit(v, f"{key}.{k}" if key else str(k))
         else:
-            flat[key] = scrub_path(str(node))[:MAX_PARAM_VALUE]
+            flat[key] = str(node)[:MAX_PARAM_VALUE]
 
-    visit(container, prefix)
+    visit(loggable_config(cfg), prefix)
     return flat
 
 
+def loggable_config(cfg: DictConfig | dict):
+    """The config as plain containers with no secret and no absolute path of this machine in it."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+    def scrub(node, key=""):
+        if isinstance(node, dict):
+            return {k: scrub(v, str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v, key) for v in node]
+        if node is not None and SECRET_KEY.search(key):
+            return "***"
+        return scrub_path(node) if isinstance(node, str) else node
+
+    return scrub(container)
+
+
 def scrub_path(value: str) -> str:
-    """Replace this machine's working directory, temp dir and home in a value (no absolute paths logged)."""
+    """No credentials and no absolute paths of this machine in a logged value.
+
+    The working directory, temp dir and home become ".", "$TMPDIR" and "~" (what is below them
+    stays: it says which data or run it was); any other absolute path keeps only its last name.
+    """
+    value = URL_CREDENTIALS.sub(r"\g<scheme>***@", value)
     for root, alias in ((os.getcwd(), "."), (tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
         if root not in ("", "/"):
             value = value.replace(root, alias)
-    return value
+    scheme, local, rest = value.partition(":///")
+    if local and scheme == "sqlite":  # sqlite:////abs/mlflow.db (sqlite:///rel.db is relative)
+        return f"sqlite:///{_scrub_absolute_paths(rest)}"
+    if local and scheme == "file":  # file:///abs/path
+        return f"file://{_scrub_absolute_paths('/' + rest)}"
+    return _scrub_absolute_paths(value)
+
+
+def _scrub_absolute_paths(value: str) -> str:
+    return ABSOLUTE_PATH.sub(lambda m: f"<abs>/{m.group(0).rstrip('/').rsplit('/', 1)[-1]}", value)
+
+
+def check_tracking_store(uri: str) -> None:
+    """Fail in seconds, before any work, when the tracking store cannot be used.
+
+    MLflow retries an unreachable server with back-off for minutes: probe it once, with a short
+    timeout. Any HTTP answer counts as reachable (MLflow reports what it thinks of the requests).
+    """
+    if uri.startswith(("http://", "https://")):
+        shown = scrub_path(uri)
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise TrackingStoreError(
+                f"mlflow.tracking_uri={shown}: tracking server not reachable ({reason}). Start it "
+                "(mlflow server --host 127.0.0.1 --port PORT) or use the local store "
+                "mlflow.tracking_uri=sqlite:///mlflow.db") from None
+    elif db := _sqlite_path(uri):
+        if not db.parent.is_dir():
+            raise TrackingStoreError(f"mlflow.tracking_uri={scrub_path(uri)}: folder {db.parent} does not exist")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_setup_lock(uri: str):
+    """Serialise MLflow's first use of a sqlite store across processes.
+
+    Two runs started together on a new store both run its schema migrations (and both create the
+    experiment), and one of them fails; under an exclusive file lock the second finds them done.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -43,11 +136,12 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    with _store_setup_lock(cfg.mlflow.tracking_uri):
+        mlflow.set_experiment(cfg.mlflow.experiment)
     with mlflow.start_run(run_name=run_name, tags=tags or {}, parent_run_id=parent_run_id) as run:
         params = flatten_config(cfg)
         items = sorted(params.items())
         for i in range(0, len(items), PARAMS_PER_BATCH):
             mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
-        mlflow.log_text(scrub_path(OmegaConf.to_yaml(cfg, resolve=True)), "config/composed.yaml")
+        mlflow.log_text(OmegaConf.to_yaml(loggable_config(cfg)), "config/composed.yaml")
         yield run

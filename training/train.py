@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from training.checkpoints import CheckpointManager
+from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
@@ -78,7 +78,12 @@ class TrainingProgress(keras.callbacks.Callback):
             if self.mlflow is not None:
                 self.mlflow.log_metrics(interval, step=self.step)
         if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
-            self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
+            try:
+                self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
+            except NonFiniteWeightsError as err:  # a finite loss, but the update broke the weights
+                self.diverged_at = self.step
+                self.last_logs = {"weights": str(err)}
+                self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         self.bar.close()
@@ -158,6 +163,9 @@ def _build(objective, optimizer, image_size):
 def train(cfg: DictConfig) -> dict:
     """Train (or resume) the stylization network as configured; returns the final metrics."""
     validate_train_config(cfg)
+    from training.tracking import check_tracking_store, mlflow_run, scrub_path
+
+    check_tracking_store(cfg.mlflow.tracking_uri)
     from training import data as data_lib
 
     keras.utils.set_random_seed(int(cfg.seed))
@@ -185,6 +193,8 @@ def train(cfg: DictConfig) -> dict:
 
         checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
         start_step = 0
+        for partial in checkpoints.remove_partial_saves():
+            log.info("removed %s, left by a run killed while saving", partial.name)
         if not cfg.trainer.resume:
             checkpoints.clear()
         elif (latest := checkpoints.latest()) is not None:
@@ -195,15 +205,13 @@ def train(cfg: DictConfig) -> dict:
 
         import mlflow
 
-        from training.tracking import mlflow_run
-
         tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
         with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
             mlflow.log_metric("skipped_files", skipped.count())
             if skipped.count():
-                mlflow.log_text(skipped.summary(), "data/skipped_files.txt")
+                mlflow.log_text(scrub_path(skipped.summary(limit=skipped.count())), "data/skipped_files.txt")
 
             progress = TrainingProgress(
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
@@ -218,7 +226,7 @@ def train(cfg: DictConfig) -> dict:
             if progress.diverged_at is not None:
                 last = checkpoints.latest()
                 raise TrainingDivergedError(
-                    f"loss became NaN/Inf at step {progress.diverged_at} ({progress.last_logs}); "
+                    f"training diverged at step {progress.diverged_at}: loss or weights became NaN/Inf ({progress.last_logs}); "
                     f"last good checkpoint: {last[1] if last else 'none'}. Lower trainer.learning_rate or set trainer.clipnorm."
                 )
 

@@ -1,0 +1,44 @@
+"""Config: each bad value ends the real CLI in one line naming the key and what is allowed, exit 1,
+before any work: no outputs folder is created (Hydra's run folder included), no TensorFlow start-up.
+
+Issue #7 bullet -> test: unknown style name, missing style image path, alpha <= 0, negative steps,
+image size not divisible by 4, an export size the model cannot take: test_bad_value_is_one_line_before_any_work
+(in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import error_lines, run_stage
+
+CASES = [
+    # stage, override, start of the error line, something the line must list as allowed
+    ("train", "style=nope", "error: style=nope is not allowed: one of all, ", "starry"),
+    ("train", "style.images.starry=/nonexistent/starry.jpg", "error: style.images.starry=/nonexistent/starry.jpg: no such file",
+     "great_wave"),
+    ("train", "model.alpha=0", "error: model.alpha=0 is not allowed", "> 0"),
+    ("train", "model.alpha=-0.5", "error: model.alpha=-0.5 is not allowed", "> 0"),
+    ("train", "trainer.steps=-3", "error: trainer.steps=-3 is not allowed", ">= 0"),
+    ("train", "data.image_size=66", "error: data.image_size=66 is not allowed", "divisible by 4"),
+    ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
+    ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
+    ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),
+]
+
+
+@pytest.mark.parametrize("stage, override, starts, allowed", CASES, ids=[c[1] for c in CASES])
+def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts, allowed):
+    """Guards pipelines.cli.preflight and the validators: without them Hydra prints a multi-line
+    block (unknown style) or the stage fails after creating outputs/ and importing TensorFlow."""
+    start = time.perf_counter()
+    result = run_stage(stage, ["trainer=smoke", override] if stage == "train" else [override], tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == error_lines(result.stderr), result.stderr  # nothing but the error
+    [line] = error_lines(result.stderr)
+    assert line.startswith(starts) and allowed in line, line
+    assert not (tmp_path / "outputs").exists()  # Hydra's run folder included: an earlier run's .hydra/ is kept
+    assert elapsed < 30, f"{elapsed:.1f} s: the check ran after start-up work"  # ~1 s; TensorFlow alone takes longer

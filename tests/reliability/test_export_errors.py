@@ -1,0 +1,87 @@
+"""Export: bad model files and an artifact failing parity end in clear errors, and the artifacts
+of an earlier good export stay byte for byte as they were.
+
+Issue #7 bullet -> test: a model file that is not a stylepipe model, a truncated `.keras` file, a file
+that is not a model at all, an artifact failing parity: test_failure_leaves_earlier_artifacts_untouched;
+the same through the CLI (one line, exit 1): test_truncated_model_is_a_one_line_cli_error.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+from conftest import CACHE_DIR, REPO
+from helpers import error_lines, run_stage
+from training.errors import StylepipeError
+
+FAST = ["export.sizes=[[64,64]]", "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",
+        "export.arbitrary_formats=[]"]
+
+
+def compose_export(tmp_path, model_path, overrides=()):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("export", overrides=[
+            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.model_path={model_path}", *FAST, *overrides])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, published_model_path):
+    """A good export of Magenta's published weights, and the bytes of everything it wrote."""
+    from export.stage import export
+
+    tmp = tmp_path_factory.mktemp("export")
+    export(compose_export(tmp, published_model_path))
+    return tmp, snapshot(tmp / "outputs" / "export")
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def bad_model(kind, folder, published_model_path):
+    path = folder / f"{kind}.keras"
+    if kind == "truncated":
+        data = published_model_path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not_a_model":
+        path.write_bytes(b"not a zip")
+    elif kind == "other_keras_model":  # a real Keras model, but not a stylizer
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("truncated", "not a readable Keras model file"),
+    ("not_a_model", "not a readable Keras model file"),
+    ("other_keras_model", "not a stylepipe stylizer"),
+    ("parity", "export failed parity, previous artifacts left untouched: .*tflite_fp16"),
+])
+def test_failure_leaves_earlier_artifacts_untouched(exported, published_model_path, tmp_path, kind, match):
+    """Guards load_stylizer's checks and the staging folder: each failure is a StylepipeError naming the
+    problem, and the earlier export's files (artifacts and manifest) are unchanged, no staging left."""
+    from export.stage import export
+
+    tmp, before = exported
+    if kind == "parity":  # a good model, but a threshold no TFLite file can meet
+        cfg = compose_export(tmp, published_model_path, ["export.thresholds.tflite_fp16=1000"])
+    else:
+        cfg = compose_export(tmp, bad_model(kind, tmp_path, published_model_path))
+    with pytest.raises(StylepipeError, match=match) as err:
+        export(cfg)
+    assert "\n" not in str(err.value)
+    assert snapshot(tmp / "outputs" / "export") == before
+    assert not list((tmp / "outputs").glob(".export-staging-*"))
+
+
+def test_truncated_model_is_a_one_line_cli_error(tmp_path, published_model_path):
+    """Guards the CLI path: exit 1, one `error:` line naming the file, no traceback."""
+    model = bad_model("truncated", tmp_path, published_model_path)
+    result = run_stage("export", [f"export.model_path={model}", *FAST], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: {model}: not a readable Keras model file") and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs" / "export" / "manifest.json").exists()

@@ -1,0 +1,118 @@
+"""Interruption: a SIGKILL during a checkpoint save, and a run whose loss becomes NaN.
+
+Issue #7 bullet -> test:
+- killed mid-way, resumes from its last checkpoint, loses at most one interval; a checkpoint is
+  never left half-written (killed during a save): test_kill_during_a_save_resumes_from_the_last_whole_checkpoint
+- NaN/Inf loss stops the run with a clear error and keeps the last good checkpoint:
+  test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint,
+  test_non_finite_weights_are_never_written_as_a_checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import CACHE_DIR, REPO, compose_train
+from helpers import TINY, run_stage
+
+pytestmark = pytest.mark.slow
+EVERY = 2  # trainer.checkpoint_every
+TEMP = re.compile(r"^\.ckpt-(\d{8})\.npz\..*\.tmp$")
+
+
+def read_whole(path):
+    """Every array of a checkpoint, read to the end (a half-written file fails here)."""
+    with np.load(path) as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def test_kill_during_a_save_resumes_from_the_last_whole_checkpoint(tmp_path):
+    """Guards atomic checkpoint writes and resume: SIGKILL while checkpoint 2 is being written leaves
+    checkpoint 1 whole and nothing half-written under a checkpoint name; the same command resumes from
+    checkpoint 1 (losing one interval), and the interrupted save's temporary file is removed."""
+    args = [*TINY, "trainer.steps=400", f"trainer.checkpoint_every={EVERY}"]
+    cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
+           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           "trainer.progress=false", *args]
+    ckpt_dir = tmp_path / "outputs" / "train" / "checkpoints"
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_during = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            names = os.listdir(ckpt_dir) if ckpt_dir.is_dir() else []
+            saving = [int(m.group(1)) for n in names if (m := TEMP.match(n))]
+            if saving and saving[0] >= 2 * EVERY:  # the second save is under way: kill it now
+                proc.send_signal(signal.SIGKILL)
+                killed_during = saving[0]
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert killed_during == 2 * EVERY, "never saw the second checkpoint being written"
+    names = sorted(os.listdir(ckpt_dir))
+    assert any(TEMP.match(n) for n in names), f"the kill came after the save finished: {names}"
+    whole = sorted(ckpt_dir.glob("ckpt-*.npz"))
+    assert [p.name for p in whole] == [f"ckpt-{EVERY:08d}.npz"]
+    for path in whole:
+        assert json.loads(bytes(read_whole(path)["meta"]).decode())["step"] == EVERY
+
+    result = run_stage("train", [*TINY, f"trainer.steps={killed_during + EVERY}", f"trainer.checkpoint_every={EVERY}"],
+                       tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == EVERY
+    assert killed_during - metrics["resumed_from_step"] <= EVERY  # at most one interval lost
+    assert not [n for n in os.listdir(ckpt_dir) if TEMP.match(n)]  # the interrupted save's file is gone
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Guards the divergence check: a learning rate of 1e30 makes the loss NaN at step 2; the run
+    stops there with TrainingDivergedError (no model.keras written, MLflow run FAILED) and the step-1
+    checkpoint, with finite weights, is what a rerun would resume from."""
+    from training.train import TrainingDivergedError, train
+
+    cfg = compose_train([*TINY, "trainer.steps=6", "trainer.checkpoint_every=1", "trainer.learning_rate=1e30"], tmp_path)
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step 2: loss or weights became NaN/Inf") as err:
+        train(cfg)
+    assert "trainer.learning_rate" in str(err.value) and "ckpt-00000001.npz" in str(err.value)
+    train_dir = tmp_path / "outputs" / "train"
+    assert [p.name for p in sorted((train_dir / "checkpoints").glob("ckpt-*.npz"))] == ["ckpt-00000001.npz"]
+    arrays = read_whole(train_dir / "checkpoints" / "ckpt-00000001.npz")
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith("model/"))
+    assert not (train_dir / "model.keras").exists()
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    [run] = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
+    """Guards CheckpointManager.save: weights broken by an update whose loss was still finite are refused,
+    so the newest checkpoint on disk stays the last good one."""
+    from training.checkpoints import CheckpointManager, NonFiniteWeightsError
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    manager = CheckpointManager(tmp_path, {"run": "test"})
+    good = manager.save(1, model, optimizer)
+    kernel = model.get_layer("dense").kernel
+    kernel.assign(np.where(np.eye(4, 2) > 0, np.nan, 1.0).astype(np.float32))
+    with pytest.raises(NonFiniteWeightsError, match="step 2: 1 weight"):
+        manager.save(2, model, optimizer)
+    assert manager.latest() == (1, good)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000001.npz"]

@@ -17,7 +17,6 @@ MAX_PARAM_VALUE = 6000
 PARAMS_PER_BATCH = 100
 PIPELINE_RUN_ENV = "STYLEPIPE_PIPELINE_RUN_ID"  # set it to hang stage runs under a pipeline run of your own
 PIPELINE_KEY_TAG = "stylepipe.pipeline_key"    # on the pipeline run: which dvc invocation it belongs to
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
@@ -113,8 +112,6 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     experiment = mlflow.set_experiment(cfg.mlflow.experiment)
     client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG not in experiment.tags:  # the MLflow UI then opens it on its runs, not on GenAI traces
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)
     if pipeline:
         client.update_run(pipeline, status="RUNNING")

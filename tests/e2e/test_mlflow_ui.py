@@ -68,6 +68,8 @@ def test_mlflow_ui_shows_pipeline_run_stage_runs_latency_and_grid(dvc_pipeline, 
     assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
+
     mlflow.set_tracking_uri(f"sqlite:///{dvc_pipeline.path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylepipe"], output_format="list")
     pipeline = next(r for r in runs if r.info.run_name == "pipeline-starry-magenta_lite")
@@ -82,8 +84,8 @@ def test_mlflow_ui_shows_pipeline_run_stage_runs_latency_and_grid(dvc_pipeline, 
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
-            # The experiment opens on its runs: the pipeline run, expanded to show its stage runs.
-            page.goto(f"{mlflow_server}/#/experiments/{experiment}")
+            # The experiment's training runs: the pipeline run, expanded to show its stage runs.
+            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs")
             pipeline_cell = page.get_by_role("gridcell").filter(has_text="pipeline-starry-magenta_lite")
             expect(pipeline_cell).to_be_visible()
             _close_assistant(page)
@@ -95,6 +97,7 @@ def test_mlflow_ui_shows_pipeline_run_stage_runs_latency_and_grid(dvc_pipeline, 
             # The evaluation run's page: a latency metric with its value, then the stylized grid.
             page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs/{evaluate.info.run_id}")
             expect(page.get_by_text("evaluate-starry-magenta_lite").first).to_be_visible()
+            expect(page.get_by_role("link", name="pipeline-starry-magenta_lite")).to_be_visible()  # its parent run
             metric_row = page.get_by_role("row").filter(has_text=latency_key)
             expect(metric_row).to_contain_text(str(evaluate.data.metrics[latency_key])[:5])
             _close_assistant(page)

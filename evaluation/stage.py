@@ -213,10 +213,13 @@ def evaluate(cfg) -> dict:
     chart = _latency_chart(latency)
     grid = _grid([(f"photo {i}", [inputs[i]] + [outputs[k][i] for k in outputs]) for i in range(len(inputs))],
                  ["input", *outputs])
-    from export.stage import _training_run_id
+    from export.stage import training_metadata
 
-    parent = _training_run_id(Path(manifest["model"]).parent)
-    with mlflow_run(cfg, cfg.run_name, tags={"stage": "evaluate", "style": manifest["style"]}, parent_run_id=parent) as run:
+    parent = training_metadata(Path(manifest["model"]).parent).get("mlflow_run_id")
+    model_name = manifest.get("model_name") or Path(manifest["model"]).parent.name
+    run_name = cfg.run_name or f"evaluate-{manifest['style']}-{model_name}"
+    tags = {"stage": "evaluate", "style": manifest["style"], "model": model_name}
+    with mlflow_run(cfg, run_name, tags=tags, parent_run_id=parent) as run:
         import mlflow
 
         metrics["mlflow_run_id"] = run.info.run_id

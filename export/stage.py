@@ -233,9 +233,11 @@ def export(cfg) -> dict:
     output_dir = Path(e.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    parent = _training_run_id(Path(e.model_path).parent)
-    tags = {"stage": "export", "style": e.style}
-    with mlflow_run(cfg, cfg.run_name, tags=tags, parent_run_id=parent) as run:
+    training = training_metadata(Path(e.model_path).parent)
+    model_name = training.get("model") or Path(e.model_path).parent.name
+    tags = {"stage": "export", "style": e.style, "model": model_name}
+    run_name = cfg.run_name or f"export-{e.style}-{model_name}"
+    with mlflow_run(cfg, run_name, tags=tags, parent_run_id=training.get("mlflow_run_id")) as run:
         import mlflow
 
         with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=".export-staging-") as staging_dir:
@@ -249,7 +251,7 @@ def export(cfg) -> dict:
             if failures:
                 raise ExportParityError("export failed parity, previous artifacts left untouched: " + "; ".join(failures))
             _install(staging, output_dir, exporter.entries)
-        manifest = {"model": str(e.model_path), "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
+        manifest = {"model": str(e.model_path), "model_name": model_name, "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
                     "mlflow_run_id": run.info.run_id, "artifacts": exporter.entries}
         atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=2))
         mlflow.log_artifact(str(output_dir / "manifest.json"))
@@ -260,9 +262,9 @@ def export(cfg) -> dict:
     return manifest
 
 
-def _training_run_id(train_dir: Path) -> str | None:
-    """The MLflow run of the training that wrote the model, to hang the export run under it."""
+def training_metadata(train_dir: Path) -> dict:
+    """metrics.json of the training that wrote the model (its MLflow run, model name); {} if none."""
     try:
-        return json.loads((train_dir / "metrics.json").read_text()).get("mlflow_run_id")
+        return json.loads((train_dir / "metrics.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}

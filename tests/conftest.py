@@ -57,3 +57,33 @@ def published_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("published") / "model.keras"
     stylizer.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def dvc_pipeline(tmp_path_factory):
+    """`dvc repro` once in a fresh clone of the committed HEAD, shared by the e2e tests of a session.
+
+    The clone uses this checkout's weights cache (STYLEPIPE_CACHE): fetched at most once per machine.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    clone = tmp_path_factory.mktemp("pipeline") / "stylepipe"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("STYLEPIPE_ROOT", "STYLEPIPE_PIPELINE_RUN_ID")}
+    env.update(STYLEPIPE_CACHE=str(CACHE_DIR), DVC_NO_ANALYTICS="1")
+
+    def dvc(*args, check=True):
+        result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, env=env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            pytest.fail(f"dvc {' '.join(args)} exited {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}")
+        return result
+
+    assert shutil.which("git"), "git is needed to clone the repo"
+    start = time.monotonic()
+    first = dvc("repro")
+    return SimpleNamespace(path=clone, dvc=dvc, first_repro=first.stdout + first.stderr,
+                           repro_seconds=time.monotonic() - start)

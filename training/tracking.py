@@ -1,4 +1,8 @@
-"""MLflow tracking shared by every stage: one run per invocation, config as params."""
+"""MLflow tracking shared by every stage: one run per invocation, config as params.
+
+Under `dvc repro` / `dvc exp run` every stage run is a child of one pipeline run, found or created
+by the first stage and keyed on the dvc process all stages of that invocation share.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~$>-])/[^\s'\",\]\[}{]+")
 
 class TrackingStoreError(StylepipeError):
     """The MLflow tracking store cannot be reached or created."""
+
+
+PIPELINE_RUN_ENV = "STYLEPIPE_PIPELINE_RUN_ID"  # set it to hang stage runs under a pipeline run of your own
+PIPELINE_KEY_TAG = "stylepipe.pipeline_key"    # on the pipeline run: which dvc invocation it belongs to
 
 
 def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
@@ -130,18 +138,89 @@ def _store_setup_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def dvc_invocation_key() -> str | None:
+    """`<pid>-<start time>` of the nearest `dvc` process above this one (plus the experiment name
+    under `dvc exp run`), the same for every stage of one invocation; None when not run by dvc."""
+    import psutil
+
+    try:
+        for process in psutil.Process().parents():
+            try:
+                argv = process.cmdline()
+            except psutil.Error:  # another user's process, or gone
+                continue
+            if _is_dvc_command(argv):
+                key = f"{process.pid}-{process.create_time():.3f}"
+                experiment = os.environ.get("DVC_EXP_NAME")
+                return f"{key}-{experiment}" if experiment else key
+    except psutil.Error:
+        return None
+    return None
+
+
+def _is_dvc_command(argv: list[str]) -> bool:
+    # `dvc ...` (console script, maybe run by its python) or `python -m dvc ...`
+    return any(Path(arg).name == "dvc" for arg in argv[:2]) or argv[1:3] == ["-m", "dvc"]
+
+
+def pipeline_choices(root_dir) -> dict[str, str]:
+    """The choices the pipeline runs with (params.yaml at the repo root), flattened; {} without one."""
+    path = Path(root_dir) / "params.yaml"
+    return flatten_config(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
+
+
+def pipeline_run_id(cfg: DictConfig, experiment_id: str) -> str | None:
+    """The pipeline run this stage belongs to: $STYLEPIPE_PIPELINE_RUN_ID, else the one of the
+    running dvc invocation (created by its first stage), else None (a stage run on its own)."""
+    if run_id := os.environ.get(PIPELINE_RUN_ENV):
+        return run_id
+    key = dvc_invocation_key()
+    if key is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    choices = pipeline_choices(cfg.paths.root_dir)
+    name = "-".join(["pipeline", *(choices[k] for k in ("style", "model") if k in choices)])
+    tags = {PIPELINE_KEY_TAG: key, "stage": "pipeline", **{k: choices[k] for k in ("style", "model") if k in choices}}
+    if experiment := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = experiment
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    items = sorted(choices.items())
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + PARAMS_PER_BATCH]])
+    return run.info.run_id
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_run_id: str | None = None):
-    """Start an MLflow run on cfg.mlflow's store, logging the flattened config as params."""
+    """Start an MLflow run on cfg.mlflow's store, logging the flattened config as params.
+
+    Its parent is the pipeline run when there is one (see pipeline_run_id), else `parent_run_id`.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     with _store_setup_lock(cfg.mlflow.tracking_uri):
-        mlflow.set_experiment(cfg.mlflow.experiment)
-    with mlflow.start_run(run_name=run_name, tags=tags or {}, parent_run_id=parent_run_id) as run:
-        params = flatten_config(cfg)
-        items = sorted(params.items())
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
-        mlflow.log_text(OmegaConf.to_yaml(loggable_config(cfg)), "config/composed.yaml")
-        yield run
+        experiment = mlflow.set_experiment(cfg.mlflow.experiment)
+    client = mlflow.MlflowClient()
+    pipeline = pipeline_run_id(cfg, experiment.experiment_id)
+    if pipeline:
+        client.update_run(pipeline, status="RUNNING")
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_name=run_name, tags=tags or {}, parent_run_id=pipeline or parent_run_id) as run:
+            params = flatten_config(cfg)
+            items = sorted(params.items())
+            for i in range(0, len(items), PARAMS_PER_BATCH):
+                mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
+            mlflow.log_text(OmegaConf.to_yaml(loggable_config(cfg)), "config/composed.yaml")
+            yield run
+        status = "FINISHED"
+    finally:
+        if pipeline:  # the pipeline run ends with its latest stage, failed if that stage failed
+            client.set_terminated(pipeline, status=status)

@@ -243,6 +243,8 @@ def train(cfg: DictConfig) -> dict:
             atomic_write_bytes(grid_path, png_bytes(grid))
 
             metrics = {
+                "model": cfg.model.name,  # names the export and evaluation runs of this model
+                "style": cfg.style.name,
                 "steps": total_steps,
                 "trained_steps": remaining,
                 "resumed_from_step": start_step,

@@ -1,0 +1,94 @@
+"""The MLflow pipeline run: every stage run of one `dvc repro` is a child of one pipeline run (real dvc, real sqlite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+
+from conftest import REPO
+
+# A stage as the real ones open their run: mlflow_run with the composed config's mlflow and paths.
+STAGE = textwrap.dedent("""
+    import sys
+    from omegaconf import OmegaConf
+    from training.tracking import mlflow_run
+    cfg = OmegaConf.create({"mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "stylepipe"},
+                            "paths": {"root_dir": "."}})
+    with mlflow_run(cfg, sys.argv[1], tags={"stage": sys.argv[1].split("-")[0]}):
+        if sys.argv[2] == "fail":
+            raise SystemExit("stage failed")
+    open(sys.argv[1] + ".done", "w").close()
+""")
+
+
+def _project(tmp_path, second_cmd="ok"):
+    """A dvc project of two stages running STAGE, with the repo's params.yaml choices."""
+    (tmp_path / "stage.py").write_text(STAGE)
+    (tmp_path / "params.yaml").write_text("style: starry\nmodel: magenta_lite\ntrainer: smoke\n")
+    (tmp_path / "dvc.yaml").write_text(textwrap.dedent(f"""
+        stages:
+          train:
+            cmd: python stage.py train-starry-magenta_lite ok
+            params: [style, model, trainer]
+            outs: [train-starry-magenta_lite.done]
+          export:
+            cmd: python stage.py export-starry-magenta_lite {second_cmd}
+            deps: [train-starry-magenta_lite.done]
+            outs: [export-starry-magenta_lite.done]
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1"}
+    env.pop("STYLEPIPE_PIPELINE_RUN_ID", None)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True)
+    return env
+
+
+def _runs(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["stylepipe"], output_format="list")
+    return {r.info.run_name: r for r in runs}, runs
+
+
+def test_one_pipeline_run_per_dvc_repro_with_stage_runs_as_children(tmp_path):
+    env = _project(tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True)
+    by_name, runs = _runs(tmp_path)
+    assert sorted(by_name) == ["export-starry-magenta_lite", "pipeline-starry-magenta_lite", "train-starry-magenta_lite"]
+    pipeline = by_name["pipeline-starry-magenta_lite"]
+    assert pipeline.data.params == {"style": "starry", "model": "magenta_lite", "trainer": "smoke"}
+    assert pipeline.info.status == "FINISHED" and pipeline.data.tags["stage"] == "pipeline"
+    for stage in ("train-starry-magenta_lite", "export-starry-magenta_lite"):
+        assert by_name[stage].data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+
+    # A second invocation is a second pipeline run; a stage run outside dvc has no parent.
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "--force", "train"], cwd=tmp_path, env=env, check=True)
+    subprocess.run([sys.executable, "stage.py", "evaluate-starry-magenta_lite", "ok"], cwd=tmp_path, env=env, check=True)
+    _, runs = _runs(tmp_path)
+    pipelines = [r for r in runs if r.info.run_name == "pipeline-starry-magenta_lite"]
+    assert len(pipelines) == 2
+    second = next(r for r in pipelines if r.info.run_id != pipeline.info.run_id)
+    children = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == second.info.run_id]
+    assert children == ["train-starry-magenta_lite"]
+    alone = next(r for r in runs if r.info.run_name == "evaluate-starry-magenta_lite")
+    assert "mlflow.parentRunId" not in alone.data.tags
+
+
+def test_failed_stage_marks_the_pipeline_run_failed_and_env_var_overrides(tmp_path):
+    env = _project(tmp_path, second_cmd="fail")
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    by_name, _ = _runs(tmp_path)
+    assert by_name["pipeline-starry-magenta_lite"].info.status == "FAILED"
+    assert by_name["export-starry-magenta_lite"].info.status == "FAILED"
+    assert by_name["train-starry-magenta_lite"].info.status == "FINISHED"
+
+    # STYLEPIPE_PIPELINE_RUN_ID names the parent, even outside dvc.
+    parent = mlflow.MlflowClient().create_run(by_name["train-starry-magenta_lite"].info.experiment_id, run_name="mine")
+    subprocess.run([sys.executable, "stage.py", "evaluate-starry-magenta_lite", "ok"], cwd=tmp_path, check=True,
+                   env={**env, "STYLEPIPE_PIPELINE_RUN_ID": parent.info.run_id})
+    by_name, _ = _runs(tmp_path)
+    assert by_name["evaluate-starry-magenta_lite"].data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import run_stage
+from pipelines.cli import preflight, run_stage
 
 
 @hydra.main(config_path="../configs", config_name="prepare", version_base="1.3")
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight("prepare")
     main()

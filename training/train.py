@@ -176,6 +176,10 @@ def train(cfg: DictConfig) -> dict:
             from training.magenta_import import load_published_into
 
             log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
+        elif cfg.get("init") and cfg.init.name == "tfhub":
+            from training.tfhub_import import load_tfhub_into
+
+            log.info("initialised from the TF Hub module %s: %s", cfg.init.handle, load_tfhub_into(stylizer, cfg.init.handle))
 
         checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
         start_step = 0

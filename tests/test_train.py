@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, compose_train
+from conftest import CACHE_DIR, REPO, TINY_TRAINING, compose_train
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,8 @@ def run_cli(args: list[str], tmp_path, env_extra: dict | None = None, **kwargs):
 def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     from training.train import train
 
-    untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0"], tmp_path / "untrained"))
-    cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1"], tmp_path)
+    untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0", *TINY_TRAINING], tmp_path / "untrained"))
+    cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1", *TINY_TRAINING], tmp_path)
     metrics = train(cfg)
 
     train_dir = tmp_path / "outputs" / "train"
@@ -64,10 +64,10 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     from training.train import train
 
-    first = train(compose_train(["trainer=smoke", "trainer.steps=6"], tmp_path))
+    first = train(compose_train(["trainer=smoke", "trainer.steps=6", *TINY_TRAINING], tmp_path))
     assert first["trained_steps"] == 6
     assert (tmp_path / "outputs" / "train" / "checkpoints" / "ckpt-00000006.npz").is_file()
-    second = train(compose_train(["trainer=smoke", "trainer.steps=10"], tmp_path))
+    second = train(compose_train(["trainer=smoke", "trainer.steps=10", *TINY_TRAINING], tmp_path))
     assert second["resumed_from_step"] == 6
     assert second["trained_steps"] == 4
 
@@ -75,7 +75,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL mid-run, then the same command resumes and loses at most one interval."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = ["trainer=smoke", "trainer.steps=400", "trainer.checkpoint_every=2"]
+    args = ["trainer=smoke", "trainer.steps=400", "trainer.checkpoint_every=2", *TINY_TRAINING]
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
            f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
            "trainer.progress=false", *args]
@@ -93,7 +93,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     for path in ckpt_dir.glob("ckpt-*.npz"):  # whatever the kill interrupted, final names are whole files
         with np.load(path) as stored:
             assert "meta" in stored.files
-    result = run_cli([*args[:1], f"trainer.steps={steps[-1] + 2}", "trainer.checkpoint_every=2"], tmp_path)
+    result = run_cli([*args[:1], *TINY_TRAINING, f"trainer.steps={steps[-1] + 2}", "trainer.checkpoint_every=2"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == steps[-1]
@@ -101,7 +101,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_jax_backend_completes_a_smoke_run(tmp_path):
-    result = run_cli(["trainer=smoke", "trainer.steps=4"], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
+    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["keras_backend"] == "jax"
@@ -110,7 +110,7 @@ def test_jax_backend_completes_a_smoke_run(tmp_path):
 
 def test_non_default_backbone_completes_a_smoke_run(tmp_path):
     # No internet here: MobileNetV2 without ImageNet weights (the code path is the same).
-    result = run_cli(["trainer=smoke", "trainer.steps=4", "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
+    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING, "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "outputs" / "train" / "model.keras").is_file()
 

@@ -7,6 +7,7 @@ Its stylization is computed from those named variables only (a stateless call of
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -82,6 +83,8 @@ def test_magenta_names_and_shapes_of_the_full_model(hub_module):
         "InceptionV3/Mixed_6e/Branch_2/Conv2d_0e_1x7/BatchNorm/beta": (192,),
     }
     assert {n: names.get(n) for n in expected} == expected
+    inception = hub_module[1].get_layer("style_predictor").get_layer("backbone_inception_v3").get_layer("inception_v3")
+    assert {l.get_config()["activation"] for l in inception.layers if isinstance(l, keras.layers.Activation)} == {"relu6"}
 
 
 def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp_path):

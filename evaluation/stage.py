@@ -90,10 +90,10 @@ def evaluate(cfg) -> dict:
     from export.baked import bake
     from export.tf_graph import constant_module, make_module, run_frozen_graph
     from export.tflite import convert
-    from training import losses
     from training.data import fit_crop, load_content, load_image, style_crop
     from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
     from training.network import load_stylizer
+    from training.objective import StylizationObjective
     from training.tracking import mlflow_run
     from training.vgg16 import build_loss_network
 
@@ -167,16 +167,13 @@ def evaluate(cfg) -> dict:
 
     # Quality at 384x384 on held-out photos: each format's output vs Keras, and the training losses.
     qh, qw = (384, 384)
+    # Scored by the training objective's own loss code (as training scores its held-out photos).
     loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)
-    scale = float(cfg.loss_network.feature_scale)
-    features = lambda images: {k: keras.ops.convert_to_numpy(v) * scale  # noqa: E731
-                               for k, v in loss_network(np.asarray(images, np.float32), training=False).items()}
-    style_grams = {k: losses.gram_matrix(v) for k, v in features(style_image[None]).items()}
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
 
     def loss_terms(outputs, inputs):
-        out_f, in_f = features(outputs), features(inputs)
-        return {"content_loss": float(losses.content_loss(out_f, in_f, cfg.loss_network.content_weights)),
-                "style_loss": float(losses.style_loss(out_f, style_grams, cfg.loss_network.style_weights))}
+        terms = objective.loss_terms(np.asarray(outputs, np.float32), inputs, style_image[None])
+        return {name: float(value) for name, value in terms.items()}
 
     inputs = np.stack([fit_crop(p, qh, qw) for p in photos])
     outputs = {"keras": keras.ops.convert_to_numpy(transformer([inputs, np.repeat(bottleneck, len(inputs), 0)], training=False))}

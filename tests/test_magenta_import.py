@@ -69,10 +69,19 @@ def test_int8_transfer_model_imports_dequantised():
 
 
 @pytest.mark.slow
-def test_fine_tuning_starry_beats_the_published_arbitrary_model(tmp_path):
+def test_smoke_fine_tune_beats_the_published_arbitrary_model_on_starry(tmp_path):
+    """The issue's claim with the `dvc repro` profile as is: init=magenta_published, trainer=smoke.
+
+    Both figures come from the same code (the training stage's held-out scoring): the published
+    weights untouched (0 steps) vs the smoke fine-tune, on the held-out photos at data.heldout_size
+    (384, the published model's size) with the starry image at data.style_size (256).
+    """
     from training.train import train
 
     base = ["style=starry", "trainer=smoke", "init=magenta_published"]
     published = train(compose_train([*base, "trainer.steps=0"], tmp_path / "published"))
-    tuned = train(compose_train([*base, "trainer.steps=16"], tmp_path / "tuned"))
-    assert tuned["heldout"]["style_loss"] < published["heldout"]["style_loss"], (tuned["heldout"], published["heldout"])
+    tuned = train(compose_train(base, tmp_path / "tuned"))
+    assert tuned["trained_steps"] == 24 and len(tuned["heldout_photos"]) == 4
+    assert tuned["heldout"]["style_loss"] < 0.97 * published["heldout"]["style_loss"], (tuned["heldout"], published["heldout"])
+    # The style gain is not bought with the content: it stays no worse than the published model's.
+    assert tuned["heldout"]["content_loss"] < published["heldout"]["content_loss"], (tuned["heldout"], published["heldout"])

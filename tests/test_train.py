@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import CACHE_DIR, REPO, compose_train
+from conftest import CACHE_DIR, REPO, TINY_TRAINING, compose_train
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def run_cli(args: list[str], tmp_path, env_extra: dict | None = None, **kwargs):
 def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     from training.train import train
 
-    untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0"], tmp_path / "untrained"))
-    cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1"], tmp_path)
+    untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0", *TINY_TRAINING], tmp_path / "untrained"))
+    cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1", *TINY_TRAINING], tmp_path)
     metrics = train(cfg)
 
     train_dir = tmp_path / "outputs" / "train"
@@ -61,16 +61,16 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     from training.train import train
 
-    first = train(compose_train(["trainer=smoke", "trainer.steps=6"], tmp_path))
+    first = train(compose_train(["trainer=smoke", "trainer.steps=6", *TINY_TRAINING], tmp_path))
     assert first["trained_steps"] == 6
     assert (tmp_path / "outputs" / "train" / "checkpoints" / "ckpt-00000006.npz").is_file()
-    second = train(compose_train(["trainer=smoke", "trainer.steps=10"], tmp_path))
+    second = train(compose_train(["trainer=smoke", "trainer.steps=10", *TINY_TRAINING], tmp_path))
     assert second["resumed_from_step"] == 6
     assert second["trained_steps"] == 4
 
 
 def test_jax_backend_completes_a_smoke_run(tmp_path):
-    result = run_cli(["trainer=smoke", "trainer.steps=4"], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
+    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["keras_backend"] == "jax"
@@ -79,6 +79,6 @@ def test_jax_backend_completes_a_smoke_run(tmp_path):
 
 def test_non_default_backbone_completes_a_smoke_run(tmp_path):
     # No internet here: MobileNetV2 without ImageNet weights (the code path is the same).
-    result = run_cli(["trainer=smoke", "trainer.steps=4", "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
+    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING, "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "outputs" / "train" / "model.keras").is_file()

@@ -35,6 +35,22 @@ def _keras_application(factory, weights, cut_layer: str | None, name: str) -> ke
     return keras.Model(model.input, features, name=name)
 
 
+def with_activation(model: keras.Model, activation: str) -> keras.Model:
+    """The same network (and weights) with its ReLU activations replaced.
+
+    Magenta's slim InceptionV3 (and so its TF Hub module) uses ReLU6 where keras.applications uses ReLU.
+    """
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, layers.Activation) and config["activation"] == "relu":
+            config["activation"] = activation
+        return layer.__class__.from_config(config)
+
+    cloned = keras.models.clone_model(model, clone_function=clone)
+    cloned.set_weights(model.get_weights())
+    return cloned
+
+
 def build_backbone(cfg, cache_dir) -> keras.Model:
     """Feature extractor for the style predictor, taking images in [0, 1]."""
     name, weights = cfg.name, cfg.get("weights")
@@ -50,6 +66,8 @@ def build_backbone(cfg, cache_dir) -> keras.Model:
             "mobilenet_v2": (keras.applications.MobileNetV2, None),
         }[name]
         net = _keras_application(factory, weights, cut, name=name)
+        if cfg.get("activation", "relu") != "relu":
+            net = with_activation(net, cfg.activation)
         # keras.applications' ImageNet weights expect [-1, 1]; Magenta's distilled MobileNetV2 takes [0, 1].
         low, high = cfg.get("input_range", [-1.0, 1.0])
         features = net(layers.Rescaling(high - low, offset=low, name="input_range")(image))

@@ -42,8 +42,10 @@ def validate_train_config(cfg) -> None:
     size = cfg.data.image_size
     _require(_is_int(size) and size >= 16 and size % 4 == 0, "data.image_size", size,
              "an integer >= 16 divisible by 4 (the network downsamples twice by 2)")
+    for key in ("style_size", "heldout_size"):
+        _require(_is_int(cfg.data[key]) and cfg.data[key] >= 16, f"data.{key}", cfg.data[key], "an integer >= 16")
     if cfg.backbone.name == "inception_v3":  # its stride-2 stem leaves nothing of smaller style images
-        _require(size >= 76, "data.image_size", size, "at least 76 with backbone=inception_v3")
+        _require(cfg.data.style_size >= 76, "data.style_size", cfg.data.style_size, "at least 76 with backbone=inception_v3")
     lo, hi = cfg.data.resize_short_side
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
     weights = cfg.loss_network.weights

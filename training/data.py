@@ -680,15 +680,18 @@ class TrainingBatches:
             raise DataError("TrainingBatches needs at least one style image", "empty")
         self.content = content.train
         self.size = int(_get(data_cfg, "image_size", "data"))
+        # The style image keeps its own size: the predictor and the Gram targets must see the
+        # painting at the scale they will see it after training, whatever the content crop.
+        self.style_size = int(_get(data_cfg, "style_size", "data", self.size))
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.augment = bool(_get(style_cfg, "augment", "style", False))
         if self.augment:
             # Augmentation never needs more than the largest short side it samples: shrink once.
-            largest = _style_short_side_range(self.size)[1]
+            largest = _style_short_side_range(self.style_size)[1]
             self.styles = [shrink_uint8(s, largest) for s in styles.values()]
         else:
-            self.styles = [style_crop(s, self.size) for s in styles.values()]
+            self.styles = [style_crop(s, self.style_size) for s in styles.values()]
 
     @property
     def random_access(self) -> bool:
@@ -699,7 +702,7 @@ class TrainingBatches:
         content = np.stack([self.content.sample(rng) for _ in range(self.batch_size)])
         index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
         if self.augment:
-            style = np.stack([augment_style(self.styles[i], rng, self.size) for i in index])
+            style = np.stack([augment_style(self.styles[i], rng, self.style_size) for i in index])
         else:
             style = np.stack([self.styles[i] for i in index])
         return {"content": content.astype(np.float32), "style": style.astype(np.float32), "style_index": index}
@@ -728,8 +731,9 @@ class TrainingBatches:
     def as_tf_dataset(self, start: int = 0):
         import tensorflow as tf
 
-        image = tf.TensorSpec((self.batch_size, self.size, self.size, 3), tf.float32)
-        spec = {"content": image, "style": image, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
+        content = tf.TensorSpec((self.batch_size, self.size, self.size, 3), tf.float32)
+        style = tf.TensorSpec((self.batch_size, self.style_size, self.style_size, 3), tf.float32)
+        spec = {"content": content, "style": style, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
         return tf.data.Dataset.from_generator(lambda: self.iterate(start), output_signature=spec).prefetch(2)
 
     def training_input(self, start: int, steps: int, workers: int):

@@ -34,20 +34,34 @@ class StylizationObjective(keras.Model):
         self.feature_scale = float(feature_scale)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
+    @classmethod
+    def from_config(cls, stylizer, loss_network, loss_cfg) -> "StylizationObjective":
+        """The objective with the loss weights of a `loss_network` config group."""
+        return cls(stylizer, loss_network, content_weights=loss_cfg.content_weights, style_weights=loss_cfg.style_weights,
+                   tv_weight=loss_cfg.total_variation_weight, feature_scale=loss_cfg.feature_scale)
+
     def _features(self, images):
         return {k: ops.cast(v, "float32") * self.feature_scale for k, v in self.loss_network(images, training=False).items()}
 
     def call(self, inputs, training=False):
         content, style = inputs["content"], inputs["style"]
         stylized = self.stylizer({"content": content, "style": style}, training=training)
-        batch = ops.shape(content)[0]
-        targets = ops.stop_gradient(ops.concatenate([content, style], axis=0))
-        target_f = self._features(ops.cast(targets, stylized.dtype))
+        return {"stylized": stylized, **self.loss_terms(stylized, content, style)}
+
+    def loss_terms(self, stylized, content, style) -> dict:
+        """Content, style and total variation losses of stylized images (the same code scores held-out photos)."""
+        content = ops.stop_gradient(ops.cast(content, stylized.dtype))
+        style = ops.stop_gradient(ops.cast(style, stylized.dtype))
+        if tuple(content.shape[1:3]) == tuple(style.shape[1:3]) and None not in content.shape[1:3]:
+            batch = ops.shape(content)[0]
+            target_f = self._features(ops.concatenate([content, style], axis=0))
+            content_f = {k: v[:batch] for k, v in target_f.items()}
+            style_f = {k: v[batch:] for k, v in target_f.items()}
+        else:  # a style image of its own size (data.style_size): its own VGG call
+            content_f, style_f = self._features(content), self._features(style)
         stylized_f = self._features(stylized)
-        content_f = {k: v[:batch] for k, v in target_f.items()}
-        style_grams = {k: losses.gram_matrix(target_f[k][batch:]) for k in self.style_weights}
+        style_grams = {k: losses.gram_matrix(style_f[k]) for k in self.style_weights}
         return {
-            "stylized": stylized,
             "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights),
             "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights),
             "tv_loss": self.tv_weight * losses.total_variation_loss(stylized),

@@ -139,24 +139,18 @@ def _build_objective(cfg, cache_dir):
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
     loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir)
-    objective = StylizationObjective(
-        stylizer,
-        loss_network,
-        content_weights=cfg.loss_network.content_weights,
-        style_weights=cfg.loss_network.style_weights,
-        tv_weight=cfg.loss_network.total_variation_weight,
-        feature_scale=cfg.loss_network.feature_scale,
-    )
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto")
     return objective, optimizer, vgg_origin
 
 
-def _build(objective, optimizer, image_size):
+def _build(objective, optimizer, image_size, style_size=None):
     """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
-    dummy = np.zeros((1, image_size, image_size, 3), np.float32)
-    objective({"content": dummy, "style": dummy})
+    style_size = style_size or image_size
+    objective({"content": np.zeros((1, image_size, image_size, 3), np.float32),
+               "style": np.zeros((1, style_size, style_size, 3), np.float32)})
     optimizer.build(objective.trainable_variables)
 
 
@@ -184,12 +178,16 @@ def train(cfg: DictConfig) -> dict:
     # Everything that creates variables or runs steps happens under the data-parallel scope.
     with data_parallel(int(cfg.trainer.devices), int(cfg.trainer.batch_size)):
         objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
-        _build(objective, optimizer, cfg.data.image_size)
+        _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
         stylizer = objective.stylizer
         if cfg.get("init") and cfg.init.name == "magenta_published":
             from training.magenta_import import load_published_into
 
             log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
+        elif cfg.get("init") and cfg.init.name == "tfhub":
+            from training.tfhub_import import load_tfhub_into
+
+            log.info("initialised from the TF Hub module %s: %s", cfg.init.handle, load_tfhub_into(stylizer, cfg.init.handle))
 
         checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
         start_step = 0
@@ -232,13 +230,17 @@ def train(cfg: DictConfig) -> dict:
 
             model_path = save_keras_atomically(stylizer, train_dir / "model.keras")
 
-            style_crops = {name: data_lib.style_crop(image, cfg.data.image_size) for name, image in styles.items()}
-            stylized = {name: stylize(stylizer, content.heldout, crop) for name, crop in style_crops.items()}
-            heldout = heldout_losses(objective, content.heldout, list(style_crops.values()))
+            # Scored as the evaluation and the published model see them: photos at data.heldout_size,
+            # styles at data.style_size, whatever size the training crops had.
+            size = int(cfg.data.heldout_size)
+            photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
+            style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
+            stylized = {name: stylize(stylizer, photos, crop) for name, crop in style_crops.items()}
+            heldout = heldout_losses(objective, photos, list(style_crops.values()))
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
             from training.sample_grid import make_grid, png_bytes
 
-            grid = make_grid(content.heldout, content.heldout_names, styles, stylized)
+            grid = make_grid(photos, content.heldout_names, styles, stylized)
             grid_path = train_dir / "samples.png"
             atomic_write_bytes(grid_path, png_bytes(grid))
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import CACHE_DIR, CONTENT_DIR, REPO
+from conftest import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING
 
 PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
-# A tiny training run: random loss-network weights (nothing to download), 64 px crops.
-TINY = ["trainer=smoke", "loss_network.weights=null", "data.heldout_count=1"]
+# A tiny training run: random loss-network weights (nothing to download), 64 px crops and style.
+TINY = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
 
 
 def run_stage(stage: str, args: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ def compose_train(overrides: list[str], tmp_path: Path):
     """The training config as the CLI would compose it, writing only under tmp_path."""
     from hydra import compose, initialize_config_dir
 
+    tmp_path.mkdir(parents=True, exist_ok=True)  # holds the sqlite store, which must be in an existing folder
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose(
             "train",

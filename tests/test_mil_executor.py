@@ -170,7 +170,10 @@ def test_baked_transfer_network_with_image_io_matches_keras(published_transfer, 
     reloaded = ct.models.MLModel(str(path), skip_model_load=True)
     again = run_mil_program(reloaded, {"content_image": photo("astronaut.jpg", height, width)})
     assert list(again) == ["stylized_image"]
-    np.testing.assert_array_equal(again["stylized_image"], results["astronaut.jpg"])
+    # The same program: equal but for threaded float sums landing on the other side of a rounding
+    # boundary (seen: 2 of 36,864 values off by one).
+    difference = np.abs(again["stylized_image"].astype(int) - results["astronaut.jpg"].astype(int))
+    assert difference.max() <= 1 and np.count_nonzero(difference) <= 1e-3 * difference.size
 
 
 def test_keras_transfer_model_with_fp16_tensor_io_matches_keras(published_transfer):

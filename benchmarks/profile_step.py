@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--input-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "profile_step.json")
@@ -92,11 +93,12 @@ def main(argv=None) -> int:
 
     from training.train import _build, _build_objective
 
-    cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1)
+    cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1,
+                             input_dtype=args.input_dtype)
     keras.utils.set_random_seed(0)
     objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
     _build(objective, optimizer, args.image_size)
-    feed = lambda n: throughput.CycledBatches(args.batch_size, args.image_size, n)  # noqa: E731
+    feed = lambda n: throughput.CycledBatches(args.batch_size, args.image_size, n, args.input_dtype)  # noqa: E731
     objective.fit(feed(3), epochs=1, verbose=0)  # compile outside the trace
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
             objective.fit(feed(args.steps), epochs=1, verbose=0)
             wall = time.perf_counter() - start
         report = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size,
-                  "image_size": args.image_size, "device": str(jax.devices()[0].device_kind),
+                  "input_dtype": args.input_dtype, "image_size": args.image_size, "device": str(jax.devices()[0].device_kind),
                   **summarise(trace_dir, wall, args.steps, args.top)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -23,6 +23,7 @@ Writes JSON after every configuration (a cut-off run keeps what it measured) and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,8 @@ import numpy as np  # noqa: E402
 BACKBONE_OF = {"magenta": "inception_v3", "magenta_lite": "mobilenet_v2"}  # as Magenta trains each
 
 
-def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int, devices: int = 1):
+def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int, devices: int = 1,
+            input_dtype: str = "float32"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -50,7 +52,8 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             f"model={model}", f"backbone={BACKBONE_OF[model]}", "backbone.weights=null",
             "loss_network.weights=null",  # random VGG-16: same FLOPs, nothing to download
             f"trainer.precision={precision}", f"trainer.batch_size={batch_size}", "trainer.jit_compile=true",
-            f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"data.image_size={image_size}",
+            f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"trainer.input_dtype={input_dtype}",
+            f"data.image_size={image_size}", f"data.style_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
             f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark",
         ])
@@ -59,11 +62,13 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
 class CycledBatches(keras.utils.PyDataset):
     """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's)."""
 
-    def __init__(self, batch_size: int, image_size: int, steps: int, distinct: int = 4, seed: int = 0):
+    def __init__(self, batch_size: int, image_size: int, steps: int, dtype: str = "float32", distinct: int = 4, seed: int = 0):
         super().__init__()
+        from training.data import to_input_dtype
+
         rng = np.random.default_rng(seed)
         shape = (batch_size, image_size, image_size, 3)
-        self.batches = [{"content": rng.random(shape, np.float32), "style": rng.random(shape, np.float32)}
+        self.batches = [{k: to_input_dtype(rng.random(shape, np.float32), dtype) for k in ("content", "style")}
                         for _ in range(distinct)]
         self.steps = steps
 
@@ -116,12 +121,13 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict) -> dict:
+def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
+            input_dtype: str = "float32") -> dict:
     """One configuration; `batch_size` is the global batch (split over `devices`, as in training)."""
     from training.distribute import data_parallel
 
     keras.backend.clear_session()
-    cfg = compose(model, precision, batch_size, image_size, workers, devices)
+    cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype)
     with data_parallel(devices, batch_size):
         return _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache)
 
@@ -140,8 +146,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if input_mode == "pipeline":
-            return pipeline_batches(cfg).training_input(0, n, workers=workers)
-        return CycledBatches(batch_size, image_size, n)
+            return pipeline_batches(cfg).training_input(0, n, workers=workers, dtype=cfg.trainer.input_dtype)
+        return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype)
 
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
@@ -153,6 +159,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     images_per_s = steps * batch_size / seconds
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
+        "input_dtype": cfg.trainer.input_dtype,
         "image_size": image_size, "input": input_mode, "steps": steps, "step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
         "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--input", choices=["synthetic", "pipeline"], default="synthetic")
     parser.add_argument("--workers", type=int, default=8, help="trainer.data_workers for --input pipeline")
+    parser.add_argument("--input-dtypes", nargs="+", default=["float32"], choices=["float32", "uint8"],
+                        help="trainer.input_dtype: batches copied to the device as float32 or uint8 (side by side)")
     parser.add_argument("--devices", type=int, default=1,
                         help="trainer.devices: data-parallel over this many GPUs; batch sizes are per device")
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak of one GPU (H100 SXM and H200: 989.4)")
@@ -196,12 +205,12 @@ def main(argv=None) -> int:
             cfg = compose(model, "float32", max(args.batch_sizes), args.image_size, args.workers)
             report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers"] = pipeline_rate(cfg)
         for precision in args.precisions:
-            for batch_size in args.batch_sizes:
+            for batch_size, input_dtype in itertools.product(args.batch_sizes, args.input_dtypes):
                 try:
                     row = measure(model, precision, batch_size * args.devices, args.image_size, args.steps,
-                                  args.warmup, args.input, args.workers, args.devices, report["flops"])
+                                  args.warmup, args.input, args.workers, args.devices, report["flops"], input_dtype)
                 except Exception as err:  # e.g. out of memory at a large batch: record it and go on
-                    row = {"model": model, "precision": precision, "batch_size": batch_size,
+                    row = {"model": model, "precision": precision, "batch_size": batch_size, "input_dtype": input_dtype,
                            "error": f"{type(err).__name__}: {str(err)[:300]}"}
                 # Utilisation per device: the peak and the measured matrix product are one GPU's.
                 row["mfu_peak"] = row.get("tflops_per_s", 0) / args.devices / args.peak_tflops
@@ -218,12 +227,13 @@ def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5}  {row['error']}"
     mfu = f"{100 * row['mfu_peak']:5.1f}%"
-    return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row.get('devices', 1):>4} {row['images_per_s']:>9.1f} "
+    return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row.get('devices', 1):>4} "
+            f"{row.get('input_dtype', 'float32'):>7} {row['images_per_s']:>9.1f} "
             f"{row['step_ms']:>8.1f} {row['tflops_per_s']:>8.1f} {mfu:>7} {row['first_fit_s']:>7.1f}")
 
 
 def format_table(report: dict) -> str:
-    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'GPUs':>4} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
+    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'GPUs':>4} {'input':>7} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
     lines = [head, "-" * len(head)] + [format_row(r) for r in report["results"]]
     for model, f in report["flops"].items():
         lines.append(f"{model}: {f['total'] / 1e9:.1f} GFLOP per image (forward {f['forward'] / 1e9:.1f}, "

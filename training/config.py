@@ -36,7 +36,7 @@ def validate_train_config(cfg) -> None:
     _require(t.learning_rate is not None and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate, "a number > 0")
     _require(t.clipnorm is None or t.clipnorm > 0, "trainer.clipnorm", t.clipnorm, "null or a number > 0")
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
-    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers"):
+    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
              f"one of {', '.join(INPUT_DTYPES)}")

@@ -51,25 +51,28 @@ class TrainingProgress(keras.callbacks.Callback):
                         disable=None if show_bar else True, dynamic_ncols=True)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        # Called once per execution: `batch` is its last step (trainer.steps_per_execution may be > 1;
+        # Keras numbers a short last execution as if it were full, hence the min).
+        previous, self.step = self.step, min(self.start_step + batch + 1, self.total_steps)
         # Keras reports running means over the epoch; keep their sums to recover interval means.
-        sums = {k: float(v) * (batch + 1) for k, v in (logs or {}).items()}
-        # The first step includes tracing/compilation: time the rest for images/s.
+        done = self.step - self.start_step  # steps of this fit so far
+        sums = {k: float(v) * done for k, v in (logs or {}).items()}
+        # The first execution includes tracing/compilation: time the rest for images/s.
         if self.timer_start is None:
             self.timer_start = time.perf_counter()
         else:
-            self.timed_steps += 1
-        self.bar.update(1)
+            self.timed_steps += self.step - previous
+        self.bar.update(self.step - previous)
         self.bar.set_postfix(loss=f"{float((logs or {}).get('loss', float('nan'))):.4g}")
         if not all(math.isfinite(v) for v in sums.values()):
             self.diverged_at = self.step
             self.last_logs = {k: float(v) for k, v in (logs or {}).items()}
             self.model.stop_training = True
             return
-        if self.step % self.log_every == 0 or self.step == self.total_steps:
-            n = batch + 1 - self.logged_batches
+        if _crossed(previous, self.step, self.log_every) or self.step == self.total_steps:
+            n = done - self.logged_batches
             interval = {k: (v - self.logged_sums.get(k, 0.0)) / n for k, v in sums.items()}
-            self.logged_sums, self.logged_batches = sums, batch + 1
+            self.logged_sums, self.logged_batches = sums, done
             self.last_logs = interval
             self.history.append({"step": self.step, **interval})
             if self.bar.disable:
@@ -77,7 +80,7 @@ class TrainingProgress(keras.callbacks.Callback):
                          " ".join(f"{k}={v:.4g}" for k, v in interval.items()))
             if self.mlflow is not None:
                 self.mlflow.log_metrics(interval, step=self.step)
-        if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
+        if _crossed(previous, self.step, self.checkpoint_every) or self.step == self.total_steps:
             try:
                 self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
             except NonFiniteWeightsError as err:  # a finite loss, but the update broke the weights
@@ -92,6 +95,11 @@ class TrainingProgress(keras.callbacks.Callback):
         if not self.timed_steps or self.timer_start is None:
             return None
         return self.timed_steps * batch_size / (time.perf_counter() - self.timer_start)
+
+
+def _crossed(previous: int, step: int, every: int) -> bool:
+    """Whether steps previous+1 .. step include a multiple of `every`."""
+    return step // every > previous // every
 
 
 def _fingerprint(cfg) -> dict:
@@ -142,7 +150,9 @@ def _build_objective(cfg, cache_dir):
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
-    objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto")
+    # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
+    objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto",
+                      steps_per_execution=int(cfg.trainer.steps_per_execution))
     return objective, optimizer, vgg_origin
 
 

@@ -92,6 +92,15 @@ def _scrub_absolute_paths(value: str) -> str:
     return ABSOLUTE_PATH.sub(lambda m: f"<abs>/{m.group(0).rstrip('/').rsplit('/', 1)[-1]}", value)
 
 
+def log_skipped_files(skipped) -> None:
+    """The skip report of a data load as an MLflow artifact of the active run, every file named,
+    machine paths scrubbed (nothing logged when nothing was skipped)."""
+    import mlflow
+
+    if skipped.count():
+        mlflow.log_text(scrub_path(skipped.summary(limit=skipped.count())), "data/skipped_files.txt")
+
+
 def check_tracking_store(uri: str) -> None:
     """Fail in seconds, before any work, when the tracking store cannot be used.
 

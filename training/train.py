@@ -167,7 +167,7 @@ def _build(objective, optimizer, image_size, style_size=None):
 def train(cfg: DictConfig) -> dict:
     """Train (or resume) the stylization network as configured; returns the final metrics."""
     validate_train_config(cfg)
-    from training.tracking import check_tracking_store, mlflow_run, scrub_path
+    from training.tracking import check_tracking_store, log_skipped_files, mlflow_run
 
     check_tracking_store(cfg.mlflow.tracking_uri)
     from training import data as data_lib
@@ -218,8 +218,7 @@ def train(cfg: DictConfig) -> dict:
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
             mlflow.log_metric("skipped_files", skipped.count())
-            if skipped.count():
-                mlflow.log_text(scrub_path(skipped.summary(limit=skipped.count())), "data/skipped_files.txt")
+            log_skipped_files(skipped)
 
             progress = TrainingProgress(
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,

@@ -17,6 +17,10 @@ The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed 
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --models magenta_lite --batch-sizes 2 \\
         --precisions float32 --image-size 64 --steps 2 --warmup 1     # a quick check on a CPU
 
+Each row also times the same compiled step with the batch already on the device
+(`device_step_ms`): what `fit` takes beyond that is host time the GPU waits for. `--variants`
+measures configurations side by side (each a set of Hydra overrides).
+
 Writes JSON after every configuration (a cut-off run keeps what it measured) and prints a table.
 """
 
@@ -43,7 +47,7 @@ BACKBONE_OF = {"magenta": "inception_v3", "magenta_lite": "mobilenet_v2"}  # as 
 
 
 def compose(model: str, precision: str, batch_size: int, image_size: int, workers: int, devices: int = 1,
-            input_dtype: str = "float32"):
+            input_dtype: str = "float32", overrides: tuple[str, ...] = ()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -55,7 +59,7 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"trainer.input_dtype={input_dtype}",
             f"data.image_size={image_size}", f"data.style_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
-            f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark",
+            f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark", *overrides,
         ])
 
 
@@ -121,15 +125,44 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+def device_step_ms(objective, batch: dict, steps: int) -> float:
+    """Step time with the batch already on the device and nothing on the host between steps.
+
+    The same compiled step `fit` ran; the difference to `fit`'s step time is host time (batch
+    copies, Keras' loop) that the GPU waits for. Consumes the model's state (JAX donates it).
+    """
+    import jax
+
+    state = objective._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                     optimizer_variables=True, metrics_variables=True)
+    batch = jax.device_put(batch)
+    batches = itertools.repeat(batch)
+    logs, state = objective.train_function(state, batches)  # warm
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs, state = objective.train_function(state, batches)
+    jax.block_until_ready((logs, state))
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """'base' or space-separated Hydra overrides -> (label, overrides)."""
+    overrides = tuple(text.split()) if text.strip() not in ("", "base") else ()
+    return (" ".join(overrides) or "base"), overrides
+
+
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
-            input_dtype: str = "float32") -> dict:
+            input_dtype: str = "float32", variant: str = "base") -> dict:
     """One configuration; `batch_size` is the global batch (split over `devices`, as in training)."""
     from training.distribute import data_parallel
 
     keras.backend.clear_session()
-    cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype)
+    label, overrides = parse_variant(variant)
+    cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
-        return _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache)
+        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache)
+    return {**row, "variant": label}
 
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache):
@@ -157,11 +190,15 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     images_per_s = steps * batch_size / seconds
+    # Host-free step time (one device only: more would need the batch sharded as Keras does).
+    device_ms = device_step_ms(objective, CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0],
+                               steps) if devices == 1 else None
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
         "image_size": image_size, "input": input_mode, "steps": steps, "step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
+        "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms * steps / 1000 / seconds,
         "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
         "finite_loss": bool(np.isfinite(loss)),
     }
@@ -180,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="trainer.data_workers for --input pipeline")
     parser.add_argument("--input-dtypes", nargs="+", default=["float32"], choices=["float32", "uint8"],
                         help="trainer.input_dtype: batches copied to the device as float32 or uint8 (side by side)")
+    parser.add_argument("--variants", nargs="+", default=["base"],
+                        help="configurations measured side by side: 'base', or space-separated Hydra overrides, "
+                             "e.g. 'loss_network.input_channel_multiple=8'")
     parser.add_argument("--devices", type=int, default=1,
                         help="trainer.devices: data-parallel over this many GPUs; batch sizes are per device")
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak of one GPU (H100 SXM and H200: 989.4)")
@@ -205,13 +245,14 @@ def main(argv=None) -> int:
             cfg = compose(model, "float32", max(args.batch_sizes), args.image_size, args.workers)
             report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers"] = pipeline_rate(cfg)
         for precision in args.precisions:
-            for batch_size, input_dtype in itertools.product(args.batch_sizes, args.input_dtypes):
+            for batch_size, input_dtype, variant in itertools.product(args.batch_sizes, args.input_dtypes, args.variants):
                 try:
                     row = measure(model, precision, batch_size * args.devices, args.image_size, args.steps,
-                                  args.warmup, args.input, args.workers, args.devices, report["flops"], input_dtype)
+                                  args.warmup, args.input, args.workers, args.devices, report["flops"], input_dtype,
+                                  variant)
                 except Exception as err:  # e.g. out of memory at a large batch: record it and go on
                     row = {"model": model, "precision": precision, "batch_size": batch_size, "input_dtype": input_dtype,
-                           "error": f"{type(err).__name__}: {str(err)[:300]}"}
+                           "variant": parse_variant(variant)[0], "error": f"{type(err).__name__}: {str(err)[:300]}"}
                 # Utilisation per device: the peak and the measured matrix product are one GPU's.
                 row["mfu_peak"] = row.get("tflops_per_s", 0) / args.devices / args.peak_tflops
                 row["mfu_matmul"] = row.get("tflops_per_s", 0) / args.devices / matmul if matmul else None
@@ -227,13 +268,16 @@ def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5}  {row['error']}"
     mfu = f"{100 * row['mfu_peak']:5.1f}%"
+    device_ms = f"{row['device_step_ms']:.1f}" if row.get("device_step_ms") else "-"
     return (f"{row['model']:<13} {row['precision']:<15} {row['batch_size']:>5} {row.get('devices', 1):>4} "
             f"{row.get('input_dtype', 'float32'):>7} {row['images_per_s']:>9.1f} "
-            f"{row['step_ms']:>8.1f} {row['tflops_per_s']:>8.1f} {mfu:>7} {row['first_fit_s']:>7.1f}")
+            f"{row['step_ms']:>8.1f} {device_ms:>9} {row['tflops_per_s']:>8.1f} {mfu:>7} {row['first_fit_s']:>7.1f}  "
+            f"{row.get('variant', 'base')}")
 
 
 def format_table(report: dict) -> str:
-    head = f"{'model':<13} {'precision':<15} {'batch':>5} {'GPUs':>4} {'input':>7} {'img/s':>9} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}"
+    head = (f"{'model':<13} {'precision':<15} {'batch':>5} {'GPUs':>4} {'input':>7} {'img/s':>9} {'step ms':>8} "
+            f"{'device ms':>9} {'TFLOP/s':>8} {'MFU':>7} {'compile':>7}  variant")
     lines = [head, "-" * len(head)] + [format_row(r) for r in report["results"]]
     for model, f in report["flops"].items():
         lines.append(f"{model}: {f['total'] / 1e9:.1f} GFLOP per image (forward {f['forward'] / 1e9:.1f}, "

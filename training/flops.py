@@ -65,14 +65,17 @@ class StepFlops:
     transfer_forward: int
     predictor_backbone_forward: int
     predictor_head_forward: int
-    loss_network_forward: int  # one image through VGG-16 (the step runs it on 3 images per example)
+    loss_network_forward: int  # the stylized image through VGG-16, to the deepest content or style layer
+    style_target_forward: int  # the style image through VGG-16, to the deepest style layer
+    content_target_forward: int  # the content image through VGG-16, to the deepest content layer
     gram_forward: int  # the style layers' Gram matrices of one image (stylized and style image each)
     predictor_backbone_trainable: bool
 
     @property
     def forward(self) -> int:
         return (self.transfer_forward + self.predictor_backbone_forward + self.predictor_head_forward
-                + 3 * self.loss_network_forward + 2 * self.gram_forward)
+                + self.loss_network_forward + self.style_target_forward + self.content_target_forward
+                + 2 * self.gram_forward)
 
     @property
     def backward(self) -> int:
@@ -116,14 +119,17 @@ def _step_flops(objective, image_size: int) -> StepFlops:
     import jax.numpy as jnp
 
     from training.losses import gram_matrix
+    from training.vgg16 import vgg_features
 
     stylizer = objective.stylizer
     predictor = stylizer.get_layer("style_predictor")
     transformer = stylizer.get_layer("transformer")
     backbone = next(l for l in predictor.layers if l.name.startswith("backbone_"))
     image = jnp.full((1, image_size, image_size, 3), 0.5, jnp.float32)
+    vgg_flops = lambda layers: forward_flops(lambda x: vgg_features(objective.loss_network, x, layers), image)  # noqa: E731
     bottleneck = predictor(image)
-    vgg_features = objective.loss_network(image)
+    content_layers, style_layers = objective.content_weights, objective.style_weights
+    features = vgg_features(objective.loss_network, image, style_layers)
     predictor_total = forward_flops(predictor, image)
     backbone_flops = forward_flops(backbone, image)
     # The style-parameter 1x1 convs live in the transfer network; they run once per example too.
@@ -131,8 +137,10 @@ def _step_flops(objective, image_size: int) -> StepFlops:
         transfer_forward=forward_flops(lambda c, b: transformer([c, b]), image, bottleneck),
         predictor_backbone_forward=backbone_flops,
         predictor_head_forward=predictor_total - backbone_flops,
-        loss_network_forward=forward_flops(objective.loss_network, image),
-        gram_forward=sum(forward_flops(gram_matrix, vgg_features[k]) for k in objective.style_weights),
+        loss_network_forward=vgg_flops({**content_layers, **style_layers}),
+        style_target_forward=vgg_flops(style_layers),
+        content_target_forward=vgg_flops(content_layers),
+        gram_forward=sum(forward_flops(gram_matrix, features[k]) for k in style_layers),
         predictor_backbone_trainable=bool(backbone.trainable and backbone.trainable_weights),
     )
 

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--input-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--variant", default="base",
-                        help="space-separated Hydra overrides, as train_throughput.py --variants")
+                        help="Hydra overrides and loop=bare|training, as train_throughput.py --variants")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "profile_step.json")
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     from training.train import _build, _build_objective
 
-    label, overrides = throughput.parse_variant(args.variant)
+    label, overrides, loop = throughput.parse_variant(args.variant)
     cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1,
                              input_dtype=args.input_dtype, overrides=overrides)
     keras.utils.set_random_seed(0)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             start = time.perf_counter()
-            objective.fit(feed(args.steps), epochs=1, verbose=0)
+            objective.fit(feed(args.steps), epochs=1, verbose=0, callbacks=[throughput.StepClock(sync=loop == "training")])
             wall = time.perf_counter() - start
         report = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size,
                   "input_dtype": args.input_dtype, "variant": label, "image_size": args.image_size, "device": str(jax.devices()[0].device_kind),

@@ -17,9 +17,11 @@ The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed 
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --models magenta_lite --batch-sizes 2 \\
         --precisions float32 --image-size 64 --steps 2 --warmup 1     # a quick check on a CPU
 
-Each row also times the same compiled step with the batch already on the device
-(`device_step_ms`): what `fit` takes beyond that is host time the GPU waits for. `--variants`
-measures configurations side by side (each a set of Hydra overrides).
+`step_ms` is the steady step time inside `fit` (from when each execution's losses reach the
+host, after the first fifth of the steps); `fit_step_ms` includes fit's start and end. Each row
+also times the same compiled step with the batch already on the device (`device_step_ms`): what
+`fit` takes beyond that is host time the GPU waits for. `--variants` measures configurations
+side by side (Hydra overrides, and loop=training for training's per-execution loss read).
 
 Writes JSON after every configuration (a cut-off run keeps what it measured) and prints a table.
 """
@@ -57,6 +59,7 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             "loss_network.weights=null",  # random VGG-16: same FLOPs, nothing to download
             f"trainer.precision={precision}", f"trainer.batch_size={batch_size}", "trainer.jit_compile=true",
             f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"trainer.input_dtype={input_dtype}",
+            "trainer.steps_per_execution=1",  # the bare step; variants may set more
             f"data.image_size={image_size}", f"data.style_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
             f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark", *overrides,
@@ -139,17 +142,57 @@ def device_step_ms(objective, batch: dict, steps: int) -> float:
     batches = itertools.repeat(batch)
     logs, state = objective.train_function(state, batches)  # warm
     jax.block_until_ready(state)
+    calls = max(1, steps // objective.steps_per_execution)  # each call runs steps_per_execution steps
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         logs, state = objective.train_function(state, batches)
     jax.block_until_ready((logs, state))
-    return 1000 * (time.perf_counter() - start) / steps
+    return 1000 * (time.perf_counter() - start) / (calls * objective.steps_per_execution)
 
 
-def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
-    """'base' or space-separated Hydra overrides -> (label, overrides)."""
-    overrides = tuple(text.split()) if text.strip() not in ("", "base") else ()
-    return (" ".join(overrides) or "base"), overrides
+LOOPS = ("bare", "training")
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
+    """'base', or space-separated Hydra overrides plus an optional `loop=bare|training` -> (label, overrides, loop).
+
+    loop=bare: `fit` with no callback (Keras reads the losses on a side thread, nothing waits).
+    loop=training: a callback reads the losses after every execution, as training's progress
+    callback does (progress bar, NaN guard, checkpoints): the host waits for the device there.
+    """
+    tokens = text.split() if text.strip() not in ("", "base") else []
+    loops = [t.split("=", 1)[1] for t in tokens if t.startswith("loop=")]
+    loop = loops[-1] if loops else "bare"
+    if loop not in LOOPS:
+        raise ValueError(f"loop={loop}: use one of {', '.join(LOOPS)}")
+    return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith("loop=")), loop
+
+
+class StepClock(keras.callbacks.Callback):
+    """Times when each execution's losses reach the host: the steady step time, without fit's start and end.
+
+    With `sync` it waits for them in the training thread after every execution, like training's
+    progress callback; otherwise Keras calls it on a side thread (async_safe) and nothing waits.
+    """
+
+    def __init__(self, sync: bool):
+        super().__init__()
+        self.async_safe = not sync
+        self.times: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # a device sync in the training thread when not async
+        self.times.append((batch, time.perf_counter()))
+
+    def steady_step_ms(self, skip_fraction: float = 0.2) -> float | None:
+        """ms per step between the execution ending after `skip_fraction` of the steps and the last one."""
+        times = sorted(self.times)
+        if len(times) < 3:
+            return None
+        first = next(t for t in times if t[0] >= skip_fraction * times[-1][0])
+        if first == times[-1]:
+            first = times[0]
+        return 1000 * (times[-1][1] - first[1]) / (times[-1][0] - first[0])
 
 
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
@@ -158,14 +201,15 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     from training.distribute import data_parallel
 
     keras.backend.clear_session()
-    label, overrides = parse_variant(variant)
+    label, overrides, loop = parse_variant(variant)
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
-        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache)
+        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache,
+                       loop)
     return {**row, "variant": label}
 
 
-def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache):
+def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop):
     from training.flops import step_flops, training_step_flops_traced
     from training.train import _build, _build_objective
 
@@ -185,20 +229,25 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
     compile_s = time.perf_counter() - start
+    clock = StepClock(sync=loop == "training")
     start = time.perf_counter()
-    history = objective.fit(feed(steps), epochs=1, verbose=0)
+    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=[clock])
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
-    images_per_s = steps * batch_size / seconds
+    # The steady rate, as a long training run sees it (a short fit also pays its start and end).
+    step_ms = clock.steady_step_ms() or 1000 * seconds / steps
+    images_per_s = 1000 * batch_size / step_ms
     # Host-free step time (one device only: more would need the batch sharded as Keras does).
     device_ms = device_step_ms(objective, CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0],
                                steps) if devices == 1 else None
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
-        "image_size": image_size, "input": input_mode, "steps": steps, "step_ms": 1000 * seconds / steps,
+        "image_size": image_size, "input": input_mode, "loop": loop,
+        "steps_per_execution": int(cfg.trainer.steps_per_execution), "steps": steps,
+        "step_ms": step_ms, "fit_step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
-        "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms * steps / 1000 / seconds,
+        "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
         "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
         "finite_loss": bool(np.isfinite(loss)),
     }
@@ -211,15 +260,15 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["mixed_bfloat16", "float32"],
                         choices=["float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--input", choices=["synthetic", "pipeline"], default="synthetic")
     parser.add_argument("--workers", type=int, default=8, help="trainer.data_workers for --input pipeline")
     parser.add_argument("--input-dtypes", nargs="+", default=["float32"], choices=["float32", "uint8"],
                         help="trainer.input_dtype: batches copied to the device as float32 or uint8 (side by side)")
     parser.add_argument("--variants", nargs="+", default=["base"],
-                        help="configurations measured side by side: 'base', or space-separated Hydra overrides, "
-                             "e.g. 'loss_network.input_channel_multiple=8'")
+                        help="configurations measured side by side: 'base', or space-separated Hydra overrides "
+                             "plus an optional loop=bare|training, e.g. 'loop=training trainer.steps_per_execution=8'")
     parser.add_argument("--devices", type=int, default=1,
                         help="trainer.devices: data-parallel over this many GPUs; batch sizes are per device")
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak of one GPU (H100 SXM and H200: 989.4)")

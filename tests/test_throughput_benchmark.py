@@ -39,3 +39,25 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     # Analytic FLOPs agree with the traced gradient step.
     assert flops["total"] == pytest.approx(flops["traced_total"], rel=0.03)
     assert "device ms" in result.stdout and "loop=training trainer.steps_per_execution=2" in result.stdout
+
+
+def test_convolution_list_accounts_for_the_step_flops(tmp_path):
+    """benchmarks/conv_channels.py --list: the step's convolutions, by part, add up to flops.py's count."""
+    out = tmp_path / "convolutions.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/conv_channels.py", "--model", "magenta_lite", "--batch-size", "2", "--image-size", "64",
+         "--list", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    convolutions = report["convolutions"]
+    assert {c["part"] for c in convolutions} == {"transfer", "backbone", "vgg16 stylized", "vgg16 style target",
+                                                 "vgg16 content target"}
+    # The five residual blocks' ten 3x3 convolutions share one shape: one entry that runs 10 times.
+    assert max(c["count"] for c in convolutions if c["part"] == "transfer") == 10
+    assert {c["gradients"] for c in convolutions if c["part"] == "vgg16 stylized"} == {"input"}
+    assert {c["gradients"] for c in convolutions if c["part"] == "backbone"} == {"none"}  # MobileNetV2 is frozen
+    # Everything but the Gram matrices (stylized and style image forward, stylized backward twice) is a convolution.
+    per_image = report["step_flops_per_image"]
+    gram = 4 * per_image["gram_forward"] * report["batch_size"] / 1e9
+    assert report["conv_gflops_per_step"] + gram == pytest.approx(report["step_gflops"], rel=1e-3)

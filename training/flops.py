@@ -20,7 +20,8 @@ def _product(shape) -> int:
     return int(np.prod([int(d) for d in shape], dtype=np.int64))
 
 
-def _eqn_flops(eqn) -> int:
+def eqn_flops(eqn) -> int:
+    """FLOPs of one jaxpr equation: a convolution or a matrix product; 0 for anything else."""
     name = eqn.primitive.name
     if name == "conv_general_dilated":
         rhs = eqn.invars[1].aval.shape
@@ -35,19 +36,21 @@ def _eqn_flops(eqn) -> int:
     return 0
 
 
-def jaxpr_flops(jaxpr) -> int:
-    """Convolution and matrix-product FLOPs of a (closed) jaxpr, including nested calls."""
+def iter_eqns(jaxpr):
+    """Every equation of a (closed) jaxpr, including those of nested calls (jit, remat, custom_vjp)."""
     from jax.extend.core import ClosedJaxpr, Jaxpr
 
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += _eqn_flops(eqn)
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        yield eqn
         for param in eqn.params.values():
             for sub in param if isinstance(param, (list, tuple)) else [param]:
                 if isinstance(sub, (Jaxpr, ClosedJaxpr)):
-                    total += jaxpr_flops(sub)
-    return total
+                    yield from iter_eqns(sub)
+
+
+def jaxpr_flops(jaxpr) -> int:
+    """Convolution and matrix-product FLOPs of a (closed) jaxpr, including nested calls."""
+    return sum(eqn_flops(eqn) for eqn in iter_eqns(jaxpr))
 
 
 def forward_flops(fn, *example_inputs) -> int:

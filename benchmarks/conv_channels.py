@@ -18,7 +18,6 @@ Prints a table (slowest first, with TFLOP/s of the true FLOPs) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -51,15 +50,15 @@ def step_convolutions(objective, batch_size: int, image_size: int) -> list[dict]
     bottleneck = jnp.broadcast_to(bottleneck, (batch_size, *bottleneck.shape[1:]))
     all_layers = {**objective.content_weights, **objective.style_weights}
     trainable_backbone = bool(backbone.trainable and backbone.trainable_weights)
-    parts = [  # (part, function, calls per step, gradients: "both" | "input" | "none")
-        ("transfer", lambda x: transformer([x, bottleneck]), 1, "both"),
-        ("backbone", backbone, 1, "both" if trainable_backbone else "none"),
-        ("vgg16 stylized", lambda x: vgg_features(objective.loss_network, x, all_layers), 1, "input"),
-        ("vgg16 style target", lambda x: vgg_features(objective.loss_network, x, objective.style_weights), 1, "none"),
-        ("vgg16 content target", lambda x: vgg_features(objective.loss_network, x, objective.content_weights), 1, "none"),
+    parts = [  # (part, function run once per step, gradients: "both" | "input" | "none")
+        ("transfer", lambda x: transformer([x, bottleneck]), "both"),
+        ("backbone", backbone, "both" if trainable_backbone else "none"),
+        ("vgg16 stylized", lambda x: vgg_features(objective.loss_network, x, all_layers), "input"),
+        ("vgg16 style target", lambda x: vgg_features(objective.loss_network, x, objective.style_weights), "none"),
+        ("vgg16 content target", lambda x: vgg_features(objective.loss_network, x, objective.content_weights), "none"),
     ]
     found: dict[tuple, dict] = {}
-    for part, fn, calls, gradients in parts:
+    for part, fn, gradients in parts:
         for eqn in iter_eqns(jax.make_jaxpr(fn)(image)):
             if eqn.primitive.name != "conv_general_dilated":
                 continue
@@ -70,7 +69,7 @@ def step_convolutions(objective, batch_size: int, image_size: int) -> list[dict]
             entry = found.setdefault(key, {"part": part, "lhs": list(lhs.shape), "rhs": list(rhs.shape),
                                            "dtype": str(lhs.dtype), "params": eqn.params, "gradients": gradients,
                                            "count": 0, "gflops": eqn_flops(eqn) / 1e9})
-            entry["count"] += calls
+            entry["count"] += 1
     return list(found.values())
 
 
@@ -97,7 +96,7 @@ def time_convolution(conv: dict, lhs_shape, rhs_shape, repeats: int) -> dict:
     import jax.numpy as jnp
     from jax import lax
 
-    params = {k: v for k, v in conv["params"].items()}
+    params = dict(conv["params"])
     dtype = jnp.dtype(conv["dtype"])
     lhs = jax.random.normal(jax.random.key(0), lhs_shape, dtype)
     rhs = jax.random.normal(jax.random.key(1), rhs_shape, dtype) * 0.05

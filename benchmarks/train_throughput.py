@@ -276,6 +276,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if keras.backend.backend() != "jax":
         parser.error("run with KERAS_BACKEND=jax (FLOPs are counted on the JAX trace)")
+    for variant in args.variants:
+        try:
+            parse_variant(variant)
+        except ValueError as err:
+            parser.error(f"--variants {variant!r}: {err}")
     import jax
 
     device = jax.devices()[0]

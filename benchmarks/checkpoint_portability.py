@@ -32,7 +32,8 @@ STEPS, BATCH, SIZE = 3, 4, 64
 def build():
     from hydra import compose, initialize_config_dir
 
-    from training.train import _build, _build_objective, _fingerprint
+    from train_throughput import build_step
+    from training.train import _fingerprint
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -40,9 +41,7 @@ def build():
             f"trainer.batch_size={BATCH}", f"data.image_size={SIZE}", f"data.resize_short_side=[{SIZE},{SIZE}]",
             "trainer.learning_rate=1e-3", f"paths.root_dir={REPO}",
         ])
-    keras.utils.set_random_seed(0)
-    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
-    _build(objective, optimizer, SIZE)
+    objective, optimizer = build_step(cfg)
     return cfg, objective, optimizer, _fingerprint(cfg)
 
 

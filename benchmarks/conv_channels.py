@@ -170,10 +170,7 @@ def format_table(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="magenta_lite", choices=sorted(throughput.BACKBONE_OF))
-    parser.add_argument("--precision", default="mixed_bfloat16")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=256)
+    throughput.add_configuration_arguments(parser)
     parser.add_argument("--pad-to", type=int, nargs="*", default=[16, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--list", action="store_true", help="list the convolutions and their FLOPs, time nothing")
@@ -184,12 +181,10 @@ def main(argv=None) -> int:
 
     if keras.backend.backend() != "jax":
         parser.error("run with KERAS_BACKEND=jax (convolutions are read from the JAX trace)")
-    from training.train import _build, _build_objective
+    from training.flops import step_flops
 
     cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1)
-    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
-    _build(objective, optimizer, args.image_size)
-    from training.flops import step_flops
+    objective, _ = throughput.build_step(cfg)
 
     report = {"command": "KERAS_BACKEND=jax python benchmarks/conv_channels.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "device": str(jax.devices()[0].device_kind), "model": args.model, "precision": args.precision,

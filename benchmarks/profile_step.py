@@ -88,10 +88,7 @@ def summarise(trace_dir: str, wall_s: float, steps: int, top: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="magenta_lite", choices=sorted(throughput.BACKBONE_OF))
-    parser.add_argument("--precision", default="mixed_bfloat16")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=256)
+    throughput.add_configuration_arguments(parser)
     parser.add_argument("--input-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--variant", default="base",
                         help="Hydra overrides and loop=bare|training, as train_throughput.py --variants")
@@ -100,16 +97,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "profile_step.json")
     args = parser.parse_args(argv)
     import jax
-    import keras
-
-    from training.train import _build, _build_objective
 
     label, overrides, loop = throughput.parse_variant(args.variant)
     cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1,
                              input_dtype=args.input_dtype, overrides=overrides)
-    keras.utils.set_random_seed(0)
-    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
-    _build(objective, optimizer, args.image_size)
+    objective, _ = throughput.build_step(cfg)
     feed = lambda n: throughput.CycledBatches(args.batch_size, args.image_size, n, args.input_dtype)  # noqa: E731
     objective.fit(feed(3), epochs=1, verbose=0)  # compile outside the trace
     with tempfile.TemporaryDirectory() as trace_dir:

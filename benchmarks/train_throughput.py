@@ -66,6 +66,24 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
         ])
 
 
+def add_configuration_arguments(parser) -> None:
+    """The one configuration that profile_step.py and conv_channels.py examine."""
+    parser.add_argument("--model", default="magenta_lite", choices=sorted(BACKBONE_OF))
+    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=256)
+
+
+def build_step(cfg):
+    """The training objective and optimizer of `cfg`, seeded and with every variable created."""
+    from training.train import _build, _build_objective
+
+    keras.utils.set_random_seed(0)
+    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
+    _build(objective, optimizer, cfg.data.image_size)
+    return objective, optimizer
+
+
 class CycledBatches(keras.utils.PyDataset):
     """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's)."""
 
@@ -211,11 +229,8 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop):
     from training.flops import step_flops, training_step_flops_traced
-    from training.train import _build, _build_objective
 
-    keras.utils.set_random_seed(0)
-    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
-    _build(objective, optimizer, image_size)
+    objective, _ = build_step(cfg)
     if model not in cache:  # FLOPs per image depend on the model and image size only
         flops = step_flops(objective, image_size)
         cache[model] = {**flops.as_dict(), "traced_total": training_step_flops_traced(objective, 2, image_size)}

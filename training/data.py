@@ -705,7 +705,9 @@ class TrainingBatches:
             style = np.stack([augment_style(self.styles[i], rng, self.style_size) for i in index])
         else:
             style = np.stack([self.styles[i] for i in index])
-        return {"content": content.astype(np.float32), "style": style.astype(np.float32), "style_index": index}
+        # copy=False: the stacks are float32 already, and a copy of a batch-64 stack costs ~10 ms.
+        return {"content": content.astype(np.float32, copy=False), "style": style.astype(np.float32, copy=False),
+                "style_index": index}
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
         """Batch number `index` of this seed's sequence (random-access sources only)."""

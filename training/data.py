@@ -730,13 +730,20 @@ class TrainingBatches:
         while True:
             yield self._make(rng)
 
-    def as_tf_dataset(self, start: int = 0):
+    def as_tf_dataset(self, start: int = 0, dtype: str = "float32"):
+        """The batches from `start` as a tf.data pipeline, images in `dtype` (see to_input_dtype)."""
         import tensorflow as tf
 
-        content = tf.TensorSpec((self.batch_size, self.size, self.size, 3), tf.float32)
-        style = tf.TensorSpec((self.batch_size, self.style_size, self.style_size, 3), tf.float32)
+        content = tf.TensorSpec((self.batch_size, self.size, self.size, 3), dtype)
+        style = tf.TensorSpec((self.batch_size, self.style_size, self.style_size, 3), dtype)
         spec = {"content": content, "style": style, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
-        return tf.data.Dataset.from_generator(lambda: self.iterate(start), output_signature=spec).prefetch(2)
+
+        def batches():
+            for batch in self.iterate(start):
+                yield {**batch, "content": to_input_dtype(batch["content"], dtype),
+                       "style": to_input_dtype(batch["style"], dtype)}
+
+        return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
 
     def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32"):
         """What `fit` reads for `steps` steps from batch `start`: {content, style} batches in `dtype`
@@ -748,13 +755,7 @@ class TrainingBatches:
         """
         if self.random_access:
             return IndexedBatches(self, start, steps, workers, dtype)
-        import tensorflow as tf
-
-        def cast(images):
-            return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8) if dtype == "uint8" else images
-
-        dataset = self.as_tf_dataset(start)
-        return dataset.map(lambda b: {"content": cast(b["content"]), "style": cast(b["style"])})
+        return self.as_tf_dataset(start, dtype).map(lambda b: {"content": b["content"], "style": b["style"]})
 
 
 def to_input_dtype(images: np.ndarray, dtype: str) -> np.ndarray:

@@ -61,3 +61,13 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
     per_image = report["step_flops_per_image"]
     gram = 4 * per_image["gram_forward"] * report["batch_size"] / 1e9
     assert report["conv_gflops_per_step"] + gram == pytest.approx(report["step_gflops"], rel=1e-3)
+
+
+def test_an_unknown_loop_in_a_variant_is_a_usage_error_before_any_work(tmp_path):
+    out = tmp_path / "throughput.json"
+    result = subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--variants", "base", "loop=fast",
+                             "--out", str(out)], cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--variants 'loop=fast': loop=fast: use one of bare, training" in result.stderr
+    assert not out.exists()

@@ -60,8 +60,8 @@ def summarise(trace_dir: str, wall_s: float, steps: int, top: int) -> dict:
     ops_line = next((name for name in lines if name == "XLA Ops"), None)
     if ops_line is None:  # fall back to the busiest stream
         ops_line = max(lines, key=lambda n: len(lines[n]))
-    by_op, by_category, event_stats, by_hlo, hlo_kernels = (collections.Counter(), collections.Counter(), {},
-                                                       collections.Counter(), collections.defaultdict(set))
+    by_op, by_category, event_stats, by_hlo, hlo_kernels, hlo_text = (
+        collections.Counter(), collections.Counter(), {}, collections.Counter(), collections.defaultdict(set), {})
     for event in lines[ops_line]:
         stats = dict(event.stats)
         text = f"{event.name} {stats.get('long_name', '')} {stats.get('hlo_category', '')}"
@@ -72,6 +72,7 @@ def summarise(trace_dir: str, wall_s: float, steps: int, top: int) -> dict:
         if hlo:  # one HLO instruction (a layer's convolution, a fusion) may launch several kernels
             by_hlo[hlo] += event.duration_ns
             hlo_kernels[hlo].add(event.name[:80])
+            hlo_text.setdefault(hlo, str(stats.get("long_name", ""))[:400])  # shapes and window: which layer
     busy_ns = sum(by_category.values())
     per_step = lambda ns: ns / 1e6 / steps  # noqa: E731
     return {
@@ -82,7 +83,8 @@ def summarise(trace_dir: str, wall_s: float, steps: int, top: int) -> dict:
         "top_ops": [{"op": name, "ms_per_step": per_step(ns), "share": ns / busy_ns, "stats": event_stats[name]}
                     for name, ns in by_op.most_common(top)],
         "top_hlo_ops": [{"hlo_op": name, "ms_per_step": per_step(ns), "share": ns / busy_ns,
-                         "kernels": sorted(hlo_kernels[name])} for name, ns in by_hlo.most_common(top)],
+                         "kernels": sorted(hlo_kernels[name]), "hlo": hlo_text[name]}
+                        for name, ns in by_hlo.most_common(top)],
     }
 
 

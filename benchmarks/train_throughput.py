@@ -60,6 +60,7 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             f"trainer.precision={precision}", f"trainer.batch_size={batch_size}", "trainer.jit_compile=true",
             f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"trainer.input_dtype={input_dtype}",
             "trainer.steps_per_execution=1",  # the bare step; variants may set more
+            "trainer.space_to_depth_channels=0",  # plain convolutions; variants may block them
             f"data.image_size={image_size}", f"data.style_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
             f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark", *overrides,
@@ -286,6 +287,8 @@ def main(argv=None) -> int:
                              "plus an optional loop=bare|training, e.g. 'loop=training trainer.steps_per_execution=8'")
     parser.add_argument("--devices", type=int, default=1,
                         help="trainer.devices: data-parallel over this many GPUs; batch sizes are per device")
+    parser.add_argument("--pipeline-rate", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the input pipeline alone (--no-pipeline-rate skips it)")
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak of one GPU (H100 SXM and H200: 989.4)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "train_throughput.json")
     args = parser.parse_args(argv)
@@ -310,7 +313,7 @@ def main(argv=None) -> int:
     print(f"device {report['device']}; bf16 matmul {matmul:.0f} TFLOP/s" if matmul else f"device {report['device']}",
           flush=True)
     for model in args.models:
-        if args.input == "pipeline" or model == args.models[0]:
+        if args.pipeline_rate and (args.input == "pipeline" or model == args.models[0]):
             cfg = compose(model, "float32", max(args.batch_sizes), args.image_size, args.workers)
             report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers"] = pipeline_rate(cfg)
         for precision in args.precisions:

@@ -22,11 +22,12 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "--models", "magenta_lite", "--batch-sizes", "2",
          "--precisions", "float32", "--image-size", "64", "--steps", "2", "--warmup", "1", "--input-dtypes", "uint8",
-         "--variants", "base", "loop=training trainer.steps_per_execution=2", "--out", str(out)],
+         "--variants", "trainer.space_to_depth_channels=8", "base", "loop=training trainer.steps_per_execution=2",
+         "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    base, training = report["results"]
+    blocked, base, training = report["results"]
     assert (base["loop"], base["steps_per_execution"]) == ("bare", 1)
     assert (training["variant"], training["loop"], training["steps_per_execution"]) == (
         "loop=training trainer.steps_per_execution=2", "training", 2)
@@ -35,10 +36,28 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
         assert 0 < row["device_step_ms"] and row["host_wait_fraction"] < 1
     # Two steps per execution and a loss read after each: the same steps, the same loss.
     assert training["loss"] == pytest.approx(base["loss"], rel=1e-5)
+    # Convolutions on pixel blocks: the same training (float summation order aside).
+    assert blocked["loss"] == pytest.approx(base["loss"], rel=1e-4) and blocked["finite_loss"]
     flops = report["flops"]["magenta_lite"]
+    # Counted on the first variant, which blocks convs: still the model's own FLOPs, not the blocked ones'.
+    assert flops["transfer_forward"] == pytest.approx(plain_transfer_flops(alpha=0.25, size=64), rel=1e-3)
     # Analytic FLOPs agree with the traced gradient step.
     assert flops["total"] == pytest.approx(flops["traced_total"], rel=0.03)
     assert "device ms" in result.stdout and "loop=training trainer.steps_per_execution=2" in result.stdout
+
+
+def plain_transfer_flops(alpha: float, size: int) -> float:
+    """2 * multiply-adds of every conv of the transfer network on one size x size image, from its output shapes."""
+    import keras
+    import numpy as np
+
+    from training.network import build_transfer_network
+
+    model = build_transfer_network(alpha=alpha)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    probe = keras.Model(model.inputs, [l.output for l in convs])
+    outputs = probe([np.zeros((1, size, size, 3), np.float32), np.zeros((1, 1, 1, 100), np.float32)])
+    return sum(2 * np.prod(y.shape[1:]) * np.prod(l.kernel.shape[:3]) for l, y in zip(convs, outputs))
 
 
 def test_convolution_list_accounts_for_the_step_flops(tmp_path):

@@ -38,6 +38,8 @@ def validate_train_config(cfg) -> None:
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
+             t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
              f"one of {', '.join(INPUT_DTYPES)}")
     _require(t.batch_size % t.devices == 0, "trainer.batch_size", t.batch_size,

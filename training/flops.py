@@ -97,7 +97,18 @@ class StepFlops:
 
 
 def step_flops(objective, image_size: int) -> StepFlops:
-    """Per-image FLOPs of `objective` (a StylizationObjective) training on image_size^2 crops."""
+    """Per-image FLOPs of `objective` (a StylizationObjective) training on image_size^2 crops.
+
+    The model's own FLOPs: convolutions count as plain ones even where training runs them on
+    pixel blocks (trainer.space_to_depth_channels), which does more multiply-adds.
+    """
+    from training.network import plain_convolutions
+
+    with plain_convolutions(objective.stylizer):
+        return _step_flops(objective, image_size)
+
+
+def _step_flops(objective, image_size: int) -> StepFlops:
     import jax.numpy as jnp
 
     from training.losses import gram_matrix
@@ -128,10 +139,12 @@ def step_flops(objective, image_size: int) -> StepFlops:
 
 
 def training_step_flops_traced(objective, batch_size: int, image_size: int) -> int:
-    """Cross-check: the conv/matmul FLOPs of the whole traced gradient step, per image."""
+    """Cross-check: the conv/matmul FLOPs of the whole traced gradient step (plain convolutions), per image."""
     import jax
     import jax.numpy as jnp
     from keras import ops
+
+    from training.network import plain_convolutions
 
     trainable = [v.value for v in objective.trainable_variables]
     non_trainable = [v.value for v in objective.non_trainable_variables]
@@ -142,4 +155,5 @@ def training_step_flops_traced(objective, batch_size: int, image_size: int) -> i
         out, _ = objective.stateless_call(trainable, non_trainable, batch, training=True)
         return ops.cast(objective.compute_loss(y_pred=out), "float32")
 
-    return jaxpr_flops(jax.make_jaxpr(jax.grad(loss))(trainable, non_trainable, batch)) // batch_size
+    with plain_convolutions(objective.stylizer):
+        return jaxpr_flops(jax.make_jaxpr(jax.grad(loss))(trainable, non_trainable, batch)) // batch_size

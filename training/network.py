@@ -14,10 +14,13 @@ Two models make up a stylizer, like Magenta's published pair:
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import layers, ops
 
 from training.distribute import tensorflow_replicas
+from training.space_to_depth import block_for, conv2d_space_to_depth
 
 BOTTLENECK_DIM = 100
 PACKAGE = "stylepipe"
@@ -34,6 +37,8 @@ class ReflectPadConv2D(layers.Conv2D):
     """Magenta's `conv2d`: REFLECT-pad by kernel_size // 2, then a VALID convolution.
 
     Reflect padding keeps borders free of the dark frame that zero padding paints.
+    `space_to_depth_block` > 1 (set by `use_space_to_depth` for training, never saved) computes
+    the same convolution on pixel blocks, where it has channels enough for the tensor cores.
     """
 
     def __init__(self, filters, kernel_size, strides=1, use_bias=False, **kwargs):
@@ -41,6 +46,7 @@ class ReflectPadConv2D(layers.Conv2D):
         super().__init__(
             filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias, **kwargs
         )
+        self.space_to_depth_block = 1
 
     @property
     def pad(self) -> tuple[int, int]:
@@ -50,6 +56,11 @@ class ReflectPadConv2D(layers.Conv2D):
         ph, pw = self.pad
         padded = ops.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]], mode="reflect")
         return super().call(padded)
+
+    def convolution_op(self, inputs, kernel):
+        if self.space_to_depth_block > 1 and None not in inputs.shape[1:3]:
+            return conv2d_space_to_depth(inputs, kernel, self.space_to_depth_block)
+        return super().convolution_op(inputs, kernel)
 
     def compute_output_shape(self, input_shape):
         ph, pw = self.pad
@@ -213,6 +224,37 @@ def build_transfer_network(
     x = conv_cin(x, "transformer/expand/conv3/conv", 9, "sigmoid")
     stylized = layers.Activation("linear", dtype="float32", name="stylized_image")(x)
     return keras.Model([content, bottleneck], stylized, name=name)
+
+
+def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
+    """Compute the stride-1 convs whose input or output has <= max_channels channels on pixel blocks.
+
+    A training-speed setting (`trainer.space_to_depth_channels`; 0 turns it off): the same
+    results, the same weights. Returns the names of the convs it applies to.
+    """
+    names = []
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, ReflectPadConv2D) or tuple(layer.strides) != (1, 1):
+            continue
+        kh, kw, cin, cout = layer.kernel.shape
+        on = kh == kw and min(cin, cout) <= max_channels
+        layer.space_to_depth_block = block_for(kh) if on else 1
+        names += [layer.name] if on else []
+    return names
+
+
+@contextlib.contextmanager
+def plain_convolutions(model: keras.Model):
+    """Within: every conv of `model` runs as the plain convolution (for counting the model's own FLOPs)."""
+    convs = [l for l in model._flatten_layers(include_self=False) if isinstance(l, ReflectPadConv2D)]
+    blocks = [conv.space_to_depth_block for conv in convs]
+    for conv in convs:
+        conv.space_to_depth_block = 1
+    try:
+        yield
+    finally:
+        for conv, block in zip(convs, blocks):
+            conv.space_to_depth_block = block
 
 
 def bottleneck_scope(backbone_name: str) -> str:

@@ -140,12 +140,15 @@ def heldout_losses(objective, photos: list[np.ndarray], styles: list[np.ndarray]
 
 
 def _build_objective(cfg, cache_dir):
-    from training.network import build_stylizer
+    from training.network import build_stylizer, use_space_to_depth
     from training.objective import StylizationObjective
     from training.vgg16 import build_loss_network
 
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
+    blocked = use_space_to_depth(stylizer.get_layer("transformer"), int(cfg.trainer.space_to_depth_channels))
+    if blocked:
+        log.info("convolutions on pixel blocks (trainer.space_to_depth_channels): %s", ", ".join(blocked))
     loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)

@@ -1,0 +1,61 @@
+"""Convolutions on pixel blocks (trainer.space_to_depth_channels): the same maths, never saved."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training.network import ReflectPadConv2D, build_transfer_network, plain_convolutions, use_space_to_depth
+from training.space_to_depth import conv2d_space_to_depth
+
+# (height, width, kernel, in, out, block): the transfer network's 9x9 and 3x3 cases, and sizes that
+# leave partial blocks on both axes.
+SHAPES = [(40, 36, 9, 3, 8, 4), (25, 27, 9, 8, 3, 4), (30, 33, 3, 16, 8, 2), (17, 20, 3, 5, 7, 4)]
+
+
+@pytest.mark.parametrize("height, width, kernel, cin, cout, block", SHAPES)
+def test_blocked_convolution_and_its_gradients_equal_the_plain_one(height, width, kernel, cin, cout, block):
+    rng = np.random.default_rng(kernel * cin + cout)
+    x = rng.normal(size=(2, height, width, cin)).astype(np.float32)
+    w = rng.normal(size=(kernel, kernel, cin, cout)).astype(np.float32)
+    plain = keras.ops.convert_to_numpy(keras.ops.conv(x, w, padding="valid"))
+    blocked = keras.ops.convert_to_numpy(conv2d_space_to_depth(x, w, block))
+    assert blocked.shape == plain.shape == (2, height - kernel + 1, width - kernel + 1, cout)
+    np.testing.assert_allclose(blocked, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradients are checked with tf.GradientTape")
+    import tensorflow as tf
+
+    def gradients(conv):
+        xv, wv = tf.Variable(x), tf.Variable(w)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(conv(xv, wv)))
+        return [g.numpy() for g in tape.gradient(loss, [xv, wv])]
+
+    for plain_grad, blocked_grad in zip(gradients(lambda a, b: keras.ops.conv(a, b, padding="valid")),
+                                        gradients(lambda a, b: conv2d_space_to_depth(a, b, block))):
+        np.testing.assert_allclose(blocked_grad, plain_grad, rtol=1e-4, atol=1e-4 * np.abs(plain_grad).max())
+
+
+def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_path, real_photo):
+    model = build_transfer_network(alpha=0.25)
+    photo = real_photo[None, :64, :96]
+    bottleneck = np.random.default_rng(0).normal(size=(1, 1, 1, 100)).astype(np.float32)
+    plain = keras.ops.convert_to_numpy(model([photo, bottleneck]))
+
+    # At alpha 0.25: both 9x9 convs (3 -> 8, 8 -> 3) and the 16 -> 8 one; stride-2 convs never.
+    assert use_space_to_depth(model, 8) == ["transformer.contract.conv1", "transformer.expand.conv2.conv",
+                                            "transformer.expand.conv3.conv"]
+    blocked = keras.ops.convert_to_numpy(model([photo, bottleneck]))
+    np.testing.assert_allclose(blocked, plain, atol=1e-4)  # summation order only: within 2e-5 here
+    with plain_convolutions(model):
+        assert {l.space_to_depth_block for l in model.layers if isinstance(l, ReflectPadConv2D)} == {1}
+    assert model.get_layer("transformer.contract.conv1").space_to_depth_block == 4  # restored on leaving
+
+    path = tmp_path / "transfer.keras"
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    assert {l.space_to_depth_block for l in reloaded.layers if isinstance(l, ReflectPadConv2D)} == {1}
+    assert use_space_to_depth(model, 0) == []
+    assert {l.space_to_depth_block for l in model.layers if isinstance(l, ReflectPadConv2D)} == {1}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import validate_train_config

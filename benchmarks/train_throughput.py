@@ -114,9 +114,10 @@ def pipeline_batches(cfg):
 
 
 def pipeline_rate(cfg, seconds: float = 5.0) -> float:
-    """Images/s of the real input pipeline alone, with cfg's worker threads."""
+    """Images/s of the real input pipeline alone, with cfg's worker threads and input dtype."""
     batches = pipeline_batches(cfg)
-    feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers)  # more than 5 s need
+    feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers,  # more than 5 s need
+                                  dtype=cfg.trainer.input_dtype)
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 

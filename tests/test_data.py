@@ -297,6 +297,19 @@ def test_uint8_training_input_is_the_float_batch_rounded(folder_content, all_sty
             np.testing.assert_allclose(as_uint8 / 255.0, np.asarray(floats[key]), atol=0.5 / 255 + 1e-6)
 
 
+def test_uint8_batches_hold_the_float_batches_pixels_exactly(folder_content, all_styles):
+    """Crops are made in uint8 and become floats once: without colour jitter (which rounds) a uint8
+    batch is the float32 batch's pixels exactly, for content and style."""
+    from training.data import unit_float32
+
+    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": False}, 3, seed=0)
+    floats, quantised = batches.batch(5), batches.batch(5, "uint8")
+    for key in ("content", "style"):
+        assert quantised[key].dtype == np.uint8 and floats[key].dtype == np.float32
+        np.testing.assert_array_equal(unit_float32(quantised[key]), floats[key])
+    assert np.ptp(floats["content"]) > 0.5  # real photos, not a constant
+
+
 def test_training_batches_are_fast_at_full_size(all_styles):
     cfg = data_cfg(CONTENT_DIR, image_size=256, resize_short_side=[258, 320], heldout_count=4)
     batches = iter(TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, batch_size=8, seed=0))

@@ -208,8 +208,8 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top : top + size, left : left + size]
 
 
-def random_resized_crop(image: np.ndarray, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random size x size crop of the image resized to `short_side`, as float32 [0, 1].
+def random_resized_crop_uint8(image: np.ndarray, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random size x size uint8 crop of the image resized to `short_side`.
 
     Only the crop is resampled (PIL's `box`), so the cost does not grow with the image.
     """
@@ -217,8 +217,19 @@ def random_resized_crop(image: np.ndarray, short_side: int, size: int, rng: np.r
     top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
     sx, sy = image.shape[1] / width, image.shape[0] / height
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    crop = Image.fromarray(to_uint8(image)).resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(crop, dtype=np.float32) / 255.0
+    return np.asarray(Image.fromarray(to_uint8(image)).resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def random_resized_crop(image: np.ndarray, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`random_resized_crop_uint8` as float32 [0, 1]."""
+    return unit_float32(random_resized_crop_uint8(image, short_side, size, rng))
+
+
+def unit_float32(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 [0, 1] (the one conversion: batches made in uint8 give the same floats)."""
+    out = images.astype(np.float32)
+    out /= 255.0
+    return out
 
 
 def style_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -333,11 +344,16 @@ class ImageSource:
     def _next_image(self, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
+    def sample_uint8(self, rng: np.random.Generator) -> np.ndarray:
+        """One augmented training crop (random scale, crop and horizontal flip), uint8."""
         image = self._next_image(rng)
         short = int(rng.integers(self.resize_range[0], self.resize_range[1] + 1))
-        x = random_resized_crop(image, short, self.image_size, rng)
+        x = random_resized_crop_uint8(image, short, self.image_size, rng)
         return np.ascontiguousarray(x[:, ::-1]) if rng.random() < 0.5 else x
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """`sample_uint8` as float32 [0, 1]."""
+        return unit_float32(self.sample_uint8(rng))
 
 
 class FolderImages(ImageSource):
@@ -690,45 +706,47 @@ class TrainingBatches:
             # Augmentation never needs more than the largest short side it samples: shrink once.
             largest = _style_short_side_range(self.style_size)[1]
             self.styles = [shrink_uint8(s, largest) for s in styles.values()]
-        else:
-            self.styles = [style_crop(s, self.style_size) for s in styles.values()]
+        else:  # uint8 like the content crops: to_uint8 of these [0, 1] crops is exact (they are k / 255)
+            self.styles = [to_uint8(style_crop(s, self.style_size)) for s in styles.values()]
 
     @property
     def random_access(self) -> bool:
         """Batch i can be made on its own (a folder), in any order and in parallel; a stream cannot."""
         return self.content.random_access
 
-    def _make(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        content = np.stack([self.content.sample(rng) for _ in range(self.batch_size)])
+    def _make(self, rng: np.random.Generator, dtype: str = "float32") -> dict[str, np.ndarray]:
+        # Content crops are made and stacked in uint8 (a quarter of the bytes to move) and become
+        # floats once, for the whole batch; uint8 batches never pass through floats at all.
+        content = np.stack([self.content.sample_uint8(rng) for _ in range(self.batch_size)])
         index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
-        if self.augment:
+        if self.augment:  # colour jitter works in floats
             style = np.stack([augment_style(self.styles[i], rng, self.style_size) for i in index])
+            style = to_input_dtype(style.astype(np.float32, copy=False), dtype)
         else:
             style = np.stack([self.styles[i] for i in index])
-        # copy=False: the stacks are float32 already; a second copy of each would be wasted work.
-        return {"content": content.astype(np.float32, copy=False), "style": style.astype(np.float32, copy=False),
-                "style_index": index}
+            style = style if dtype == "uint8" else unit_float32(style)
+        return {"content": content if dtype == "uint8" else unit_float32(content), "style": style, "style_index": index}
 
-    def batch(self, index: int) -> dict[str, np.ndarray]:
-        """Batch number `index` of this seed's sequence (random-access sources only)."""
+    def batch(self, index: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+        """Batch number `index` of this seed's sequence (random-access sources only), images in `dtype`."""
         if not self.random_access:
             raise TypeError("a streamed source has no random access: iterate the batches instead")
-        return self._make(np.random.default_rng((self.seed, int(index))))
+        return self._make(np.random.default_rng((self.seed, int(index))), dtype)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.iterate(0)
 
-    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+    def iterate(self, start: int, dtype: str = "float32") -> Iterator[dict[str, np.ndarray]]:
         """Batches from number `start` on. A stream cannot seek: a resumed one draws a fresh sequence."""
         if self.random_access:
             index = int(start)
             while True:
-                yield self.batch(index)
+                yield self.batch(index, dtype)
                 index += 1
         rng = np.random.default_rng(self.seed if not start else (self.seed, int(start)))
         self.content.restart()
         while True:
-            yield self._make(rng)
+            yield self._make(rng, dtype)
 
     def as_tf_dataset(self, start: int = 0, dtype: str = "float32"):
         """The batches from `start` as a tf.data pipeline, images in `dtype` (see to_input_dtype)."""
@@ -738,12 +756,7 @@ class TrainingBatches:
         style = tf.TensorSpec((self.batch_size, self.style_size, self.style_size, 3), dtype)
         spec = {"content": content, "style": style, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
 
-        def batches():
-            for batch in self.iterate(start):
-                yield {**batch, "content": to_input_dtype(batch["content"], dtype),
-                       "style": to_input_dtype(batch["style"], dtype)}
-
-        return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+        return tf.data.Dataset.from_generator(lambda: self.iterate(start, dtype), output_signature=spec).prefetch(2)
 
     def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32"):
         """What `fit` reads for `steps` steps from batch `start`: {content, style} batches in `dtype`
@@ -779,5 +792,5 @@ class IndexedBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not 0 <= i < self.steps:
             raise IndexError(i)
-        batch = self.batches.batch(self.start + i)
-        return {k: to_input_dtype(batch[k], self.dtype) for k in ("content", "style")}
+        batch = self.batches.batch(self.start + i, self.dtype)
+        return {"content": batch["content"], "style": batch["style"]}

@@ -11,6 +11,8 @@ zero-padded to a multiple of N (grouped/depthwise ones excepted). That shows whe
 inside training only, could move a layer onto faster kernels before the network is changed.
 
     KERAS_BACKEND=jax python benchmarks/conv_channels.py --model magenta_lite --batch-size 64 --pad-to 16 32
+    KERAS_BACKEND=jax python benchmarks/conv_channels.py --parts "vgg16 stylized" --pad-to    # one part, no padding
+    KERAS_BACKEND=jax python benchmarks/conv_channels.py --parts transfer --variant trainer.space_to_depth_channels=8
 
 Prints a table (slowest first, with TFLOP/s of the true FLOPs) and writes JSON.
 """
@@ -31,6 +33,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 import train_throughput as throughput  # noqa: E402  (one definition of the benchmarked configuration)
+
+
+PARTS = ("transfer", "backbone", "vgg16 stylized", "vgg16 style target", "vgg16 content target")
 
 
 def step_convolutions(objective, batch_size: int, image_size: int) -> list[dict]:
@@ -174,6 +179,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pad-to", type=int, nargs="*", default=[16, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--list", action="store_true", help="list the convolutions and their FLOPs, time nothing")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="time only these parts' convolutions (the frozen backbone's 30 are tiny)")
+    parser.add_argument("--variant", default="base",
+                        help="Hydra overrides, e.g. trainer.space_to_depth_channels=8 (the blocked convolutions)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "conv_channels.json")
     args = parser.parse_args(argv)
     import jax
@@ -183,12 +192,14 @@ def main(argv=None) -> int:
         parser.error("run with KERAS_BACKEND=jax (convolutions are read from the JAX trace)")
     from training.flops import step_flops
 
-    cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1)
+    label, overrides, _ = throughput.parse_variant(args.variant)
+    cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1, overrides=overrides)
     objective, _ = throughput.build_step(cfg)
 
     report = {"command": "KERAS_BACKEND=jax python benchmarks/conv_channels.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "device": str(jax.devices()[0].device_kind), "model": args.model, "precision": args.precision,
-              "batch_size": args.batch_size, "image_size": args.image_size, "pad_to": args.pad_to}
+              "batch_size": args.batch_size, "image_size": args.image_size, "pad_to": args.pad_to, "variant": label,
+              "parts": args.parts}
     convolutions = step_convolutions(objective, args.batch_size, args.image_size)
     conv_gflops = sum(call_gflops(c) * c["count"] for c in convolutions)
     per_image = step_flops(objective, args.image_size)
@@ -196,6 +207,7 @@ def main(argv=None) -> int:
     report.update(conv_gflops_per_step=conv_gflops, step_gflops=step_gflops, step_flops_per_image=per_image.as_dict())
     print(f"{len(convolutions)} distinct convolutions, {conv_gflops:.1f} GFLOP per step: "
           f"{100 * conv_gflops / step_gflops:.1f}% of the step's {step_gflops:.1f} (the rest: Gram matrices, 1x1 style convs)")
+    convolutions = [c for c in convolutions if c["part"] in args.parts]
     if args.list:
         report["convolutions"] = [{**{k: v for k, v in c.items() if k != "params"}, "gflops_per_call": call_gflops(c)}
                                   for c in convolutions]

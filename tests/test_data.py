@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -310,15 +309,16 @@ def test_uint8_batches_hold_the_float_batches_pixels_exactly(folder_content, all
     assert np.ptp(floats["content"]) > 0.5  # real photos, not a constant
 
 
-def test_training_batches_are_fast_at_full_size(all_styles):
+def test_training_batches_at_full_size(all_styles):
+    """256x256 batches from the shipped photos with augmented styles (their speed: benchmarks/input_pipeline.py)."""
     cfg = data_cfg(CONTENT_DIR, image_size=256, resize_short_side=[258, 320], heldout_count=4)
     batches = iter(TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, batch_size=8, seed=0))
-    next(batches)
-    start = time.perf_counter()
-    for _ in range(5):
-        next(batches)
-    per_batch = (time.perf_counter() - start) / 5
-    assert per_batch < 0.3, f"{per_batch * 1000:.0f} ms per 8x256x256 batch"  # ~40-60 ms; loose for busy CI
+    first, second = next(batches), next(batches)
+    for batch in (first, second):
+        for key in ("content", "style"):
+            assert batch[key].shape == (8, 256, 256, 3) and batch[key].dtype == np.float32
+            assert 0.0 <= batch[key].min() and batch[key].max() <= 1.0
+    assert not np.array_equal(first["content"], second["content"])  # fresh crops every batch
 
 
 def test_style_augmentation_changes_colours_and_keeps_size():

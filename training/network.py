@@ -226,6 +226,15 @@ def build_transfer_network(
     return keras.Model([content, bottleneck], stylized, name=name)
 
 
+def _reflect_pad_convs(model: keras.Model):
+    """The ReflectPadConv2D layers of `model` and of the models nested in it."""
+    for layer in model.layers:
+        if isinstance(layer, ReflectPadConv2D):
+            yield layer
+        elif isinstance(layer, keras.Model):
+            yield from _reflect_pad_convs(layer)
+
+
 def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
     """Compute the stride-1 convs whose input or output has <= max_channels channels on pixel blocks.
 
@@ -233,8 +242,8 @@ def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
     results, the same weights. Returns the names of the convs it applies to.
     """
     names = []
-    for layer in model._flatten_layers(include_self=False):
-        if not isinstance(layer, ReflectPadConv2D) or tuple(layer.strides) != (1, 1):
+    for layer in _reflect_pad_convs(model):
+        if tuple(layer.strides) != (1, 1):
             continue
         kh, kw, cin, cout = layer.kernel.shape
         on = kh == kw and min(cin, cout) <= max_channels
@@ -246,7 +255,7 @@ def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
 @contextlib.contextmanager
 def plain_convolutions(model: keras.Model):
     """Within: every conv of `model` runs as the plain convolution (for counting the model's own FLOPs)."""
-    convs = [l for l in model._flatten_layers(include_self=False) if isinstance(l, ReflectPadConv2D)]
+    convs = list(_reflect_pad_convs(model))
     blocks = [conv.space_to_depth_block for conv in convs]
     for conv in convs:
         conv.space_to_depth_block = 1

@@ -144,3 +144,12 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     for a, b in zip(one["history"], two["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
     assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-4)
+
+
+def test_data_workers_auto_is_one_thread_per_core():
+    import os
+
+    from training.config import data_workers
+
+    assert data_workers("auto") == os.cpu_count() >= 1
+    assert data_workers(3) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -22,6 +23,11 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def data_workers(value) -> int:
+    """trainer.data_workers as a thread count: `auto` is one per CPU core."""
+    return (os.cpu_count() or 1) if value == "auto" else int(value)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -36,8 +42,10 @@ def validate_train_config(cfg) -> None:
     _require(t.learning_rate is not None and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate, "a number > 0")
     _require(t.clipnorm is None or t.clipnorm > 0, "trainer.clipnorm", t.clipnorm, "null or a number > 0")
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
-    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "data_workers", "steps_per_execution"):
+    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    _require(t.data_workers == "auto" or (_is_int(t.data_workers) and t.data_workers >= 1), "trainer.data_workers",
+             t.data_workers, "an integer >= 1, or auto (one per CPU core)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,

@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import validate_train_config
+from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
@@ -231,8 +231,10 @@ def train(cfg: DictConfig) -> dict:
                 batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
                                                    seed=int(cfg.seed))
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
-                dataset = batches.training_input(start_step, remaining, workers=cfg.trainer.data_workers,
-                                                 dtype=cfg.trainer.input_dtype)
+                workers = data_workers(cfg.trainer.data_workers)
+                log.info("input: %d batch thread(s) (trainer.data_workers=%s), %s batches", workers,
+                         cfg.trainer.data_workers, cfg.trainer.input_dtype)
+                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
             if progress.diverged_at is not None:
                 last = checkpoints.latest()

@@ -14,6 +14,10 @@ from training.space_to_depth import conv2d_space_to_depth
 SHAPES = [(40, 36, 9, 3, 8, 4), (25, 27, 9, 8, 3, 4), (30, 33, 3, 16, 8, 2), (17, 20, 3, 5, 7, 4)]
 
 
+def blocks(model) -> set[int]:
+    return {layer.space_to_depth_block for layer in model.layers if isinstance(layer, ReflectPadConv2D)}
+
+
 @pytest.mark.parametrize("height, width, kernel, cin, cout, block", SHAPES)
 def test_blocked_convolution_and_its_gradients_equal_the_plain_one(height, width, kernel, cin, cout, block):
     rng = np.random.default_rng(kernel * cin + cout)
@@ -50,12 +54,12 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
     blocked = keras.ops.convert_to_numpy(model([photo, bottleneck]))
     np.testing.assert_allclose(blocked, plain, atol=1e-4)  # summation order only: within 2e-5 here
     with plain_convolutions(model):
-        assert {l.space_to_depth_block for l in model.layers if isinstance(l, ReflectPadConv2D)} == {1}
+        assert blocks(model) == {1}
     assert model.get_layer("transformer.contract.conv1").space_to_depth_block == 4  # restored on leaving
 
     path = tmp_path / "transfer.keras"
     model.save(path)
     reloaded = keras.models.load_model(path, safe_mode=True)
-    assert {l.space_to_depth_block for l in reloaded.layers if isinstance(l, ReflectPadConv2D)} == {1}
+    assert blocks(reloaded) == {1}
     assert use_space_to_depth(model, 0) == []
-    assert {l.space_to_depth_block for l in model.layers if isinstance(l, ReflectPadConv2D)} == {1}
+    assert blocks(model) == {1}

@@ -723,9 +723,8 @@ class TrainingBatches:
             style = np.stack([augment_style(self.styles[i], rng, self.style_size) for i in index])
             style = to_input_dtype(style.astype(np.float32, copy=False), dtype)
         else:
-            style = np.stack([self.styles[i] for i in index])
-            style = style if dtype == "uint8" else unit_float32(style)
-        return {"content": content if dtype == "uint8" else unit_float32(content), "style": style, "style_index": index}
+            style = from_uint8(np.stack([self.styles[i] for i in index]), dtype)
+        return {"content": from_uint8(content, dtype), "style": style, "style_index": index}
 
     def batch(self, index: int, dtype: str = "float32") -> dict[str, np.ndarray]:
         """Batch number `index` of this seed's sequence (random-access sources only), images in `dtype`."""
@@ -777,6 +776,11 @@ def to_input_dtype(images: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return images
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray, dtype: str) -> np.ndarray:
+    """uint8 images as sent to the device in `dtype`: as they are, or float32 [0, 1] (see to_input_dtype)."""
+    return images if dtype == "uint8" else unit_float32(images)
 
 
 class IndexedBatches(keras.utils.PyDataset):

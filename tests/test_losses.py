@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 
+from tests.conftest import REPO
 from training import losses
 
 
@@ -38,3 +43,48 @@ def test_style_and_content_losses_are_weighted_sums():
     expected = 0.5e-3 * ((as_np(losses.gram_matrix(a["conv1"])) - as_np(grams_b["conv1"])) ** 2).mean()
     np.testing.assert_allclose(style, expected, rtol=1e-5)
     assert float(losses.style_loss(b, grams_b, {"conv1": 1.0})) < 1e-10
+
+
+def test_feature_scale_multiplies_the_features():
+    rng = np.random.default_rng(3)
+    a = {"conv1": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
+    b = {"conv1": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
+    scaled = lambda f: {k: 57.8 * v for k, v in f.items()}  # noqa: E731
+    np.testing.assert_allclose(as_np(losses.gram_matrix(a["conv1"], 57.8)), as_np(losses.gram_matrix(57.8 * a["conv1"])),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(losses.content_loss(a, b, {"conv1": 1.0}, 57.8)),
+                               float(losses.content_loss(scaled(a), scaled(b), {"conv1": 1.0})), rtol=1e-5)
+    grams = {"conv1": losses.gram_matrix(b["conv1"], 57.8)}
+    np.testing.assert_allclose(float(losses.style_loss(a, grams, {"conv1": 1.0}, 57.8)),
+                               float(losses.style_loss(scaled(a), {"conv1": losses.gram_matrix(scaled(b)["conv1"])},
+                                                       {"conv1": 1.0})), rtol=1e-5)
+
+
+BF16_GRAM = """
+import jax, jax.numpy as jnp, numpy as np
+from training.losses import gram_matrix
+f = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 8)), jnp.bfloat16)
+gram = gram_matrix(f, 2.0)
+flat = np.asarray(f, np.float64).reshape(2, 256, 8)
+exact = 4.0 * np.einsum("bnc,bnd->bcd", flat, flat) / 256
+grad = jax.grad(lambda f: jnp.sum(gram_matrix(f) ** 2))(f)
+# The one-product gradient equals autodiff's, also for a loss that is not symmetric in the Gram.
+f32 = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 5, 4)), jnp.float32)
+weights = jnp.asarray(np.random.default_rng(6).normal(size=(2, 4, 4)), jnp.float32)
+ours = jax.grad(lambda f: jnp.sum(gram_matrix(f) * weights))(f32)
+autodiff = jax.grad(lambda f: jnp.sum(jnp.einsum("bhwc,bhwd->bcd", f, f) / 30 * weights))(f32)
+print(gram.dtype, float(np.abs(np.asarray(gram) - exact).max() / np.abs(exact).max()), grad.dtype,
+      bool(np.isfinite(np.asarray(grad, np.float32)).all()), float(np.abs(ours - autodiff).max() / np.abs(autodiff).max()))
+"""
+
+
+def test_bf16_features_make_a_float32_gram_on_jax():
+    """bf16 operands, float32 accumulation and result: within float32 rounding of the exact product
+    (a bf16 result would be off by ~1e-3); the one-product gradient is autodiff's."""
+    result = subprocess.run([sys.executable, "-c", BF16_GRAM], cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dtype, error, grad_dtype, finite, gradient_error = result.stdout.split()
+    assert dtype == "float32" and float(error) < 1e-6
+    assert grad_dtype == "bfloat16" and finite == "True"
+    assert float(gradient_error) < 1e-6

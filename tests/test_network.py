@@ -105,5 +105,8 @@ def test_nearest_upsample_repeats_pixels(real_photo):
     from training.network import NearestUpsample
 
     x = real_photo[None, :24, :20]
-    y = keras.ops.convert_to_numpy(NearestUpsample(2)(x))
-    np.testing.assert_array_equal(y, x.repeat(2, axis=1).repeat(2, axis=2))
+    expected = x.repeat(2, axis=1).repeat(2, axis=2)
+    # Inference (a resize, for export) and training (a repeat, for a cheap gradient): the same pixels.
+    for training in (False, True):
+        y = keras.ops.convert_to_numpy(NearestUpsample(2)(x, training=training))
+        np.testing.assert_array_equal(y, expected)

@@ -63,3 +63,19 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
     assert blocks(reloaded) == {1}
     assert use_space_to_depth(model, 0) == []
     assert blocks(model) == {1}
+
+
+def test_vgg16_first_conv_on_blocks_gives_the_same_features(real_photo):
+    """Zero ("same") padding made explicit: VGG-16's 3-channel first conv on 2x2 blocks, partial blocks included."""
+    from training.vgg16 import build_vgg16_features, set_seeded_random_weights, vgg_features
+
+    model = build_vgg16_features(last_block=2)
+    set_seeded_random_weights(model)
+    photo = real_photo[None, :37, :50]
+    plain = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
+    assert use_space_to_depth(model, 8) == ["block1_conv1"]
+    assert model.get_layer("block1_conv1").space_to_depth_block == 2
+    blocked = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
+    for name in plain:
+        expected = keras.ops.convert_to_numpy(plain[name])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(blocked[name]), expected, atol=1e-4 * np.abs(expected).max())

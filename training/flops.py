@@ -82,11 +82,12 @@ class StepFlops:
     @property
     def backward(self) -> int:
         # Transfer network and predictor head: trainable. VGG-16 and the Gram matrices: input
-        # gradients for the stylized image only (the targets are constants). The backbone:
+        # gradients for the stylized image only (the targets are constants); F^T F has the one
+        # input F, whose gradient F (G + G^T) is one product of the forward's size. The backbone:
         # trainable (Inception, fine-tuned) or frozen at the start of the graph (MobileNetV2).
         backbone = 2 * self.predictor_backbone_forward if self.predictor_backbone_trainable else 0
         return (2 * self.transfer_forward + 2 * self.predictor_head_forward + backbone
-                + self.loss_network_forward + 2 * self.gram_forward)
+                + self.loss_network_forward + self.gram_forward)
 
     @property
     def total(self) -> int:
@@ -104,7 +105,7 @@ def step_flops(objective, image_size: int) -> StepFlops:
     """
     from training.network import plain_convolutions
 
-    with plain_convolutions(objective.stylizer):
+    with plain_convolutions(objective.stylizer, objective.loss_network):
         return _step_flops(objective, image_size)
 
 
@@ -155,5 +156,5 @@ def training_step_flops_traced(objective, batch_size: int, image_size: int) -> i
         out, _ = objective.stateless_call(trainable, non_trainable, batch, training=True)
         return ops.cast(objective.compute_loss(y_pred=out), "float32")
 
-    with plain_convolutions(objective.stylizer):
+    with plain_convolutions(objective.stylizer, objective.loss_network):
         return jaxpr_flops(jax.make_jaxpr(jax.grad(loss))(trainable, non_trainable, batch)) // batch_size

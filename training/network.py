@@ -33,12 +33,33 @@ def magenta_scope(layer_or_name) -> str:
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
-class ReflectPadConv2D(layers.Conv2D):
+class PixelBlockConv2D(layers.Conv2D):
+    """A Conv2D that training may compute on pixel blocks (training/space_to_depth.py).
+
+    `space_to_depth_block` > 1 (set by `use_space_to_depth` for training, never saved) computes
+    the same stride-1 convolution on b x b pixel blocks, where it has channels enough for the
+    tensor cores. "same" padding is then made explicit (zeros), as the blocked convolution is VALID.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.space_to_depth_block = 1
+
+    def convolution_op(self, inputs, kernel):
+        block = self.space_to_depth_block
+        if block == 1 or None in inputs.shape[1:3]:
+            return super().convolution_op(inputs, kernel)
+        if self.padding == "same":
+            ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+            inputs = ops.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        return conv2d_space_to_depth(inputs, kernel, block)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ReflectPadConv2D(PixelBlockConv2D):
     """Magenta's `conv2d`: REFLECT-pad by kernel_size // 2, then a VALID convolution.
 
     Reflect padding keeps borders free of the dark frame that zero padding paints.
-    `space_to_depth_block` > 1 (set by `use_space_to_depth` for training, never saved) computes
-    the same convolution on pixel blocks, where it has channels enough for the tensor cores.
     """
 
     def __init__(self, filters, kernel_size, strides=1, use_bias=False, **kwargs):
@@ -46,7 +67,6 @@ class ReflectPadConv2D(layers.Conv2D):
         super().__init__(
             filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias, **kwargs
         )
-        self.space_to_depth_block = 1
 
     @property
     def pad(self) -> tuple[int, int]:
@@ -56,11 +76,6 @@ class ReflectPadConv2D(layers.Conv2D):
         ph, pw = self.pad
         padded = ops.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]], mode="reflect")
         return super().call(padded)
-
-    def convolution_op(self, inputs, kernel):
-        if self.space_to_depth_block > 1 and None not in inputs.shape[1:3]:
-            return conv2d_space_to_depth(inputs, kernel, self.space_to_depth_block)
-        return super().convolution_op(inputs, kernel)
 
     def compute_output_shape(self, input_shape):
         ph, pw = self.pad
@@ -118,17 +133,19 @@ class SpatialMean(layers.Layer):
 class NearestUpsample(layers.Layer):
     """Nearest-neighbour resize by an integer factor (Magenta: resize_nearest_neighbor).
 
-    Written as an image resize, not a repeat, so exports get one RESIZE_NEAREST_NEIGHBOR
+    Inference is written as an image resize, so exports get one RESIZE_NEAREST_NEIGHBOR
     (TFLite, constant size with static shapes) / upsample_nearest_neighbor (Core ML) op.
+    Training repeats the pixels instead (the same values): its gradient is a sum over each
+    block, where the resize's is a scatter-add, slow on GPUs (docs/benchmarks.md).
     """
 
     def __init__(self, factor: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.factor = int(factor)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None:  # unknown size while tracing: the same values by repetition
+        if training or height is None or width is None:  # (unknown size while tracing, too)
             return ops.repeat(ops.repeat(inputs, self.factor, axis=1), self.factor, axis=2)
         return ops.image.resize(inputs, (height * self.factor, width * self.factor), interpolation="nearest")
 
@@ -226,13 +243,14 @@ def build_transfer_network(
     return keras.Model([content, bottleneck], stylized, name=name)
 
 
-def _reflect_pad_convs(model: keras.Model):
-    """The ReflectPadConv2D layers of `model` and of the models nested in it."""
-    for layer in model.layers:
-        if isinstance(layer, ReflectPadConv2D):
-            yield layer
-        elif isinstance(layer, keras.Model):
-            yield from _reflect_pad_convs(layer)
+def _pixel_block_convs(*models: keras.Model):
+    """The PixelBlockConv2D layers of `models` and of the models nested in them."""
+    for model in models:
+        for layer in model.layers:
+            if isinstance(layer, PixelBlockConv2D):
+                yield layer
+            elif isinstance(layer, keras.Model):
+                yield from _pixel_block_convs(layer)
 
 
 def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
@@ -242,20 +260,19 @@ def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
     results, the same weights. Returns the names of the convs it applies to.
     """
     names = []
-    for layer in _reflect_pad_convs(model):
-        if tuple(layer.strides) != (1, 1):
-            continue
+    for layer in _pixel_block_convs(model):
         kh, kw, cin, cout = layer.kernel.shape
-        on = kh == kw and min(cin, cout) <= max_channels
+        on = (tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and kh == kw
+              and (layer.padding == "valid" or kh % 2 == 1) and min(cin, cout) <= max_channels)
         layer.space_to_depth_block = block_for(kh) if on else 1
         names += [layer.name] if on else []
     return names
 
 
 @contextlib.contextmanager
-def plain_convolutions(model: keras.Model):
-    """Within: every conv of `model` runs as the plain convolution (for counting the model's own FLOPs)."""
-    convs = list(_reflect_pad_convs(model))
+def plain_convolutions(*models: keras.Model):
+    """Within: every conv of `models` runs as the plain convolution (for counting the model's own FLOPs)."""
+    convs = list(_pixel_block_convs(*models))
     blocks = [conv.space_to_depth_block for conv in convs]
     for conv in convs:
         conv.space_to_depth_block = 1

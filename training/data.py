@@ -351,10 +351,6 @@ class ImageSource:
         x = random_resized_crop_uint8(image, short, self.image_size, rng)
         return np.ascontiguousarray(x[:, ::-1]) if rng.random() < 0.5 else x
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """`sample_uint8` as float32 [0, 1]."""
-        return unit_float32(self.sample_uint8(rng))
-
 
 class FolderImages(ImageSource):
     """Image files drawn uniformly; decoded copies kept up to a memory budget, the rest decoded on demand.

@@ -62,7 +62,7 @@ def test_odd_images_are_used(odd_dir):
     small = load_content({"source": "folder", "content_dir": str(odd_dir), "image_size": 64,
                           "resize_short_side": [64, 80], "min_side": 32, "heldout_count": 0})
     assert len(small.train) == len(ODD_GOOD_FILES) and small.skipped.count() == 0
-    crops = [small.train.sample(np.random.default_rng(i)) for i in range(8)]
+    crops = [small.train.sample_uint8(np.random.default_rng(i)) for i in range(8)]
     assert all(c.shape == (64, 64, 3) for c in crops)  # the 56x48 image is scaled up to the crop
 
 

@@ -49,7 +49,7 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
     plain = keras.ops.convert_to_numpy(model([photo, bottleneck]))
 
     # At alpha 0.25: both 9x9 convs (3 -> 8, 8 -> 3) and the 16 -> 8 one; stride-2 convs never.
-    assert use_space_to_depth(model, 8) == ["transformer.contract.conv1", "transformer.expand.conv2.conv",
+    assert use_space_to_depth(model, max_channels=8) == ["transformer.contract.conv1", "transformer.expand.conv2.conv",
                                             "transformer.expand.conv3.conv"]
     blocked = keras.ops.convert_to_numpy(model([photo, bottleneck]))
     np.testing.assert_allclose(blocked, plain, atol=1e-4)  # summation order only: within 2e-5 here
@@ -61,7 +61,7 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
     model.save(path)
     reloaded = keras.models.load_model(path, safe_mode=True)
     assert blocks(reloaded) == {1}
-    assert use_space_to_depth(model, 0) == []
+    assert use_space_to_depth(model, max_channels=0) == []
     assert blocks(model) == {1}
 
 
@@ -73,7 +73,7 @@ def test_vgg16_first_conv_on_blocks_gives_the_same_features(real_photo):
     set_seeded_random_weights(model)
     photo = real_photo[None, :37, :50]
     plain = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
-    assert use_space_to_depth(model, 8) == ["block1_conv1"]
+    assert use_space_to_depth(model, max_channels=8) == ["block1_conv1"]
     assert model.get_layer("block1_conv1").space_to_depth_block == 2
     blocked = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
     for name in plain:

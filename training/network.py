@@ -253,14 +253,14 @@ def _pixel_block_convs(*models: keras.Model):
                 yield from _pixel_block_convs(layer)
 
 
-def use_space_to_depth(model: keras.Model, max_channels: int) -> list[str]:
-    """Compute the stride-1 convs whose input or output has <= max_channels channels on pixel blocks.
+def use_space_to_depth(*models: keras.Model, max_channels: int) -> list[str]:
+    """Compute the stride-1 convs of `models` whose input or output has <= max_channels channels on pixel blocks.
 
     A training-speed setting (`trainer.space_to_depth_channels`; 0 turns it off): the same
     results, the same weights. Returns the names of the convs it applies to.
     """
     names = []
-    for layer in _pixel_block_convs(model):
+    for layer in _pixel_block_convs(*models):
         kh, kw, cin, cout = layer.kernel.shape
         on = (tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and kh == kw
               and (layer.padding == "valid" or kh % 2 == 1) and min(cin, cout) <= max_channels)

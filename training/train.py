@@ -147,8 +147,8 @@ def _build_objective(cfg, cache_dir):
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
     loss_network, vgg_origin = build_loss_network(cfg.loss_network.weights, cache_dir)
-    max_channels = int(cfg.trainer.space_to_depth_channels)
-    blocked = use_space_to_depth(stylizer.get_layer("transformer"), max_channels) + use_space_to_depth(loss_network, max_channels)
+    blocked = use_space_to_depth(stylizer.get_layer("transformer"), loss_network,
+                                 max_channels=int(cfg.trainer.space_to_depth_channels))
     if blocked:
         log.info("convolutions on pixel blocks (trainer.space_to_depth_channels): %s", ", ".join(blocked))
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)

@@ -59,3 +59,16 @@ def test_annotate_without_a_dump_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--annotate", str(tmp_path / "r.json")],
                             cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--annotate needs --hlo-dump DIR" in result.stderr
+
+
+def test_annotate_from_a_folder_without_the_step_hlo_names_it(tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"gpu_busy_ms_per_step": 1.0, "top_hlo_ops": []}))
+    empty = tmp_path / "not-a-dump"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--annotate", str(report), "--hlo-dump", str(empty)],
+                            cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"--hlo-dump {empty}: no *train_step*after_optimizations.txt there" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(report.read_text()) == {"gpu_busy_ms_per_step": 1.0, "top_hlo_ops": []}  # left as it was

@@ -9,9 +9,10 @@ import pytest
 from training.network import ReflectPadConv2D, build_transfer_network, plain_convolutions, use_space_to_depth
 from training.space_to_depth import conv2d_space_to_depth
 
-# (height, width, kernel, in, out, block): the transfer network's 9x9 and 3x3 cases, and sizes that
-# leave partial blocks on both axes.
-SHAPES = [(40, 36, 9, 3, 8, 4), (25, 27, 9, 8, 3, 4), (30, 33, 3, 16, 8, 2), (17, 20, 3, 5, 7, 4)]
+# (height, width, kernel, in, out, block): the transfer network's 9x9 and 3x3 cases, sizes that
+# leave partial blocks on both axes, and rectangular blocks (a side or (rows, columns)).
+SHAPES = [(40, 36, 9, 3, 8, 4), (25, 27, 9, 8, 3, 4), (30, 33, 3, 16, 8, 2), (17, 20, 3, 5, 7, 4),
+          (21, 38, 3, 3, 16, (1, 4)), (19, 22, 5, 4, 6, (3, 2))]
 
 
 def blocks(model) -> set[int]:
@@ -54,15 +55,15 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
     blocked = keras.ops.convert_to_numpy(model([photo, bottleneck]))
     np.testing.assert_allclose(blocked, plain, atol=1e-4)  # summation order only: within 2e-5 here
     with plain_convolutions(model):
-        assert blocks(model) == {1}
-    assert model.get_layer("transformer.contract.conv1").space_to_depth_block == 4  # restored on leaving
+        assert blocks(model) == {(1, 1)}
+    assert model.get_layer("transformer.contract.conv1").space_to_depth_block == (4, 4)  # restored on leaving
 
     path = tmp_path / "transfer.keras"
     model.save(path)
     reloaded = keras.models.load_model(path, safe_mode=True)
-    assert blocks(reloaded) == {1}
+    assert blocks(reloaded) == {(1, 1)}
     assert use_space_to_depth(model, max_channels=0) == []
-    assert blocks(model) == {1}
+    assert blocks(model) == {(1, 1)}
 
 
 def test_vgg16_first_conv_on_blocks_gives_the_same_features(real_photo):
@@ -74,7 +75,7 @@ def test_vgg16_first_conv_on_blocks_gives_the_same_features(real_photo):
     photo = real_photo[None, :37, :50]
     plain = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
     assert use_space_to_depth(model, max_channels=8) == ["block1_conv1"]
-    assert model.get_layer("block1_conv1").space_to_depth_block == 2
+    assert model.get_layer("block1_conv1").space_to_depth_block == (1, 4)  # no transpose back
     blocked = vgg_features(model, photo, {"conv1": 1.0, "conv2": 1.0})
     for name in plain:
         expected = keras.ops.convert_to_numpy(plain[name])

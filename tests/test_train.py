@@ -120,7 +120,7 @@ def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
     # alone moves the held-out loss by a few parts in 1e4.
     assert runs[8]["heldout"]["loss"] == pytest.approx(runs[0]["heldout"]["loss"], rel=2e-3)
     saved = load_stylizer(tmp_path / "blocks8" / "outputs" / "train" / "model.keras").get_layer("transformer")
-    assert {l.space_to_depth_block for l in saved.layers if isinstance(l, ReflectPadConv2D)} == {1}
+    assert {l.space_to_depth_block for l in saved.layers if isinstance(l, ReflectPadConv2D)} == {(1, 1)}
 
 
 def test_several_steps_per_execution_train_the_same_steps(tmp_path):

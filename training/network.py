@@ -36,18 +36,18 @@ def magenta_scope(layer_or_name) -> str:
 class PixelBlockConv2D(layers.Conv2D):
     """A Conv2D that training may compute on pixel blocks (training/space_to_depth.py).
 
-    `space_to_depth_block` > 1 (set by `use_space_to_depth` for training, never saved) computes
-    the same stride-1 convolution on b x b pixel blocks, where it has channels enough for the
+    `space_to_depth_block` other than (1, 1) (set by `use_space_to_depth` for training, never
+    saved) computes the same stride-1 convolution on pixel blocks, where it has channels enough for the
     tensor cores. "same" padding is then made explicit (zeros), as the blocked convolution is VALID.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.space_to_depth_block = 1
+        self.space_to_depth_block = (1, 1)  # (rows, columns)
 
     def convolution_op(self, inputs, kernel):
         block = self.space_to_depth_block
-        if block == 1 or None in inputs.shape[1:3]:
+        if block == (1, 1) or None in inputs.shape[1:3]:
             return super().convolution_op(inputs, kernel)
         if self.padding == "same":
             ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
@@ -264,7 +264,7 @@ def use_space_to_depth(*models: keras.Model, max_channels: int) -> list[str]:
         kh, kw, cin, cout = layer.kernel.shape
         on = (tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and kh == kw
               and (layer.padding == "valid" or kh % 2 == 1) and min(cin, cout) <= max_channels)
-        layer.space_to_depth_block = block_for(kh) if on else 1
+        layer.space_to_depth_block = block_for(kh, cin) if on else (1, 1)
         names += [layer.name] if on else []
     return names
 
@@ -275,7 +275,7 @@ def plain_convolutions(*models: keras.Model):
     convs = list(_pixel_block_convs(*models))
     blocks = [conv.space_to_depth_block for conv in convs]
     for conv in convs:
-        conv.space_to_depth_block = 1
+        conv.space_to_depth_block = (1, 1)
     try:
         yield
     finally:

@@ -6,6 +6,7 @@ third of the lite model's whole training step at 6 TFLOP/s (docs/benchmarks.md).
 convolution on b x b pixel blocks has b*b times the channels: a 9x9 kernel over 3 channels is a
 3x3 kernel over 48 channels making 128 (b = 4). It does about 1.8x the multiply-adds, on shapes
 the tensor cores run well. The result is the same convolution (up to float summation order).
+Blocks may be rectangular (`block_for`).
 
 Nothing is stored this way: the kernel variable keeps its own shape and Magenta name, and the
 blocked kernel is rebuilt from it inside each step with constant 0/1 placement tensors, so
@@ -18,9 +19,17 @@ import numpy as np
 from keras import ops
 
 
-def block_for(kernel_size: int) -> int:
-    """Block side for a kernel side: 4 for 9x9 (-> 3x3 on 4x4 blocks), 2 for 3x3 (-> 2x2 on 2x2 blocks)."""
-    return 4 if kernel_size >= 5 else 2
+def block_for(kernel_size: int, in_channels: int) -> tuple[int, int]:
+    """Block (rows, columns) for a kernel side and input channel count.
+
+    9x9 -> 3x3 on 4x4 blocks; 3x3 -> 2x2 on 2x2 blocks, except over an image (<= 4 channels):
+    1x4 blocks along the width, whose blocked output is the plain one reshaped, where 2x2 blocks
+    need a transpose back to pixels of their wide output (VGG-16's block1_conv1: 0.3 ms per call
+    at batch 64 on an H200, docs/benchmarks.md).
+    """
+    if kernel_size >= 5:
+        return 4, 4
+    return (1, 4) if in_channels <= 4 else (2, 2)
 
 
 def blocked_kernel_size(kernel_size: int, block: int) -> int:
@@ -41,32 +50,42 @@ def _placement(kernel_size: int, block: int) -> np.ndarray:
     return placement
 
 
-def blocked_kernel(kernel, block: int):
-    """(kh, kw, cin, cout) -> (kh', kw', b*b*cin, b*b*cout), channels ordered (row, column, channel)."""
+def _rows_columns(block) -> tuple[int, int]:
+    return (block, block) if isinstance(block, int) else tuple(block)
+
+
+def blocked_kernel(kernel, block):
+    """(kh, kw, cin, cout) -> (kh', kw', bh*bw*cin, bh*bw*cout), channels ordered (row, column, channel).
+
+    `block` is a side (square blocks) or (rows, columns).
+    """
     kh, kw, cin, cout = kernel.shape
-    rows = ops.convert_to_tensor(_placement(kh, block), dtype=kernel.dtype)
-    cols = ops.convert_to_tensor(_placement(kw, block), dtype=kernel.dtype)
+    bh, bw = _rows_columns(block)
+    rows = ops.convert_to_tensor(_placement(kh, bh), dtype=kernel.dtype)
+    cols = ops.convert_to_tensor(_placement(kw, bw), dtype=kernel.dtype)
     # Every entry of the result is one kernel weight or zero: exact in any dtype.
     blocked = ops.einsum("aprk,bqsl,klco->abpqcrso", rows, cols, kernel)
-    return ops.reshape(blocked, (rows.shape[0], cols.shape[0], block * block * cin, block * block * cout))
+    return ops.reshape(blocked, (rows.shape[0], cols.shape[0], bh * bw * cin, bh * bw * cout))
 
 
-def conv2d_space_to_depth(inputs, kernel, block: int):
-    """VALID, stride-1 `ops.conv(inputs, kernel)` (NHWC) computed on block x block pixel blocks."""
+def conv2d_space_to_depth(inputs, kernel, block):
+    """VALID, stride-1 `ops.conv(inputs, kernel)` (NHWC) computed on pixel blocks: `block` is a side or (rows, columns)."""
     kh, kw, _, cout = kernel.shape
+    bh, bw = _rows_columns(block)
     batch, height, width, channels = inputs.shape
     out_h, out_w = height - kh + 1, width - kw + 1
     # Zero rows/columns at the bottom/right so whole blocks cover every output's inputs; the extra
     # outputs they make are cut off at the end.
-    rows_out, cols_out = -(-out_h // block), -(-out_w // block)
-    pad_h = block * (rows_out + blocked_kernel_size(kh, block) - 1) - height
-    pad_w = block * (cols_out + blocked_kernel_size(kw, block) - 1) - width
+    rows_out, cols_out = -(-out_h // bh), -(-out_w // bw)
+    pad_h = bh * (rows_out + blocked_kernel_size(kh, bh) - 1) - height
+    pad_w = bw * (cols_out + blocked_kernel_size(kw, bw) - 1) - width
     x = ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
-    rows_in, cols_in = (height + pad_h) // block, (width + pad_w) // block
+    rows_in, cols_in = (height + pad_h) // bh, (width + pad_w) // bw
     batch = -1 if batch is None else batch
-    x = ops.reshape(x, (batch, rows_in, block, cols_in, block, channels))
-    x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (batch, rows_in, cols_in, block * block * channels))
-    y = ops.conv(x, blocked_kernel(kernel, block), strides=1, padding="valid")
-    y = ops.reshape(y, (batch, rows_out, cols_out, block, block, cout))
-    y = ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)), (batch, rows_out * block, cols_out * block, cout))
+    # With one-row blocks both transposes move only a size-1 axis: reshapes, no data movement.
+    x = ops.reshape(x, (batch, rows_in, bh, cols_in, bw, channels))
+    x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (batch, rows_in, cols_in, bh * bw * channels))
+    y = ops.conv(x, blocked_kernel(kernel, (bh, bw)), strides=1, padding="valid")
+    y = ops.reshape(y, (batch, rows_out, cols_out, bh, bw, cout))
+    y = ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)), (batch, rows_out * bh, cols_out * bw, cout))
     return y[:, :out_h, :out_w, :]

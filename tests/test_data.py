@@ -21,6 +21,7 @@ from training.data import (
     load_content,
     load_image,
     load_style_images,
+    random_resized_crop_image,
     style_crop,
     unit_float32,
 )
@@ -207,6 +208,28 @@ def test_a_file_that_breaks_after_validation_is_skipped_once(tmp_path):
     assert all(c.shape == (64, 64, 3) for c in crops)
     assert content.skipped.skipped == [(str(broken), "not_an_image")]
     assert len(content.train) == len(PHOTOS) - 1 and broken not in content.train.paths
+
+
+def test_cached_photos_give_the_crops_of_photos_decoded_when_drawn():
+    # The cache keeps PIL images (no array conversion per crop); an empty cache decodes arrays each draw.
+    cached = load_content(data_cfg(CONTENT_DIR, heldout_count=0))
+    uncached = load_content(data_cfg(CONTENT_DIR, heldout_count=0, cache_bytes=0))
+    assert len(cached.train.cache) == len(cached.train) and not uncached.train.cache
+    assert cached.train.cached_bytes == sum(4 * im.width * im.height for im in cached.train.cache.values())
+    flips = 0
+    for seed in range(24):
+        a = cached.train.sample_uint8(np.random.default_rng(seed))
+        b = uncached.train.sample_uint8(np.random.default_rng(seed))
+        assert a.dtype == np.uint8 and a.shape == (64, 64, 3) and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+        rng = np.random.default_rng(seed)  # replay the draws to see whether this crop was flipped
+        image = cached.train.cache[cached.train.paths[int(rng.integers(len(cached.train)))]]
+        short = int(rng.integers(64, 81))
+        crop = np.asarray(random_resized_crop_image(image, short, 64, rng))
+        flipped = rng.random() < 0.5
+        flips += flipped
+        np.testing.assert_array_equal(a, crop[:, ::-1] if flipped else crop)
+    assert 0 < flips < 24
 
 
 def test_plain_dicts_and_the_projects_own_config(tmp_path):

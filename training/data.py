@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 50_000_000
-# Decoded training photos kept in memory (as uint8, shrunk to the largest short side sampled);
+# Decoded training photos kept in memory (uint8 PIL images, 4 bytes a pixel, shrunk to the largest short side sampled);
 # the rest are decoded again when drawn. data.cache_bytes overrides it.
 DEFAULT_CACHE_BYTES = 2 << 30
 # Magenta's style scale range for 256-pixel crops: short side uniform in [258, 456).
@@ -178,8 +178,12 @@ def _resized_uint8(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(to_uint8(image)).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _short_side_size(image: np.ndarray, short_side: int) -> tuple[int, int]:
-    h, w = image.shape[:2]
+def _height_width(image: np.ndarray | Image.Image) -> tuple[int, int]:
+    return (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+
+
+def _short_side_size(image: np.ndarray | Image.Image, short_side: int) -> tuple[int, int]:
+    h, w = _height_width(image)
     scale = short_side / min(h, w)
     return max(short_side, round(w * scale)), max(short_side, round(h * scale))
 
@@ -208,21 +212,30 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top : top + size, left : left + size]
 
 
-def random_resized_crop_uint8(image: np.ndarray, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random size x size uint8 crop of the image resized to `short_side`.
+def as_pil_uint8(image: np.ndarray | Image.Image) -> Image.Image:
+    """A uint8 PIL image of a uint8 or [0, 1] float array (a PIL image as it is)."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(to_uint8(image))
 
-    Only the crop is resampled (PIL's `box`), so the cost does not grow with the image.
+
+def random_resized_crop_image(image: np.ndarray | Image.Image, short_side: int, size: int,
+                              rng: np.random.Generator) -> Image.Image:
+    """A random size x size crop of the image resized to `short_side`, as a uint8 PIL image.
+
+    Only the crop is resampled (PIL's `box`), so the cost does not grow with the image. Given a
+    PIL image, nothing is converted: the training cache keeps PIL images because converting an
+    array holds the GIL, which capped the pipeline's threads (docs/benchmarks.md).
     """
     width, height = _short_side_size(image, short_side)
     top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-    sx, sy = image.shape[1] / width, image.shape[0] / height
+    h, w = _height_width(image)
+    sx, sy = w / width, h / height
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    return np.asarray(Image.fromarray(to_uint8(image)).resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return as_pil_uint8(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
-def random_resized_crop(image: np.ndarray, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """`random_resized_crop_uint8` as float32 [0, 1]."""
-    return unit_float32(random_resized_crop_uint8(image, short_side, size, rng))
+def random_resized_crop(image: np.ndarray | Image.Image, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`random_resized_crop_image` as a float32 [0, 1] array."""
+    return unit_float32(np.asarray(random_resized_crop_image(image, short_side, size, rng)))
 
 
 def unit_float32(images: np.ndarray) -> np.ndarray:
@@ -341,15 +354,17 @@ class ImageSource:
     def restart(self) -> None:
         """Start the image order again (a stream's); sampling from a folder depends only on the rng."""
 
-    def _next_image(self, rng: np.random.Generator) -> np.ndarray:
+    def _next_image(self, rng: np.random.Generator) -> np.ndarray | Image.Image:
         raise NotImplementedError
 
     def sample_uint8(self, rng: np.random.Generator) -> np.ndarray:
         """One augmented training crop (random scale, crop and horizontal flip), uint8."""
         image = self._next_image(rng)
         short = int(rng.integers(self.resize_range[0], self.resize_range[1] + 1))
-        x = random_resized_crop_uint8(image, short, self.image_size, rng)
-        return np.ascontiguousarray(x[:, ::-1]) if rng.random() < 0.5 else x
+        crop = random_resized_crop_image(image, short, self.image_size, rng)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return np.asarray(crop)
 
 
 class FolderImages(ImageSource):
@@ -363,7 +378,7 @@ class FolderImages(ImageSource):
                  max_pixels: int = DEFAULT_MAX_PIXELS, cache_bytes: int = DEFAULT_CACHE_BYTES):
         super().__init__(image_size, resize_range)
         self.paths: list[Path] = []
-        self.cache: dict[Path, np.ndarray] = {}
+        self.cache: dict[Path, Image.Image] = {}
         self.cache_bytes, self.cached_bytes = int(cache_bytes), 0
         self.skipped, self.min_side, self.max_pixels = skipped, int(min_side), int(max_pixels)
 
@@ -377,9 +392,11 @@ class FolderImages(ImageSource):
 
     def add(self, path: Path, image: np.ndarray) -> None:
         self.paths.append(path)
-        if self.cached_bytes + image.nbytes <= self.cache_bytes:
-            self.cache[path] = image
-            self.cached_bytes += image.nbytes
+        cached = as_pil_uint8(image)
+        nbytes = 4 * cached.width * cached.height  # PIL keeps RGB pixels in 4 bytes
+        if self.cached_bytes + nbytes <= self.cache_bytes:
+            self.cache[path] = cached
+            self.cached_bytes += nbytes
 
     def _next_image(self, rng):
         while self.paths:

@@ -146,10 +146,14 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-4)
 
 
-def test_data_workers_auto_is_one_thread_per_core():
+def test_data_workers_auto_is_one_thread_per_core_up_to_eight(monkeypatch):
     import os
 
     from training.config import data_workers
 
-    assert data_workers("auto") == os.cpu_count() >= 1
-    assert data_workers(3) == 3
+    assert data_workers("auto") == min(os.cpu_count(), 8) >= 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # the H200 host's CPUs: 8 threads beat 16 there
+    assert data_workers("auto") == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert data_workers("auto") == 3
+    assert data_workers(12) == 12

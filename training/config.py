@@ -23,9 +23,14 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+# More batch threads than this contend for the GIL: on a 16-CPU H200 host, 8 threads made more
+# images/s than 12 or 16 (docs/benchmarks.md, session 7).
+MAX_AUTO_DATA_WORKERS = 8
+
+
 def data_workers(value) -> int:
-    """trainer.data_workers as a thread count: `auto` is one per CPU core."""
-    return (os.cpu_count() or 1) if value == "auto" else int(value)
+    """trainer.data_workers as a thread count: `auto` is one per CPU core, at most MAX_AUTO_DATA_WORKERS."""
+    return min(os.cpu_count() or 1, MAX_AUTO_DATA_WORKERS) if value == "auto" else int(value)
 
 
 def _is_int(value) -> bool:
@@ -45,7 +50,7 @@ def validate_train_config(cfg) -> None:
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
     _require(t.data_workers == "auto" or (_is_int(t.data_workers) and t.data_workers >= 1), "trainer.data_workers",
-             t.data_workers, "an integer >= 1, or auto (one per CPU core)")
+             t.data_workers, "an integer >= 1, or auto (one per CPU core, at most 8)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,

@@ -38,7 +38,7 @@ def main(out_dir: Path, device_counts: list[int]) -> None:
         cfg = compose_train([
             "trainer=smoke", "trainer.steps=2", "trainer.log_every=1", "trainer.batch_size=4",
             f"trainer.devices={devices}", "trainer.data_workers=2",
-            "trainer.space_to_depth_channels=8",  # as the GPU profile: convs on pixel blocks, per-device batches
+            "trainer.space_to_depth_channels=32",  # as the GPU profile: convs on pixel blocks, per-device batches
             "backbone=vgg16", "backbone.weights=null", "data.heldout_count=2",
             "data.image_size=32", "data.resize_short_side=[32,40]", "data.style_size=32", "data.heldout_size=32",
         ], out_dir / f"devices{devices}")

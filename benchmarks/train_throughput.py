@@ -232,11 +232,17 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop):
     from training.flops import step_flops, training_step_flops_traced
 
+    from training.train import fix_style_targets
+
     objective, _ = build_step(cfg)
-    if model not in cache:  # FLOPs per image depend on the model and image size only
+    # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
+    # Synthetic batches give every example its own style image, as arbitrary-style training does.
+    fixed = input_mode == "pipeline" and fix_style_targets(objective, pipeline_batches(cfg), cfg.trainer.fixed_style_targets)
+    key = f"{model} fixed style targets" if fixed else model
+    if key not in cache:  # FLOPs per image depend on the model, the image size and whether style targets are fixed
         flops = step_flops(objective, image_size)
-        cache[model] = {**flops.as_dict(), "traced_total": training_step_flops_traced(objective, 2, image_size)}
-    flops = cache[model]
+        cache[key] = {**flops.as_dict(), "traced_total": training_step_flops_traced(objective, 2, image_size)}
+    flops = cache[key]
 
     def feed(n):
         if input_mode == "pipeline":
@@ -255,8 +261,10 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     step_ms = clock.steady_step_ms() or 1000 * seconds / steps
     images_per_s = 1000 * batch_size / step_ms
     # Host-free step time (one device only: more would need the batch sharded as Keras does).
-    device_ms = device_step_ms(objective, CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0],
-                               steps) if devices == 1 else None
+    device_batch = CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0]
+    if fixed:
+        device_batch = {**device_batch, "style_index": np.zeros((batch_size,), np.int32)}
+    device_ms = device_step_ms(objective, device_batch, steps) if devices == 1 else None
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
@@ -265,7 +273,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "step_ms": step_ms, "fit_step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
         "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
-        "gflops_per_image": flops["total"] / 1e9, "first_fit_s": compile_s, "loss": loss,
+        "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
         "finite_loss": bool(np.isfinite(loss)),
     }
 

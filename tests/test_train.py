@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from conftest import CACHE_DIR, REPO, TINY_TRAINING, compose_train
@@ -144,6 +145,63 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     for a, b in zip(one["history"], two["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
     assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-4)
+
+
+def test_fixed_style_targets_train_like_targets_from_every_batch(tmp_path):
+    """trainer.fixed_style_targets: a style without augmentation gets its Gram targets once, with the
+    losses of running VGG-16 on every batch's copies; two fixed styles each keep their own targets."""
+    from training.train import train
+
+    runs = {}
+    for styles in ("starry", "two"):
+        extra = ["+style.images.wave=${paths.data_dir}/samples/style/great_wave.jpg", "style.name=two"] if styles == "two" else []
+        for fixed in (False, True):
+            cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+                                 "loss_network.weights=null", "data.heldout_count=1", *extra,
+                                 f"trainer.fixed_style_targets={str(fixed).lower()}"], tmp_path / f"{styles}{fixed}")
+            runs[styles, fixed] = train(cfg)
+    for styles in ("starry", "two"):
+        plain, fixed = runs[styles, False], runs[styles, True]
+        assert fixed["fixed_style_targets"] is True and plain["fixed_style_targets"] is False
+        assert len(plain["history"]) == len(fixed["history"]) == 2
+        for a, b in zip(plain["history"], fixed["history"]):
+            assert b["style_loss"] == pytest.approx(a["style_loss"], rel=1e-4), (styles, a, b)
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (styles, a, b)
+        # After two Adam steps (each weight moves by about lr * sign(gradient)) float summation order
+        # alone moves the held-out loss by a few parts in 1e3 (the first steps' losses agree to 1e-4).
+        assert fixed["heldout"]["loss"] == pytest.approx(plain["heldout"]["loss"], rel=5e-3)
+    # The two-style runs are not the one-style run: the second painting's targets were used.
+    assert runs["two", True]["history"][0]["style_loss"] != pytest.approx(runs["starry", True]["history"][0]["style_loss"],
+                                                                            rel=1e-3)
+
+
+def test_fit_reads_style_targets_from_the_fixed_table(tmp_path):
+    """The batches `fit` reads carry style_index, and the objective then takes the fixed table's targets:
+    fixed from another image, the style loss is that image's, not the batch's style crops'."""
+    from training import data as data_lib
+    from training.train import _build, _build_objective
+
+    cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"], tmp_path)
+    objective, optimizer, _ = _build_objective(cfg, CACHE_DIR)
+    _build(objective, optimizer, 64)
+    styles, _ = data_lib.load_style_images(cfg.style)
+    batches = data_lib.TrainingBatches(data_lib.load_content(cfg.data), styles, cfg.data, cfg.style, 2, seed=0)
+    batch = batches.batch(0)
+    other = 1.0 - batch["style"][:1]  # the crop's negative: other Gram matrices (turning it would keep them)
+
+    def style_loss(feed):
+        return objective.evaluate(feed, verbose=0, return_dict=True)["style_loss"]
+
+    from_batch = style_loss(batches.training_input(0, 1, workers=1))
+    objective.fix_style_targets(other)
+    from_table = style_loss(batches.training_input(0, 1, workers=1))
+    # The stylizer still sees the batch's style; only the targets come from the table.
+    stylized = objective.stylizer({"content": batch["content"], "style": batch["style"]})
+    expected = float(objective.loss_terms(stylized, batch["content"], np.repeat(other, 2, axis=0))["style_loss"])
+    assert from_table == pytest.approx(expected, rel=1e-5)
+    assert abs(from_table - from_batch) > 0.05 * from_batch
+    objective.fix_style_targets(np.stack(batches.styles))  # the real targets: the batch's own losses again
+    assert style_loss(batches.training_input(0, 1, workers=1)) == pytest.approx(from_batch, rel=1e-5)
 
 
 def test_data_workers_auto_is_one_thread_per_core_up_to_eight(monkeypatch):

@@ -771,8 +771,9 @@ class TrainingBatches:
         return tf.data.Dataset.from_generator(lambda: self.iterate(start, dtype), output_signature=spec).prefetch(2)
 
     def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32"):
-        """What `fit` reads for `steps` steps from batch `start`: {content, style} batches in `dtype`
-        (float32 in [0, 1], or uint8 0..255, which the objective turns back into [0, 1] on the device).
+        """What `fit` reads for `steps` steps from batch `start`: {content, style, style_index} batches,
+        images in `dtype` (float32 in [0, 1], or uint8 0..255, which the objective turns back into
+        [0, 1] on the device); style_index picks fixed style targets (trainer.fixed_style_targets).
 
         A folder's batches are made by `workers` threads (PIL and NumPy release the GIL) through a
         backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
@@ -780,7 +781,7 @@ class TrainingBatches:
         """
         if self.random_access:
             return IndexedBatches(self, start, steps, workers, dtype)
-        return self.as_tf_dataset(start, dtype).map(lambda b: {"content": b["content"], "style": b["style"]})
+        return self.as_tf_dataset(start, dtype)
 
 
 def to_input_dtype(images: np.ndarray, dtype: str) -> np.ndarray:
@@ -809,5 +810,4 @@ class IndexedBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not 0 <= i < self.steps:
             raise IndexError(i)
-        batch = self.batches.batch(self.start + i, self.dtype)
-        return {"content": batch["content"], "style": batch["style"]}
+        return self.batches.batch(self.start + i, self.dtype)

@@ -72,12 +72,13 @@ class StepFlops:
     content_target_forward: int  # the content image through VGG-16, to the deepest content layer
     gram_forward: int  # the style layers' Gram matrices of one image (stylized and style image each)
     predictor_backbone_trainable: bool
+    style_targets_fixed: bool = False  # computed once per style (trainer.fixed_style_targets), not per image
 
     @property
     def forward(self) -> int:
+        style_targets = 0 if self.style_targets_fixed else self.style_target_forward + self.gram_forward
         return (self.transfer_forward + self.predictor_backbone_forward + self.predictor_head_forward
-                + self.loss_network_forward + self.style_target_forward + self.content_target_forward
-                + 2 * self.gram_forward)
+                + self.loss_network_forward + self.content_target_forward + self.gram_forward + style_targets)
 
     @property
     def backward(self) -> int:
@@ -136,6 +137,7 @@ def _step_flops(objective, image_size: int) -> StepFlops:
         content_target_forward=vgg_flops(content_layers),
         gram_forward=sum(forward_flops(gram_matrix, features[k]) for k in style_layers),
         predictor_backbone_trainable=bool(backbone.trainable and backbone.trainable_weights),
+        style_targets_fixed=objective.style_gram_table is not None,
     )
 
 
@@ -151,6 +153,8 @@ def training_step_flops_traced(objective, batch_size: int, image_size: int) -> i
     non_trainable = [v.value for v in objective.non_trainable_variables]
     shape = (batch_size, image_size, image_size, 3)
     batch = {"content": jnp.full(shape, 0.5, jnp.float32), "style": jnp.full(shape, 0.25, jnp.float32)}
+    if objective.style_gram_table is not None:  # as training's batches: targets from the fixed table
+        batch["style_index"] = jnp.zeros((batch_size,), jnp.int32)
 
     def loss(trainable, non_trainable, batch):
         out, _ = objective.stateless_call(trainable, non_trainable, batch, training=True)

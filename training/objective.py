@@ -7,6 +7,7 @@ Written with `keras.ops` and the standard `compute_loss`/`compute_metrics` hooks
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # not exported by keras 3.15
 
@@ -41,6 +42,7 @@ class StylizationObjective(keras.Model):
         self.tv_weight = float(tv_weight)
         self.feature_scale = float(feature_scale)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self.style_gram_table: dict | None = None  # fix_style_targets
 
     @classmethod
     def from_config(cls, stylizer, loss_network, loss_cfg) -> "StylizationObjective":
@@ -52,18 +54,45 @@ class StylizationObjective(keras.Model):
         # In the compute dtype: the losses apply feature_scale and take float32 where it matters.
         return vgg_features(self.loss_network, images, endpoints)
 
+    def fix_style_targets(self, style_images) -> None:
+        """Style targets computed once: the Gram matrices of each fixed style image.
+
+        style_images: (K, H, W, 3) in [0, 1] or uint8, in the order of the batches' `style_index`.
+        A style without augmentation is the same crop in every example of every batch; VGG-16 then
+        runs on it once here instead of on each batch's copies (about a third of VGG-16's forward
+        work). Batches carrying `style_index` then take their targets from this table; batches
+        without it (held-out scoring) still run VGG-16 on their style images.
+        """
+        grams = []
+        for image in style_images:  # one at a time: the memory of one VGG-16 pass
+            x = unit_float(ops.convert_to_tensor(image[None]))
+            features = self._features(ops.cast(x, keras.mixed_precision.global_policy().compute_dtype), self.style_weights)
+            grams.append({k: ops.convert_to_numpy(losses.gram_matrix(features[k], self.feature_scale))
+                          for k in self.style_weights})
+        self.style_gram_table = {k: np.concatenate([g[k] for g in grams]) for k in self.style_weights}
+        # The table is a constant of the compiled steps: steps compiled before it must be traced again.
+        self.train_function = self.test_function = self.predict_function = None
+
     def call(self, inputs, training=False):
         content, style = unit_float(inputs["content"]), unit_float(inputs["style"])
         stylized = self.stylizer({"content": content, "style": style}, training=training)
-        return {"stylized": stylized, **self.loss_terms(stylized, content, style)}
+        style_grams = None
+        if self.style_gram_table is not None and "style_index" in inputs:
+            index = inputs["style_index"]
+            style_grams = {k: ops.take(table, index, axis=0) for k, table in self.style_gram_table.items()}
+        return {"stylized": stylized, **self.loss_terms(stylized, content, style, style_grams)}
 
-    def loss_terms(self, stylized, content, style) -> dict:
-        """Content, style and total variation losses of stylized images (the same code scores held-out photos)."""
+    def loss_terms(self, stylized, content, style, style_grams: dict | None = None) -> dict:
+        """Content, style and total variation losses of stylized images (the same code scores held-out photos).
+
+        style_grams: the style targets when already known (fix_style_targets); else VGG-16 runs on `style`.
+        """
         content_f = self._features(ops.stop_gradient(ops.cast(content, stylized.dtype)), self.content_weights)
-        style_f = self._features(ops.stop_gradient(ops.cast(style, stylized.dtype)), self.style_weights)
         stylized_f = self._features(stylized, {**self.content_weights, **self.style_weights})
         scale = self.feature_scale
-        style_grams = {k: losses.gram_matrix(style_f[k], scale) for k in self.style_weights}
+        if style_grams is None:
+            style_f = self._features(ops.stop_gradient(ops.cast(style, stylized.dtype)), self.style_weights)
+            style_grams = {k: losses.gram_matrix(style_f[k], scale) for k in self.style_weights}
         return {
             "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights, scale),
             "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights, scale),

@@ -160,6 +160,28 @@ def _build_objective(cfg, cache_dir):
     return objective, optimizer, vgg_origin
 
 
+# Style targets are constants of the compiled step; beyond this, VGG-16 runs on the batch's style images.
+MAX_FIXED_STYLE_TARGET_BYTES = 64 << 20
+
+
+def fix_style_targets(objective, batches, enabled: bool) -> bool:
+    """Give `objective` the Gram targets of `batches`' styles when they are fixed crops (no augmentation).
+
+    Returns whether it did. The losses are the same; VGG-16 no longer runs on each batch's copies.
+    """
+    if not enabled or batches.augment:
+        return False
+    objective.fix_style_targets(np.stack(batches.styles))
+    size = sum(table.nbytes for table in objective.style_gram_table.values())
+    if size > MAX_FIXED_STYLE_TARGET_BYTES:
+        objective.style_gram_table = None  # no step has been compiled with it yet
+        log.info("style targets: %d styles' Gram matrices (%.0f MB) are too many to fix; VGG-16 runs on every batch",
+                 len(batches.styles), size / 2**20)
+        return False
+    log.info("style targets: fixed for %d style image(s) (trainer.fixed_style_targets)", len(batches.styles))
+    return True
+
+
 def _build(objective, optimizer, image_size, style_size=None):
     """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
     style_size = style_size or image_size
@@ -228,9 +250,12 @@ def train(cfg: DictConfig) -> dict:
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
                 cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow,
             )
+            fixed_targets = False
             if remaining:
                 batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
                                                    seed=int(cfg.seed))
+                fixed_targets = fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets)
+                mlflow.log_param("fixed_style_targets", fixed_targets)
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
                 workers = data_workers(cfg.trainer.data_workers)
                 log.info("input: %d batch thread(s) (trainer.data_workers=%s), %s batches", workers,
@@ -269,6 +294,7 @@ def train(cfg: DictConfig) -> dict:
                 "heldout": heldout,  # losses on held-out photos x every style, at the final step
                 "train": progress.last_logs or None,  # mean losses of the last logging interval (None: nothing trained)
                 "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
+                "fixed_style_targets": fixed_targets,  # VGG-16 style targets computed once, not per batch
                 "skipped_files": skipped.count(),
                 "skipped_by_reason": skipped.by_reason(),
                 "styles": list(styles),

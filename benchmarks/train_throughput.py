@@ -231,7 +231,6 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop):
     from training.flops import step_flops, training_step_flops_traced
-
     from training.train import fix_style_targets
 
     objective, _ = build_step(cfg)

@@ -236,7 +236,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     objective, _ = build_step(cfg)
     # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
     # Synthetic batches give every example its own style image, as arbitrary-style training does.
-    fixed = input_mode == "pipeline" and fix_style_targets(objective, pipeline_batches(cfg), cfg.trainer.fixed_style_targets)
+    batches = pipeline_batches(cfg) if input_mode == "pipeline" else None
+    fixed = batches is not None and fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets)
     key = f"{model} fixed style targets" if fixed else model
     if key not in cache:  # FLOPs per image depend on the model, the image size and whether style targets are fixed
         flops = step_flops(objective, image_size)
@@ -244,8 +245,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     flops = cache[key]
 
     def feed(n):
-        if input_mode == "pipeline":
-            return pipeline_batches(cfg).training_input(0, n, workers=workers, dtype=cfg.trainer.input_dtype)
+        if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
+            return batches.training_input(0, n, workers=workers, dtype=cfg.trainer.input_dtype)
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype)
 
     start = time.perf_counter()

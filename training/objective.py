@@ -54,6 +54,11 @@ class StylizationObjective(keras.Model):
         # In the compute dtype: the losses apply feature_scale and take float32 where it matters.
         return vgg_features(self.loss_network, images, endpoints)
 
+    def _style_grams(self, style) -> dict:
+        """The style targets: Gram matrices of the style images' features at the style layers."""
+        features = self._features(style, self.style_weights)
+        return {k: losses.gram_matrix(features[k], self.feature_scale) for k in self.style_weights}
+
     def fix_style_targets(self, style_images) -> None:
         """Style targets computed once: the Gram matrices of each fixed style image.
 
@@ -63,13 +68,10 @@ class StylizationObjective(keras.Model):
         work). Batches carrying `style_index` then take their targets from this table; batches
         without it (held-out scoring) still run VGG-16 on their style images.
         """
-        grams = []
-        for image in style_images:  # one at a time: the memory of one VGG-16 pass
-            x = unit_float(ops.convert_to_tensor(image[None]))
-            features = self._features(ops.cast(x, keras.mixed_precision.global_policy().compute_dtype), self.style_weights)
-            grams.append({k: ops.convert_to_numpy(losses.gram_matrix(features[k], self.feature_scale))
-                          for k in self.style_weights})
-        self.style_gram_table = {k: np.concatenate([g[k] for g in grams]) for k in self.style_weights}
+        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        grams = [self._style_grams(ops.cast(unit_float(ops.convert_to_tensor(image[None])), compute_dtype))
+                 for image in style_images]  # one at a time: the memory of one VGG-16 pass
+        self.style_gram_table = {k: np.concatenate([ops.convert_to_numpy(g[k]) for g in grams]) for k in self.style_weights}
         # The table is a constant of the compiled steps: steps compiled before it must be traced again.
         self.train_function = self.test_function = self.predict_function = None
 
@@ -91,8 +93,7 @@ class StylizationObjective(keras.Model):
         stylized_f = self._features(stylized, {**self.content_weights, **self.style_weights})
         scale = self.feature_scale
         if style_grams is None:
-            style_f = self._features(ops.stop_gradient(ops.cast(style, stylized.dtype)), self.style_weights)
-            style_grams = {k: losses.gram_matrix(style_f[k], scale) for k in self.style_weights}
+            style_grams = self._style_grams(ops.stop_gradient(ops.cast(style, stylized.dtype)))
         return {
             "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights, scale),
             "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights, scale),

@@ -26,6 +26,8 @@ CASES = [
     ("train", "trainer.input_dtype=int8", "error: trainer.input_dtype='int8' is not allowed", "float32, uint8"),
     ("train", "trainer.space_to_depth_channels=-1", "error: trainer.space_to_depth_channels=-1 is not allowed", "0: off"),
     ("train", "trainer.data_workers=0", "error: trainer.data_workers=0 is not allowed", "or auto"),
+    ("train", "trainer.fixed_style_targets=maybe", "error: trainer.fixed_style_targets='maybe' is not allowed",
+     "true or false"),
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
     ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
     ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),

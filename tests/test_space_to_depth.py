@@ -21,11 +21,22 @@ def blocks(model) -> set[int]:
 
 @pytest.mark.parametrize("height, width, kernel, cin, cout, block", SHAPES)
 def test_blocked_convolution_and_its_gradients_equal_the_plain_one(height, width, kernel, cin, cout, block):
+    """With a bias and ReLU, which act on the blocked output (the bias repeated per pixel of a block)."""
     rng = np.random.default_rng(kernel * cin + cout)
     x = rng.normal(size=(2, height, width, cin)).astype(np.float32)
     w = rng.normal(size=(kernel, kernel, cin, cout)).astype(np.float32)
-    plain = keras.ops.convert_to_numpy(keras.ops.conv(x, w, padding="valid"))
-    blocked = keras.ops.convert_to_numpy(conv2d_space_to_depth(x, w, block))
+    b = rng.normal(size=(cout,)).astype(np.float32) * 3.0  # large enough that a misplaced bias shows
+    relu = keras.activations.relu
+
+    def plain_conv(a, k):
+        return relu(keras.ops.conv(a, k, padding="valid") + b)
+
+    def blocked_conv(a, k):
+        return conv2d_space_to_depth(a, k, block, b, relu)
+
+    plain = keras.ops.convert_to_numpy(plain_conv(x, w))
+    assert 0.2 < (plain > 0).mean() < 0.8  # the ReLU both passes and stops values
+    blocked = keras.ops.convert_to_numpy(blocked_conv(x, w))
     assert blocked.shape == plain.shape == (2, height - kernel + 1, width - kernel + 1, cout)
     np.testing.assert_allclose(blocked, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
     if keras.backend.backend() != "tensorflow":
@@ -38,8 +49,7 @@ def test_blocked_convolution_and_its_gradients_equal_the_plain_one(height, width
             loss = tf.reduce_sum(tf.sin(conv(xv, wv)))
         return [g.numpy() for g in tape.gradient(loss, [xv, wv])]
 
-    for plain_grad, blocked_grad in zip(gradients(lambda a, b: keras.ops.conv(a, b, padding="valid")),
-                                        gradients(lambda a, b: conv2d_space_to_depth(a, b, block))):
+    for plain_grad, blocked_grad in zip(gradients(plain_conv), gradients(blocked_conv)):
         np.testing.assert_allclose(blocked_grad, plain_grad, rtol=1e-4, atol=1e-4 * np.abs(plain_grad).max())
 
 

@@ -45,14 +45,14 @@ class PixelBlockConv2D(layers.Conv2D):
         super().__init__(*args, **kwargs)
         self.space_to_depth_block = (1, 1)  # (rows, columns)
 
-    def convolution_op(self, inputs, kernel):
+    def call(self, inputs):
         block = self.space_to_depth_block
         if block == (1, 1) or None in inputs.shape[1:3]:
-            return super().convolution_op(inputs, kernel)
+            return super().call(inputs)
         if self.padding == "same":
-            ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+            ph, pw = self.kernel.shape[0] // 2, self.kernel.shape[1] // 2
             inputs = ops.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        return conv2d_space_to_depth(inputs, kernel, block)
+        return conv2d_space_to_depth(inputs, self.kernel, block, self.bias if self.use_bias else None, self.activation)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)

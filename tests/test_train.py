@@ -175,10 +175,12 @@ def test_fixed_style_targets_train_like_targets_from_every_batch(tmp_path):
                                                                             rel=1e-3)
 
 
-def test_fit_reads_style_targets_from_the_fixed_table(tmp_path):
+def test_fit_reads_style_targets_from_the_fixed_table(tmp_path, monkeypatch):
     """The batches `fit` reads carry style_index, and the objective then takes the fixed table's targets:
-    fixed from another image, the style loss is that image's, not the batch's style crops'."""
+    fixed from another image, the style loss is that image's, not the batch's style crops'. A table
+    over the size cap is refused before VGG-16 runs, from its size known in advance."""
     from training import data as data_lib
+    from training import train as train_lib
     from training.train import _build, _build_objective
 
     cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"], tmp_path)
@@ -202,6 +204,16 @@ def test_fit_reads_style_targets_from_the_fixed_table(tmp_path):
     assert abs(from_table - from_batch) > 0.05 * from_batch
     objective.fix_style_targets(np.stack(batches.styles))  # the real targets: the batch's own losses again
     assert style_loss(batches.training_input(0, 1, workers=1)) == pytest.approx(from_batch, rel=1e-5)
+
+    size = sum(table.nbytes for table in objective.style_gram_table.values())
+    assert size == objective.style_gram_table_bytes(len(batches.styles)) == 4 * (64**2 + 128**2 + 256**2 + 512**2)
+    objective.style_gram_table = None
+    monkeypatch.setattr(train_lib, "MAX_FIXED_STYLE_TARGET_BYTES", size - 1)  # one style over the cap
+    assert train_lib.fix_style_targets(objective, batches, enabled=True) is False
+    assert objective.style_gram_table is None
+    monkeypatch.setattr(train_lib, "MAX_FIXED_STYLE_TARGET_BYTES", size)
+    assert train_lib.fix_style_targets(objective, batches, enabled=True) is True
+    assert objective.style_gram_table is not None
 
 
 def test_data_workers_auto_is_one_thread_per_core_up_to_eight(monkeypatch):

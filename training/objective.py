@@ -12,7 +12,7 @@ from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # not exported by keras 3.15
 
 from training import losses
-from training.vgg16 import vgg_features
+from training.vgg16 import ENDPOINTS, vgg_features
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
 
@@ -58,6 +58,12 @@ class StylizationObjective(keras.Model):
         """The style targets: Gram matrices of the style images' features at the style layers."""
         features = self._features(style, self.style_weights)
         return {k: losses.gram_matrix(features[k], self.feature_scale) for k in self.style_weights}
+
+    def style_gram_table_bytes(self, count: int) -> int:
+        """Bytes of `fix_style_targets`' table for `count` style images, known before computing it:
+        a float32 C x C Gram matrix per style layer and image."""
+        channels = [self.loss_network.get_layer(ENDPOINTS[k]).filters for k in self.style_weights]
+        return count * 4 * sum(c * c for c in channels)
 
     def fix_style_targets(self, style_images) -> None:
         """Style targets computed once: the Gram matrices of each fixed style image.

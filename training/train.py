@@ -171,13 +171,12 @@ def fix_style_targets(objective, batches, enabled: bool) -> bool:
     """
     if not enabled or batches.augment:
         return False
-    objective.fix_style_targets(np.stack(batches.styles))
-    size = sum(table.nbytes for table in objective.style_gram_table.values())
-    if size > MAX_FIXED_STYLE_TARGET_BYTES:
-        objective.style_gram_table = None  # no step has been compiled with it yet
+    size = objective.style_gram_table_bytes(len(batches.styles))
+    if size > MAX_FIXED_STYLE_TARGET_BYTES:  # checked first: past it, VGG-16 would run on every style for nothing
         log.info("style targets: %d styles' Gram matrices (%.0f MB) are too many to fix; VGG-16 runs on every batch",
                  len(batches.styles), size / 2**20)
         return False
+    objective.fix_style_targets(np.stack(batches.styles))
     log.info("style targets: fixed for %d style image(s) (trainer.fixed_style_targets)", len(batches.styles))
     return True
 

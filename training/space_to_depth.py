@@ -72,7 +72,7 @@ def conv2d_space_to_depth(inputs, kernel, block, bias=None, activation=None):
     """VALID, stride-1 `activation(ops.conv(inputs, kernel) + bias)` (NHWC) computed on pixel blocks.
 
     `block` is a side or (rows, columns). The bias and activation act on the blocked output, where
-    XLA fuses them into cuDNN's convolution; after the reshape back to pixels they were a pass of
+    XLA can fuse them into cuDNN's convolution; after the reshape back to pixels they were a pass of
     their own over the whole activation (VGG-16's block1_conv1: 0.33 ms per step at batch 64 on an
     H200, docs/benchmarks.md).
     """

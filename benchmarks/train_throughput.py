@@ -18,7 +18,7 @@ The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed 
         --precisions float32 --image-size 64 --steps 2 --warmup 1     # a quick check on a CPU
 
 `step_ms` is the steady step time inside `fit` (from when each execution's losses reach the
-host, after the first fifth of the steps); `fit_step_ms` includes fit's start and end. Each row
+host, after the first fifth of the steps, over `timed_steps` steps); `fit_step_ms` includes fit's start and end. Each row
 also times the same compiled step with the batch already on the device (`device_step_ms`): what
 `fit` takes beyond that is host time the GPU waits for. `--variants` measures configurations
 side by side (Hydra overrides, and loop=training for training's per-execution loss read).
@@ -193,26 +193,30 @@ class StepClock(keras.callbacks.Callback):
 
     With `sync` it waits for them in the training thread after every execution, like training's
     progress callback; otherwise Keras calls it on a side thread (async_safe) and nothing waits.
+    `steps` is the number of steps fit runs: Keras reports a short last execution (steps not a
+    multiple of steps_per_execution) as ending where a full one would, past the last step, which
+    would count steps that never ran.
     """
 
-    def __init__(self, sync: bool):
+    def __init__(self, sync: bool, steps: int):
         super().__init__()
         self.async_safe = not sync
+        self.steps = steps
         self.times: list[tuple[int, float]] = []
 
     def on_train_batch_end(self, batch, logs=None):
         float(logs["loss"])  # a device sync in the training thread when not async
-        self.times.append((batch, time.perf_counter()))
+        self.times.append((min(batch, self.steps - 1), time.perf_counter()))
 
-    def steady_step_ms(self, skip_fraction: float = 0.2) -> float | None:
-        """ms per step between the execution ending after `skip_fraction` of the steps and the last one."""
+    def steady_window(self, skip_fraction: float = 0.2) -> tuple[int, float] | None:
+        """(steps, seconds) between the execution ending after `skip_fraction` of the steps and the last one."""
         times = sorted(self.times)
         if len(times) < 3:
             return None
         first = next(t for t in times if t[0] >= skip_fraction * times[-1][0])
         if first == times[-1]:
             first = times[0]
-        return 1000 * (times[-1][1] - first[1]) / (times[-1][0] - first[0])
+        return times[-1][0] - first[0], times[-1][1] - first[1]
 
 
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
@@ -252,13 +256,14 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
     compile_s = time.perf_counter() - start
-    clock = StepClock(sync=loop == "training")
+    clock = StepClock(sync=loop == "training", steps=steps)
     start = time.perf_counter()
     history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=[clock])
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).
-    step_ms = clock.steady_step_ms() or 1000 * seconds / steps
+    timed_steps, timed_s = clock.steady_window() or (steps, seconds)
+    step_ms = 1000 * timed_s / timed_steps
     images_per_s = 1000 * batch_size / step_ms
     # Host-free step time (one device only: more would need the batch sharded as Keras does).
     device_batch = CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0]
@@ -270,7 +275,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "input_dtype": cfg.trainer.input_dtype,
         "image_size": image_size, "input": input_mode, "loop": loop,
         "steps_per_execution": int(cfg.trainer.steps_per_execution), "steps": steps,
-        "step_ms": step_ms, "fit_step_ms": 1000 * seconds / steps,
+        "step_ms": step_ms, "timed_steps": timed_steps, "fit_step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
         "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,

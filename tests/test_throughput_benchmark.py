@@ -21,7 +21,7 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "--models", "magenta_lite", "--batch-sizes", "2",
-         "--precisions", "float32", "--image-size", "64", "--steps", "2", "--warmup", "1", "--input-dtypes", "uint8",
+         "--precisions", "float32", "--image-size", "64", "--steps", "5", "--warmup", "1", "--input-dtypes", "uint8",
          "--variants", "trainer.space_to_depth_channels=8", "base", "loop=training trainer.steps_per_execution=2",
          "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -34,6 +34,9 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     for row in (base, training):
         assert row["finite_loss"] and row["input_dtype"] == "uint8" and row["images_per_s"] > 0
         assert 0 < row["device_step_ms"] and row["host_wait_fraction"] < 1
+    # The steady window runs from the execution ending at step 1 (after the first fifth) to the last
+    # step, 4, though Keras reports the short last execution (1 step of 2) as ending at step 5.
+    assert [row["timed_steps"] for row in (blocked, base, training)] == [3, 3, 3]
     # Two steps per execution and a loss read after each: the same steps, the same loss.
     assert training["loss"] == pytest.approx(base["loss"], rel=1e-5)
     # Convolutions on pixel blocks: the same training (float summation order aside).

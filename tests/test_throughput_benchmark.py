@@ -93,3 +93,26 @@ def test_an_unknown_loop_in_a_variant_is_a_usage_error_before_any_work(tmp_path)
     assert result.returncode == 2
     assert "--variants 'loop=fast': loop=fast: use one of bare, training" in result.stderr
     assert not out.exists()
+
+
+def test_restating_an_old_record_puts_its_steps_at_or_above_the_device_step(tmp_path):
+    """Session 4's training-loop record, as made before the clock fix (restated fields stripped)."""
+    record = json.loads((REPO / "docs/benchmarks/h200_lite_b64_training_loop.json").read_text())
+    for row in record["results"]:
+        for key in [k for k in row if k.endswith("_restated") or k == "timed_steps"]:
+            del row[key]
+    del record["erratum"]
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    for expected in ("2 rows restated", "0 rows restated"):  # a second pass changes nothing
+        result = subprocess.run([sys.executable, "benchmarks/restate_records.py", str(path)], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and expected in result.stdout, result.stderr[-2000:]
+    rows = json.loads(path.read_text())["results"]
+    eight = [r for r in rows if r["steps_per_execution"] == 8]
+    assert len(eight) == 2 and all(r["step_ms"] < r["device_step_ms"] for r in eight)  # the error's symptom
+    for row in eight:  # 60 steps of 8: the window ran 44 steps and was divided by 48
+        assert row["timed_steps"] == 44 and row["step_ms_restated"] == pytest.approx(row["step_ms"] * 48 / 44)
+        assert row["device_step_ms"] <= row["step_ms_restated"]
+        assert row["images_per_s_restated"] == pytest.approx(64 * 1000 / row["step_ms_restated"])
+    assert all("step_ms_restated" not in r for r in rows if r["steps_per_execution"] == 1)

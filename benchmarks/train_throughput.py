@@ -188,9 +188,6 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
     return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith("loop=")), loop
 
 
-STEADY_SKIP_FRACTION = 0.2  # the steady clock skips the first fifth of the steps (compilation, warm-up)
-
-
 class StepClock(keras.callbacks.Callback):
     """Times when each execution's losses reach the host: the steady step time, without fit's start and end.
 
@@ -211,7 +208,7 @@ class StepClock(keras.callbacks.Callback):
         float(logs["loss"])  # a device sync in the training thread when not async
         self.times.append((min(batch, self.steps - 1), time.perf_counter()))
 
-    def steady_window(self, skip_fraction: float = STEADY_SKIP_FRACTION) -> tuple[int, float] | None:
+    def steady_window(self, skip_fraction: float = 0.2) -> tuple[int, float] | None:
         """(steps, seconds) between the execution ending after `skip_fraction` of the steps and the last one."""
         times = sorted(self.times)
         if len(times) < 3:

@@ -13,6 +13,7 @@ from training.network import (
     ReflectPadConv2D,
     build_transfer_network,
     cin_scopes,
+    fold_groups,
     magenta_scope,
 )
 
@@ -88,6 +89,38 @@ def test_conditional_instance_norm_inference_is_exact_far_from_zero():
     np.testing.assert_allclose(inference, expected, atol=2e-3)
     training = keras.ops.convert_to_numpy(ConditionalInstanceNorm()([x, gamma, beta], training=True))
     assert np.abs(training - expected).max() > 1e-2  # the one-pass form's cancellation, why export avoids it
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5), (3, 5, 7, 4), (2, 16, 16, 600)])
+def test_conditional_instance_norm_training_view_has_inferences_values_and_gradients(shape):
+    # Training normalises a folded view (G pixels side by side, for the GPU's reductions); its values
+    # and gradients must be those of the plain form that inference and export use.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradients are checked with tf.GradientTape")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = tf.Variable(rng.normal(0.5, 2.0, size=shape).astype(np.float32))
+    gamma = tf.Variable(rng.normal(size=(shape[0], 1, 1, shape[3])).astype(np.float32))
+    beta = tf.Variable(rng.normal(size=(shape[0], 1, 1, shape[3])).astype(np.float32))
+    weights = tf.constant(rng.normal(size=shape).astype(np.float32))  # a loss that weighs every output
+
+    def values_and_gradients(training):
+        with tf.GradientTape() as tape:
+            y = ConditionalInstanceNorm()([x, gamma, beta], training=training)
+            loss = tf.reduce_sum(y * weights)
+        return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, gamma, beta])]
+
+    for plain, folded in zip(values_and_gradients(False), values_and_gradients(True)):
+        np.testing.assert_allclose(folded, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+
+
+def test_fold_groups_divides_the_pixels_and_caps_the_channels():
+    assert fold_groups(8 * 6, 5) == 16  # the test above folds: (2, 48, 5) -> (2, 3, 80)
+    assert fold_groups(5 * 7, 4) == 1  # an odd pixel count: no fold
+    assert fold_groups(16 * 16, 600) == 1  # channels alone reach the cap
+    assert fold_groups(64 * 64, 32) == 16  # the lite model's residual blocks at 256x256
+    assert fold_groups(256 * 256, 8) == 64
 
 
 @pytest.mark.parametrize("size", [(64, 64), (64, 96)])

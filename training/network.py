@@ -89,6 +89,18 @@ class ReflectPadConv2D(PixelBlockConv2D):
         return config
 
 
+FOLDED_CHANNELS = 512  # ConditionalInstanceNorm's folded view in training: at most this many channels
+
+
+def fold_groups(pixels: int, channels: int) -> int:
+    """How many pixels to put side by side: the largest power of 2 dividing `pixels` whose view
+    keeps at most FOLDED_CHANNELS channels (1 when channels alone reach it)."""
+    groups = 1
+    while groups * 2 * channels <= FOLDED_CHANNELS and pixels % (groups * 2) == 0:
+        groups *= 2
+    return groups
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class ConditionalInstanceNorm(layers.Layer):
     """Magenta's `conditional_style_norm`: instance norm with per-example gamma and beta.
@@ -104,18 +116,46 @@ class ConditionalInstanceNorm(layers.Layer):
 
     def call(self, inputs, training=None):
         x, gamma, beta = inputs
+        if training:
+            return self._training_norm(x, gamma, beta)
         x32 = ops.cast(x, "float32")
         mean = ops.mean(x32, axis=(1, 2), keepdims=True)
-        if training:
-            # Both moments in one pass over x: one multi-output reduction on a GPU (the lite model
-            # trains 2% faster on an H200). In float32 the cancellation in E[x^2] - E[x]^2 stays far
-            # below bf16 resolution; inference and export keep the two-pass form, which fp16 on phones needs.
-            variance = ops.maximum(ops.mean(ops.square(x32), axis=(1, 2), keepdims=True) - ops.square(mean), 0.0)
-        else:
-            variance = ops.mean(ops.square(x32 - mean), axis=(1, 2), keepdims=True)
+        variance = ops.mean(ops.square(x32 - mean), axis=(1, 2), keepdims=True)
         normalized = (x32 - mean) * ops.rsqrt(variance + self.epsilon)
         out = ops.cast(gamma, "float32") * normalized + ops.cast(beta, "float32")
         return ops.cast(out, self.compute_dtype)
+
+    def _training_norm(self, x, gamma, beta):
+        """The same normalisation, computed on a folded view of x for GPU speed.
+
+        Both moments come from one pass over x: one multi-output reduction on a GPU (the lite model
+        trains 2% faster on an H200). In float32 the cancellation in E[x^2] - E[x]^2 stays far below
+        bf16 resolution; inference and export keep the two-pass form, which fp16 on phones needs.
+
+        The view (B, H*W/G, G*C) puts G neighbouring pixels side by side along the channels. XLA runs a
+        mean over H and W of (B, H, W, C) on a GPU as one block per image: 64 blocks at batch 64, for
+        the moments and for the backward pass's sums (session 10's profile: about 2 ms of the lite
+        model's 28.6 ms step on an H200). Over the folded axis the work is spread over G times as many
+        blocks; the G partial means of each channel are then averaged in a small reduction.
+        """
+        _, height, width, channels = x.shape
+        groups = fold_groups(height * width, channels) if height and width else 1
+        batch = ops.shape(x)[0]
+
+        def per_channel(t):  # (B, H*W/G, G*C) -> (B, 1, G*C): each channel's mean over all H*W, G times
+            partial = ops.mean(t, axis=1, keepdims=True)
+            if groups == 1:
+                return partial
+            return ops.tile(ops.mean(ops.reshape(partial, (batch, groups, channels)), axis=1, keepdims=True), (1, 1, groups))
+
+        x32 = ops.reshape(ops.cast(x, "float32"), (batch, -1, groups * channels))
+        mean = per_channel(x32)
+        variance = ops.maximum(per_channel(ops.square(x32)) - ops.square(mean), 0.0)
+        # gamma and beta (B, 1, 1, C) are per channel: G copies side by side match the view.
+        gamma, beta = (ops.tile(ops.reshape(ops.cast(t, "float32"), (batch, 1, channels)), (1, 1, groups))
+                       for t in (gamma, beta))
+        out = gamma * (x32 - mean) * ops.rsqrt(variance + self.epsilon) + beta
+        return ops.cast(ops.reshape(out, ops.shape(x)), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

@@ -68,23 +68,27 @@ gram = gram_matrix(f, 2.0)
 flat = np.asarray(f, np.float64).reshape(2, 256, 8)
 exact = 4.0 * np.einsum("bnc,bnd->bcd", flat, flat) / 256
 grad = jax.grad(lambda f: jnp.sum(gram_matrix(f) ** 2))(f)
+exact_gram = np.einsum("bnc,bnd->bcd", flat, flat) / 256  # d/dF sum(G^2), G = F^T F / N: F (4 G) / N
+exact_grad = np.einsum("bnc,bcd->bnd", flat, 4.0 * exact_gram) / 256
+grad_error = float(np.abs(np.asarray(grad, np.float64).reshape(2, 256, 8) - exact_grad).max() / np.abs(exact_grad).max())
 # The one-product gradient equals autodiff's, also for a loss that is not symmetric in the Gram.
 f32 = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 5, 4)), jnp.float32)
 weights = jnp.asarray(np.random.default_rng(6).normal(size=(2, 4, 4)), jnp.float32)
 ours = jax.grad(lambda f: jnp.sum(gram_matrix(f) * weights))(f32)
 autodiff = jax.grad(lambda f: jnp.sum(jnp.einsum("bhwc,bhwd->bcd", f, f) / 30 * weights))(f32)
 print(gram.dtype, float(np.abs(np.asarray(gram) - exact).max() / np.abs(exact).max()), grad.dtype,
-      bool(np.isfinite(np.asarray(grad, np.float32)).all()), float(np.abs(ours - autodiff).max() / np.abs(autodiff).max()))
+      grad_error, float(np.abs(ours - autodiff).max() / np.abs(autodiff).max()))
 """
 
 
 def test_bf16_features_make_a_float32_gram_on_jax():
     """bf16 operands, float32 accumulation and result: within float32 rounding of the exact product
-    (a bf16 result would be off by ~1e-3); the one-product gradient is autodiff's."""
+    (a bf16 result would be off by ~1e-3); the bf16 gradient is within bf16 rounding of the exact one
+    and the one-product gradient is autodiff's."""
     result = subprocess.run([sys.executable, "-c", BF16_GRAM], cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    dtype, error, grad_dtype, finite, gradient_error = result.stdout.split()
+    dtype, error, grad_dtype, grad_error, gradient_error = result.stdout.split()
     assert dtype == "float32" and float(error) < 1e-6
-    assert grad_dtype == "bfloat16" and finite == "True"
+    assert grad_dtype == "bfloat16" and float(grad_error) < 1e-2  # bf16 rounding of operands and result
     assert float(gradient_error) < 1e-6

@@ -134,9 +134,10 @@ class ConditionalInstanceNorm(layers.Layer):
 
         The view (B, H*W/G, G*C) puts G neighbouring pixels side by side along the channels. XLA runs a
         mean over H and W of (B, H, W, C) on a GPU as one block per image: 64 blocks at batch 64, for
-        the moments and for the backward pass's sums (session 10's profile: about 2 ms of the lite
-        model's 28.6 ms step on an H200). Over the folded axis the work is spread over G times as many
-        blocks; the G partial means of each channel are then averaged in a small reduction.
+        the moments and for the backward pass's sums (about 2 ms of the lite model's 28.6 ms step at
+        batch 64 on an H200). Over the folded axis the work is spread over G times as many blocks; the G
+        partial means of each channel are then averaged in a small reduction. The lite model trains
+        1.10x faster (docs/benchmarks.md, session 10).
         """
         _, height, width, channels = x.shape
         groups = fold_groups(height * width, channels) if height and width else 1

@@ -170,15 +170,18 @@ def device_step_ms(objective, batch: dict, steps: int) -> float:
     return 1000 * (time.perf_counter() - start) / (calls * objective.steps_per_execution)
 
 
-LOOPS = ("bare", "training")
+LOOPS = ("bare", "training", "synced")
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
-    """'base', or space-separated Hydra overrides plus an optional `loop=bare|training` -> (label, overrides, loop).
+    """'base', or space-separated Hydra overrides plus an optional `loop=bare|training|synced` -> (label, overrides, loop).
 
     loop=bare: `fit` with no callback (Keras reads the losses on a side thread, nothing waits).
-    loop=training: a callback reads the losses after every execution, as training's progress
-    callback does (progress bar, NaN guard, checkpoints): the host waits for the device there.
+    loop=training: a callback reads every execution's losses in the training thread, as training's
+    progress callback does (progress bar, NaN guard, checkpoints), one execution late
+    (training/callbacks.py): the host waits for an execution while the device runs the next.
+    loop=synced: the same callback in Keras' own list, which waits for each execution as soon as it is
+    dispatched, so the device idles while the host catches up (training's loop before session 11).
     """
     tokens = text.split() if text.strip() not in ("", "base") else []
     loops = [t.split("=", 1)[1] for t in tokens if t.startswith("loop=")]
@@ -191,8 +194,8 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
 class StepClock(keras.callbacks.Callback):
     """Times when each execution's losses reach the host: the steady step time, without fit's start and end.
 
-    With `sync` it waits for them in the training thread after every execution, like training's
-    progress callback; otherwise Keras calls it on a side thread (async_safe) and nothing waits.
+    With `sync` Keras calls it in the training thread (training's progress callback's place); otherwise
+    on a side thread (async_safe), and nothing waits.
     `steps` is the number of steps fit runs: Keras reports a short last execution (steps not a
     multiple of steps_per_execution) as ending where a full one would, past the last step, which
     would count steps that never ran.
@@ -217,6 +220,13 @@ class StepClock(keras.callbacks.Callback):
         if first == times[-1]:
             first = times[0]
         return times[-1][0] - first[0], times[-1][1] - first[1]
+
+
+def loop_callbacks(loop: str, clock: StepClock, objective):
+    """fit's `callbacks` for `loop` (parse_variant)."""
+    from training.callbacks import lagged_callbacks
+
+    return lagged_callbacks([clock], objective) if loop == "training" else [clock]
 
 
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
@@ -256,9 +266,9 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
     compile_s = time.perf_counter() - start
-    clock = StepClock(sync=loop == "training", steps=steps)
+    clock = StepClock(sync=loop != "bare", steps=steps)
     start = time.perf_counter()
-    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=[clock])
+    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=loop_callbacks(loop, clock, objective))
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).

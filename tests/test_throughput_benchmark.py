@@ -91,7 +91,7 @@ def test_an_unknown_loop_in_a_variant_is_a_usage_error_before_any_work(tmp_path)
                              "--out", str(out)], cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert "--variants 'loop=fast': loop=fast: use one of bare, training" in result.stderr
+    assert "--variants 'loop=fast': loop=fast: use one of bare, training, synced" in result.stderr
     assert not out.exists()
 
 

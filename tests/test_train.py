@@ -126,7 +126,10 @@ def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
 
 def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     """trainer.steps_per_execution=2: the callback sees every other step, yet logs, checkpoints and
-    losses land on the same steps with the same values as one step per execution."""
+    losses land on the same steps with the same values as one step per execution.
+
+    At one step per execution the callback reads steps 1 and 3 one execution late (LaggedCallbackList)
+    and steps 2 and 4 at once, for their checkpoints: these hold the same weights in both runs."""
     from training.train import train
 
     runs = {}
@@ -145,6 +148,14 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     for a, b in zip(one["history"], two["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
     assert two["heldout"]["loss"] == pytest.approx(one["heldout"]["loss"], rel=1e-4)
+
+    def weights(per_execution, step):
+        with np.load(tmp_path / f"spe{per_execution}" / "outputs" / "train" / "checkpoints" / f"ckpt-{step:08d}.npz") as f:
+            return np.concatenate([f[k].ravel() for k in sorted(f.files) if k.startswith("model/")])
+
+    one_step_change = np.abs(weights(1, 4) - weights(1, 2)).max()  # how far weights move in two steps
+    for step in (2, 4):
+        assert np.abs(weights(2, step) - weights(1, step)).max() < 0.01 * one_step_change, step
 
 
 def test_fixed_style_targets_train_like_targets_from_every_batch(tmp_path):

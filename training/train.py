@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
+from training.callbacks import lagged_callbacks
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
@@ -50,10 +51,22 @@ class TrainingProgress(keras.callbacks.Callback):
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         disable=None if show_bar else True, dynamic_ncols=True)
 
+    def _step_after(self, batch) -> int:
+        # `batch` is an execution's last step (trainer.steps_per_execution may be > 1; Keras numbers a
+        # short last execution as if it were full, hence the min).
+        return min(self.start_step + batch + 1, self.total_steps)
+
+    def needs_current_state(self, batch) -> bool:
+        """Whether execution `batch` must be handled before the next is dispatched (LaggedCallbackList):
+        a checkpoint saves the weights of the step it is named after."""
+        step = self._step_after(batch)
+        return _crossed(self.step, step, self.checkpoint_every) or step == self.total_steps
+
     def on_train_batch_end(self, batch, logs=None):
-        # Called once per execution: `batch` is its last step (trainer.steps_per_execution may be > 1;
-        # Keras numbers a short last execution as if it were full, hence the min).
-        previous, self.step = self.step, min(self.start_step + batch + 1, self.total_steps)
+        # Called once per execution, one execution late unless needs_current_state (LaggedCallbackList).
+        if self.diverged_at is not None:  # training stops one execution after the NaN was read
+            return
+        previous, self.step = self.step, self._step_after(batch)
         # Keras reports running means over the epoch; keep their sums to recover interval means.
         done = self.step - self.start_step  # steps of this fit so far
         sums = {k: float(v) * done for k, v in (logs or {}).items()}
@@ -260,7 +273,8 @@ def train(cfg: DictConfig) -> dict:
                 log.info("input: %d batch thread(s) (trainer.data_workers=%s), %s batches", workers,
                          cfg.trainer.data_workers, cfg.trainer.input_dtype)
                 dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype)
-                objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False, callbacks=[progress])
+                objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
+                              callbacks=lagged_callbacks([progress], objective))
             if progress.diverged_at is not None:
                 last = checkpoints.latest()
                 raise TrainingDivergedError(

@@ -1,0 +1,61 @@
+"""LaggedCallbackList: callbacks see every execution's losses, one execution after fit dispatched it."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training.callbacks import lagged_callbacks
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records when executions are dispatched (begin) and when their losses reach it (end)."""
+
+    def __init__(self, current_state_at=()):
+        super().__init__()
+        self.events: list[tuple] = []
+        self.current_state_at = set(current_state_at)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.events.append(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        assert isinstance(logs["loss"], float)
+        self.events.append(("end", batch, logs["loss"]))
+
+    def needs_current_state(self, batch):
+        return batch in self.current_state_at
+
+
+def fit(callbacks_for):
+    """Six batches in executions of two steps, from the same seed every time; returns (recorder, history)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=2)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)).astype("float32"), rng.normal(size=(12, 1)).astype("float32")
+    recorder, callbacks = callbacks_for(model)
+    history = model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    return recorder, history
+
+
+def order(events):
+    return [e[:2] for e in events]
+
+
+def test_each_execution_is_handed_over_after_the_next_is_dispatched_with_keras_losses():
+    keras_list, _ = fit(lambda model: (r := Recorder(), [r]))
+    lagged, history = fit(lambda model: (r := Recorder(), lagged_callbacks([r], model)))
+    assert order(keras_list.events) == [("begin", 0), ("end", 1), ("begin", 2), ("end", 3), ("begin", 4), ("end", 5)]
+    # The last execution is handed over at the end of the epoch, before History reads the epoch.
+    assert order(lagged.events) == [("begin", 0), ("begin", 2), ("end", 1), ("begin", 4), ("end", 3), ("end", 5)]
+    losses = [e[2] for e in lagged.events if e[0] == "end"]
+    assert losses == pytest.approx([e[2] for e in keras_list.events if e[0] == "end"], rel=1e-6)
+    assert losses[0] != losses[1]  # real, changing losses
+    assert history.history["loss"] == pytest.approx([losses[-1]], rel=1e-6)
+
+
+def test_an_execution_that_needs_the_current_state_is_handed_over_at_once():
+    recorder, _ = fit(lambda model: (r := Recorder(current_state_at={3}), lagged_callbacks([r], model)))
+    assert order(recorder.events) == [("begin", 0), ("begin", 2), ("end", 1), ("end", 3), ("begin", 4), ("end", 5)]

@@ -192,33 +192,44 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
 
 
 class StepClock(keras.callbacks.Callback):
-    """Times when each execution's losses reach the host: the steady step time, without fit's start and end.
+    """Times when executions' losses reach the host: the steady step time, without fit's start and end.
 
     With `sync` Keras calls it in the training thread (training's progress callback's place); otherwise
-    on a side thread (async_safe), and nothing waits.
-    `steps` is the number of steps fit runs: Keras reports a short last execution (steps not a
-    multiple of steps_per_execution) as ending where a full one would, past the last step, which
-    would count steps that never ran.
+    on a side thread (async_safe), and nothing waits. `steps` is the number of steps fit runs: Keras
+    reports a short last execution (steps not a multiple of steps_per_execution) as ending where a full
+    one would, past the last step, which would count steps that never ran.
+
+    The window runs from the first execution ending after `skip_fraction` of the steps to the last one.
+    Under LaggedCallbackList (loop=training) an execution's losses are read one execution late, when
+    they may long be ready: only the window's first execution (read at once: `needs_current_state`) and
+    the last one (read after fit has dispatched every step) are read when the device finishes them.
     """
 
-    def __init__(self, sync: bool, steps: int):
+    def __init__(self, sync: bool, steps: int, skip_fraction: float = 0.2):
         super().__init__()
         self.async_safe = not sync
         self.steps = steps
+        self.window_from = skip_fraction * (steps - 1)
         self.times: list[tuple[int, float]] = []
+
+    def _step(self, batch) -> int:
+        return min(batch, self.steps - 1)
+
+    def needs_current_state(self, batch) -> bool:
+        return self._step(batch) >= self.window_from and not any(s >= self.window_from for s, _ in self.times)
 
     def on_train_batch_end(self, batch, logs=None):
         float(logs["loss"])  # a device sync in the training thread when not async
-        self.times.append((min(batch, self.steps - 1), time.perf_counter()))
+        self.times.append((self._step(batch), time.perf_counter()))
 
-    def steady_window(self, skip_fraction: float = 0.2) -> tuple[int, float] | None:
-        """(steps, seconds) between the execution ending after `skip_fraction` of the steps and the last one."""
+    def steady_window(self) -> tuple[int, float] | None:
+        """(steps, seconds) from the end of the window's first execution to the end of the last one."""
         times = sorted(self.times)
         if len(times) < 3:
             return None
-        first = next(t for t in times if t[0] >= skip_fraction * times[-1][0])
+        first = next(t for t in times if t[0] >= self.window_from)
         if first == times[-1]:
-            first = times[0]
+            return None
         return times[-1][0] - first[0], times[-1][1] - first[1]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -15,10 +17,12 @@ class Recorder(keras.callbacks.Callback):
     def __init__(self, current_state_at=()):
         super().__init__()
         self.events: list[tuple] = []
+        self.dispatched_at: dict[int, float] = {}
         self.current_state_at = set(current_state_at)
 
     def on_train_batch_begin(self, batch, logs=None):
         self.events.append(("begin", batch))
+        self.dispatched_at[batch] = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         assert isinstance(logs["loss"], float)
@@ -59,3 +63,18 @@ def test_each_execution_is_handed_over_after_the_next_is_dispatched_with_keras_l
 def test_an_execution_that_needs_the_current_state_is_handed_over_at_once():
     recorder, _ = fit(lambda model: (r := Recorder(current_state_at={3}), lagged_callbacks([r], model)))
     assert order(recorder.events) == [("begin", 0), ("begin", 2), ("end", 1), ("end", 3), ("begin", 4), ("end", 5)]
+
+
+def test_the_benchmark_clock_times_only_executions_read_when_the_device_finished(monkeypatch):
+    """Under the lagged list (benchmark loop=training) an execution's losses are read after the next was
+    dispatched, possibly long after they were ready: the clock's window must open on one read at once."""
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())  # the module's default must not leak to other tests
+    from benchmarks.train_throughput import StepClock
+
+    clock = StepClock(sync=True, steps=6)
+    recorder, _ = fit(lambda model: (r := Recorder(), lagged_callbacks([r, clock], model)))
+    window_steps, window_s = clock.steady_window()
+    assert window_steps == 4  # from the execution ending at step 1 (past a fifth of 5) to step 5
+    opened_at = dict(clock.times)[1]
+    assert opened_at < recorder.dispatched_at[2]  # read before the next execution was dispatched
+    assert window_s == pytest.approx(dict(clock.times)[5] - opened_at)

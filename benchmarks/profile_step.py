@@ -172,8 +172,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             start = time.perf_counter()
-            clock = throughput.StepClock(sync=loop != "bare", steps=args.steps)
-            objective.fit(feed(args.steps), epochs=1, verbose=0, callbacks=throughput.loop_callbacks(loop, clock, objective))
+            _, callbacks = throughput.timed_callbacks(loop, args.steps, objective)
+            objective.fit(feed(args.steps), epochs=1, verbose=0, callbacks=callbacks)
             wall = time.perf_counter() - start
         report = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size,
                   "input_dtype": args.input_dtype, "variant": label, "image_size": args.image_size, "device": str(jax.devices()[0].device_kind),

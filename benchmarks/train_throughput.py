@@ -216,7 +216,8 @@ class StepClock(keras.callbacks.Callback):
         return min(batch, self.steps - 1)
 
     def needs_current_state(self, batch) -> bool:
-        return self._step(batch) >= self.window_from and not any(s >= self.window_from for s, _ in self.times)
+        # The first execution ending in the window (the lagged list hands them over in order).
+        return self._step(batch) >= self.window_from and (not self.times or self.times[-1][0] < self.window_from)
 
     def on_train_batch_end(self, batch, logs=None):
         float(logs["loss"])  # a device sync in the training thread when not async
@@ -233,11 +234,12 @@ class StepClock(keras.callbacks.Callback):
         return times[-1][0] - first[0], times[-1][1] - first[1]
 
 
-def loop_callbacks(loop: str, clock: StepClock, objective):
-    """fit's `callbacks` for `loop` (parse_variant)."""
+def timed_callbacks(loop: str, steps: int, objective) -> tuple[StepClock, list | keras.callbacks.CallbackList]:
+    """(clock, fit's `callbacks`) for a fit of `steps` steps in `loop` (parse_variant)."""
     from training.callbacks import lagged_callbacks
 
-    return lagged_callbacks([clock], objective) if loop == "training" else [clock]
+    clock = StepClock(sync=loop != "bare", steps=steps)
+    return clock, lagged_callbacks([clock], objective) if loop == "training" else [clock]
 
 
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
@@ -277,9 +279,9 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
     compile_s = time.perf_counter() - start
-    clock = StepClock(sync=loop != "bare", steps=steps)
+    clock, callbacks = timed_callbacks(loop, steps, objective)
     start = time.perf_counter()
-    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=loop_callbacks(loop, clock, objective))
+    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=callbacks)
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).

@@ -56,11 +56,13 @@ class TrainingProgress(keras.callbacks.Callback):
         # short last execution as if it were full, hence the min).
         return min(self.start_step + batch + 1, self.total_steps)
 
+    def _checkpoint_due(self, previous: int, step: int) -> bool:
+        return _crossed(previous, step, self.checkpoint_every) or step == self.total_steps
+
     def needs_current_state(self, batch) -> bool:
         """Whether execution `batch` must be handled before the next is dispatched (LaggedCallbackList):
         a checkpoint saves the weights of the step it is named after."""
-        step = self._step_after(batch)
-        return _crossed(self.step, step, self.checkpoint_every) or step == self.total_steps
+        return self._checkpoint_due(self.step, self._step_after(batch))
 
     def on_train_batch_end(self, batch, logs=None):
         # Called once per execution, one execution late unless needs_current_state (LaggedCallbackList).
@@ -93,7 +95,7 @@ class TrainingProgress(keras.callbacks.Callback):
                          " ".join(f"{k}={v:.4g}" for k, v in interval.items()))
             if self.mlflow is not None:
                 self.mlflow.log_metrics(interval, step=self.step)
-        if _crossed(previous, self.step, self.checkpoint_every) or self.step == self.total_steps:
+        if self._checkpoint_due(previous, self.step):
             try:
                 self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
             except NonFiniteWeightsError as err:  # a finite loss, but the update broke the weights

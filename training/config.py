@@ -55,6 +55,8 @@ def validate_train_config(cfg) -> None:
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.shifted_sum_depthwise in ("none", "strided", "all"), "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,
              "none, strided or all")
+    _require(isinstance(t.relu_gradient_from_output, bool), "trainer.relu_gradient_from_output",
+             t.relu_gradient_from_output, "true or false")
     _require(isinstance(t.fixed_style_targets, bool), "trainer.fixed_style_targets", t.fixed_style_targets, "true or false")
     _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
              f"one of {', '.join(INPUT_DTYPES)}")

@@ -158,7 +158,7 @@ def _build_objective(cfg, cache_dir):
     from training.depthwise import use_shifted_sum_depthwise
     from training.network import build_stylizer, use_space_to_depth
     from training.objective import StylizationObjective
-    from training.vgg16 import build_loss_network
+    from training.vgg16 import build_loss_network, use_relu_gradient_from_output
 
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
@@ -170,6 +170,8 @@ def _build_objective(cfg, cache_dir):
     if cfg.trainer.shifted_sum_depthwise != "none":
         shifted = use_shifted_sum_depthwise(stylizer.get_layer("style_predictor"), which=cfg.trainer.shifted_sum_depthwise)
         log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted) or "none")
+    if cfg.trainer.relu_gradient_from_output:
+        use_relu_gradient_from_output(loss_network)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile

@@ -168,7 +168,12 @@ def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[ke
         origin = "random (loss_network.weights=null)"
         set_seeded_random_weights(model)
     model.trainable = False
-    for layer in conv_layers(model):  # the loss network is never saved: each run builds it
-        layer.activation = relu_gradient_from_output
     return model, origin
+
+
+def use_relu_gradient_from_output(model: keras.Model) -> None:
+    """The loss network's ReLUs mask their gradient by their output (relu_gradient_from_output). Not
+    saved with anything: the loss network is never in checkpoints, each run builds it."""
+    for layer in conv_layers(model):
+        layer.activation = relu_gradient_from_output
 

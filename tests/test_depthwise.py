@@ -58,3 +58,29 @@ def test_shifted_sum_depthwise_selects_strided_or_all_and_finds_nested_ones():
     assert use_shifted_sum_depthwise(model(), which="none") == []
     with pytest.raises(ValueError, match="none, strided, all"):
         use_shifted_sum_depthwise(model(), which="yes")
+
+
+def test_mobilenet_style_predictor_gives_the_same_style_vector_with_shifted_sums():
+    """Where training uses them: MobileNetV2's style predictor on a real painting (random weights, as
+    the benchmark's) gives the same style vector with its strided or all depthwise convs as shifted sums."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from conftest import CACHE_DIR, STYLE_DIR
+    from training.backbones import build_backbone
+    from training.network import build_style_predictor
+
+    painting = Image.open(sorted(STYLE_DIR.glob("*.jpg"))[0]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
+    style = np.asarray(painting, np.float32)[None] / 255.0
+    backbone_cfg = OmegaConf.create({"name": "mobilenet_v2", "weights": None, "trainable": False})
+
+    def style_vector(which):
+        keras.utils.set_random_seed(0)
+        predictor = build_style_predictor(build_backbone(backbone_cfg, CACHE_DIR), "mobilenet_v2")
+        assert len(use_shifted_sum_depthwise(predictor, which=which)) == {"none": 0, "strided": 4, "all": 17}[which]
+        return keras.ops.convert_to_numpy(predictor(style))
+
+    plain = style_vector("none")
+    assert np.abs(plain).max() > 0
+    for which in ("strided", "all"):
+        np.testing.assert_allclose(style_vector(which), plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())

@@ -251,9 +251,10 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     from training.distribute import data_parallel
 
     keras.backend.clear_session()
-    # Free the last configuration's models now: a collection during the next one's timed fit stalled
-    # the host for hundreds of ms (session 12: the second configuration of a process ran 31-32 ms steps
-    # on a 26.9 ms device step, or a 29.3 ms device step under a 27.2 ms fit step).
+    # Free the last configuration's models now, not in a collection during the next one's timed fit.
+    # A guess at why, in session 12, the second configuration of each process was perturbed (31-32 ms
+    # steps on a 26.9 ms device step, or a 29-30 ms device step under a 27.2 ms step). With it, second
+    # configurations were not, but a third was (16 steps per execution; docs/benchmarks.md, session 12).
     gc.collect()
     label, overrides, loop = parse_variant(variant)
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)

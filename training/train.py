@@ -167,9 +167,9 @@ def _build_objective(cfg, cache_dir):
                                  max_channels=int(cfg.trainer.space_to_depth_channels))
     if blocked:
         log.info("convolutions on pixel blocks (trainer.space_to_depth_channels): %s", ", ".join(blocked))
-    if cfg.trainer.shifted_sum_depthwise != "none":
-        shifted = use_shifted_sum_depthwise(stylizer.get_layer("style_predictor"), which=cfg.trainer.shifted_sum_depthwise)
-        log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted) or "none")
+    shifted = use_shifted_sum_depthwise(stylizer.get_layer("style_predictor"), which=cfg.trainer.shifted_sum_depthwise)
+    if shifted:
+        log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted))
     if cfg.trainer.relu_gradient_from_output:
         use_relu_gradient_from_output(loss_network)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)

@@ -177,4 +177,3 @@ def use_relu_gradient_from_output(model: keras.Model) -> None:
     saved with anything: the loss network is never in checkpoints, each run builds it."""
     for layer in conv_layers(model):
         layer.activation = relu_gradient_from_output
-

@@ -131,7 +131,7 @@ def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
 def test_gpu_speed_settings_train_like_plain_layers(tmp_path):
     """The GPU defaults trainer.shifted_sum_depthwise=strided and relu_gradient_from_output=true fine-tune
     Magenta's published model through fit with the plain layers' losses. Its real MobileNetV2 weights:
-    a random one's style vector is ~1e-12, and a transposed depthwise kernel then passed unseen."""
+    with a random one (backbone.weights=null) a transposed depthwise kernel passed unseen."""
     train_alike(tmp_path, {"plain": ["trainer.shifted_sum_depthwise=none", "trainer.relu_gradient_from_output=false"],
                            "fast": ["trainer.shifted_sum_depthwise=strided", "trainer.relu_gradient_from_output=true"]},
                 common=("init=magenta_published",))

@@ -74,9 +74,10 @@ def build_vgg16_features(
 def _opaque(x):
     """x, which the compiler must not rewrite in terms of the operations that made it.
 
-    On JAX, an optimization barrier: XLA simplifies `max(z, 0) > 0` to `z > 0` and moves the ReLU
-    into the mask's fusion, which keeps the pre-activation alive after all (seen in the optimized HLO
-    of the H200 step, session 13). Other backends have no such rewrite to stop."""
+    On JAX, an optimization barrier. Without it, XLA on the GPU computes the ReLU mask from the
+    pre-activation after all (the H200 step's optimized HLO compares the convolution's output with 0),
+    so the pre-activation stays alive and cuDNN cannot take the ReLU. Other backends: x itself (not
+    measured on a GPU)."""
     if keras.backend.backend() == "jax":
         import jax
 
@@ -90,9 +91,9 @@ def relu_gradient_from_output(x):
 
     Autodiff of `ops.relu` keeps the pre-activation for the backward pass, so on the differentiated
     image XLA cannot fuse the ReLU into cuDNN's convolution: it writes the pre-activation, and a pass
-    of its own makes the output (VGG-16's six unfused ReLUs: 0.78 ms of a 26.3 ms step at batch 64 on
-    an H200). Masked by the output, the convolution, bias and ReLU can be one kernel, and the output
-    is what is kept; the mask reads it through `_opaque`, or XLA rewrites it back to the input.
+    of its own makes the output (six such passes, 0.78 ms of a 26.3 ms step at batch 64 on an H200).
+    Masked by the output, read through `_opaque`, the convolution, bias and ReLU are one kernel and the
+    output is what is kept: 1.03x at batch 64 on an H200 (docs/benchmarks.md, session 13).
     """
     y = ops.relu(x)
     kept = _opaque(y)

@@ -294,6 +294,12 @@ def test_training_batches_are_deterministic_and_well_formed(folder_content, all_
         assert not np.array_equal(first[0][key], other[0][key])
     index = first[0]["style_index"]
     assert index.dtype == np.int32 and index.shape == (3,) and 0 <= index.min() and index.max() < len(all_styles)
+    if augment:  # each crop's colour jitter travels with the batch, for the device to apply
+        jitter = first[0]["style_jitter"]
+        assert jitter.dtype == np.float32 and jitter.shape == (3, 3)
+        np.testing.assert_array_equal(jitter, again[0]["style_jitter"])
+    else:
+        assert "style_jitter" not in first[0]
     if not augment:  # fixed styles: exactly the centre crop of the chosen painting
         names = list(all_styles)
         for i, style in zip(index, first[0]["style"]):
@@ -320,10 +326,11 @@ def test_uint8_training_input_is_the_float_batch_rounded(folder_content, all_sty
             np.testing.assert_allclose(as_uint8 / 255.0, np.asarray(floats[key]), atol=0.5 / 255 + 1e-6)
 
 
-def test_uint8_batches_hold_the_float_batches_pixels_exactly(folder_content, all_styles):
-    """Crops are made in uint8 and become floats once: without colour jitter (which rounds) a uint8
-    batch is the float32 batch's pixels exactly, for content and style."""
-    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": False}, 3, seed=0)
+@pytest.mark.parametrize("augment", [False, True])
+def test_uint8_batches_hold_the_float_batches_pixels_exactly(folder_content, all_styles, augment):
+    """Crops are made in uint8 and become floats once; augmented styles' colour jitter waits for the
+    device, so a uint8 batch is the float32 batch's pixels exactly, for content and style."""
+    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": augment}, 3, seed=0)
     floats, quantised = batches.batch(5), batches.batch(5, "uint8")
     for key in ("content", "style"):
         assert quantised[key].dtype == np.uint8 and floats[key].dtype == np.float32
@@ -344,26 +351,22 @@ def test_training_batches_at_full_size(all_styles):
 
 
 def test_style_augmentation_changes_colours_and_keeps_size():
-    image = load_image(STYLE_DIR / "starry_night.jpg")
+    """The host's crops and drawn jitter, applied as the objective applies them on the device."""
+    from keras import ops
+
+    from training.color_jitter import jitter_colours
+
+    image = Image.fromarray((load_image(STYLE_DIR / "starry_night.jpg") * 255).round().astype(np.uint8))
     rng = np.random.default_rng(0)
-    out = [augment_style(image, rng, 64) for _ in range(6)]
-    assert all(o.shape == (64, 64, 3) and o.dtype == np.float32 and 0.0 <= o.min() and o.max() <= 1.0 for o in out)
-    means = np.array([o.mean(axis=(0, 1)) for o in out])
+    crops, jitter = map(np.stack, zip(*(augment_style(image, rng, 64) for _ in range(6))))
+    assert crops.shape == (6, 64, 64, 3) and crops.dtype == np.uint8 and jitter.shape == (6, 3)
+    assert len({c.tobytes() for c in crops}) == 6  # a fresh scale, crop and flip each draw
+    out = ops.convert_to_numpy(jitter_colours(unit_float32(crops), jitter))
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    means = out.mean(axis=(1, 2))
     assert np.ptp(means, axis=0).max() > 0.05  # brightness/saturation/hue jitter differ between draws
     hue_order = {tuple(np.argsort(m)) for m in means}
     assert len(hue_order) > 1  # hue shifts reorder the dominant channels, not just scale them
-
-
-def test_saturation_and_hue_match_tensorflow():
-    """The numpy colour jitter is tf.image.adjust_saturation then adjust_hue, as in Magenta."""
-    import tensorflow as tf
-
-    from training.data import _jitter_saturation_hue
-
-    x = style_crop(load_image(STYLE_DIR / "starry_night.jpg"), 64)
-    for saturation, hue in [(0.5, -0.2), (1.5, 0.2), (1.1, 0.05)]:
-        expected = tf.image.adjust_hue(tf.image.adjust_saturation(x, saturation), hue).numpy()
-        np.testing.assert_allclose(_jitter_saturation_hue(x, saturation, hue), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- TFDS

@@ -89,8 +89,8 @@ def test_uint8_input_trains_like_float32(tmp_path, monkeypatch):
     """Batches sent as uint8 (made [0, 1] floats on the device) give the float32 run's losses.
 
     Crops are made in uint8 either way and become floats once (training/data.py unit_float32), on the
-    host for float32 and on the device for uint8: the same floats, so the losses may be equal to the
-    last bit. What fit was fed is read from the real batches as they are made."""
+    host for float32 and on the device for uint8: the same floats, so the losses agree to rounding.
+    What fit was fed is read from the real batches as they are made."""
     from training import data as data_lib
     from training.train import train
 
@@ -113,8 +113,12 @@ def test_uint8_input_trains_like_float32(tmp_path, monkeypatch):
         fed[dtype] = {str(d) for d in made}
     assert fed == {"float32": {"float32"}, "uint8": {"uint8"}}  # the uint8 batches really were used
     assert [h["step"] for h in runs["uint8"]] == [1, 2]
-    for a, b in zip(runs["float32"], runs["uint8"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+    first, second = zip(runs["float32"], runs["uint8"])
+    # The same floats reach the compiled step either way, but the step then differs (a cast and a
+    # scale before the style's colour jitter), so the compiler may order the float math differently:
+    # rounding at the first step, which one Adam step (about lr * sign(gradient)) amplifies.
+    assert first[1]["loss"] == pytest.approx(first[0]["loss"], rel=1e-6), first
+    assert second[1]["loss"] == pytest.approx(second[0]["loss"], rel=1e-4), second
 
 
 def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...] = ()) -> None:
@@ -253,6 +257,36 @@ def test_fit_reads_style_targets_from_the_fixed_table(tmp_path, monkeypatch):
     monkeypatch.setattr(train_lib, "MAX_FIXED_STYLE_TARGET_BYTES", size)
     assert train_lib.fix_style_targets(objective, batches, enabled=True) is True
     assert objective.style_gram_table is not None
+
+
+def test_fit_applies_each_style_crops_colour_jitter(tmp_path):
+    """Augmented styles (style=all) reach the device as plain crops with their jitter: the losses fit
+    computes are those of the jittered crops, not of the crops as sent."""
+    from keras import ops
+
+    from training import data as data_lib
+    from training.color_jitter import jitter_colours
+    from training.train import _build, _build_objective
+
+    cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "style=all", "loss_network.weights=null",
+                         "data.heldout_count=1", "trainer.input_dtype=uint8"], tmp_path)
+    objective, optimizer, _ = _build_objective(cfg, CACHE_DIR)
+    _build(objective, optimizer, 64)
+    styles, _ = data_lib.load_style_images(cfg.style)
+    batches = data_lib.TrainingBatches(data_lib.load_content(cfg.data), styles, cfg.data, cfg.style, 2, seed=0)
+    batch = batches.batch(0)
+    assert batch["style"].dtype == np.float32 and batch["style_jitter"].shape == (2, 3)
+
+    def losses(content, style):
+        terms = objective.loss_terms(objective.stylizer({"content": content, "style": style}), content, style)
+        return {k: float(v) for k, v in terms.items()}
+
+    fed = objective.evaluate(batches.training_input(0, 1, workers=1, dtype="uint8"), verbose=0, return_dict=True)
+    jittered = losses(batch["content"], ops.convert_to_numpy(jitter_colours(batch["style"], batch["style_jitter"])))
+    as_sent = losses(batch["content"], batch["style"])
+    for name in ("content_loss", "style_loss"):
+        assert fed[name] == pytest.approx(jittered[name], rel=1e-4), name
+    assert abs(fed["style_loss"] - as_sent["style_loss"]) > 0.01 * as_sent["style_loss"]
 
 
 def test_data_workers_auto_is_one_thread_per_core_up_to_eight(monkeypatch):

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageOps
 
+from training import color_jitter
 from training.config import check_style_image_paths
 from training.errors import StylepipeError
 
@@ -262,47 +263,26 @@ def fit_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
 # ---------------------------------------------------------------- style augmentation
 
 
-def _jitter_saturation_hue(x: np.ndarray, saturation: float, hue: float) -> np.ndarray:
-    """tf.image.adjust_saturation then adjust_hue (HSV: s *= saturation, clipped; h += hue), fused.
-
-    Written on contiguous channel planes without a full HSV round trip: ~5x faster than the
-    textbook version, and equal to TF's result within 1e-6.
-    """
-    r, g, b = np.moveaxis(x, -1, 0).astype(np.float32)
-    v = np.maximum(np.maximum(r, g), b)
-    delta = v - np.minimum(np.minimum(r, g), b)
-    inv = np.float32(1 / 6) / np.where(delta > 0, delta, np.float32(1))
-    h = np.where(v == r, (g - b) * inv,
-                 np.where(v == g, (b - r) * inv + np.float32(1 / 3), (r - g) * inv + np.float32(2 / 3)))
-    h6 = (h + np.float32(hue)) * 6
-    chroma = np.minimum(delta * np.float32(saturation), v)  # v * clip(s * saturation, 0, 1)
-    out = np.empty(x.shape, np.float32)
-    for channel, offset in enumerate((5, 3, 1)):  # hsv -> rgb: c = v - chroma * clip(min(k, 4 - k), 0, 1)
-        k = h6 + offset
-        k -= 6 * np.floor(k * np.float32(1 / 6))  # k mod 6, several times faster than np.mod
-        out[..., channel] = v - chroma * np.clip(np.minimum(k, 4 - k), 0, 1)
-    return out
-
-
 def _style_short_side_range(size: int) -> tuple[int, int]:
     lo, hi = STYLE_SCALE_RANGE
     return round(size * lo), round(size * hi)
 
 
-def augment_style(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Magenta's style augmentation: brightness (0.8), saturation [0.5, 1.5], hue (0.2), flips, scale, crop.
+def augment_style(image: np.ndarray | Image.Image, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Magenta's style augmentation: a uint8 crop at a random scale, flipped at random, and its colour jitter.
 
-    Magenta jitters colours before resizing; colour ops are per pixel, so doing them after the crop
-    gives the same distribution at a fraction of the cost (they differ only by resampling of clipped values).
+    Returns the crop and its `color_jitter.draw` parameters; the objective applies the jitter on the
+    device (`training/color_jitter.py`). Magenta jitters colours before resizing; colour ops are per
+    pixel, so doing them after the crop gives the same distribution (they differ only by resampling
+    of clipped values).
     """
     lo, hi = _style_short_side_range(size)
-    x = random_resized_crop(image, int(rng.integers(lo, hi)), size, rng)
+    x = np.asarray(random_resized_crop_image(image, int(rng.integers(lo, hi)), size, rng))
     if rng.random() < 0.5:
         x = x[:, ::-1]
     if rng.random() < 0.5:
         x = x[::-1]
-    x = np.clip(x + np.float32(rng.uniform(-0.8, 0.8)), 0.0, 1.0)
-    return _jitter_saturation_hue(x, rng.uniform(0.5, 1.5), rng.uniform(-0.2, 0.2))
+    return x, color_jitter.draw(rng)
 
 
 # ---------------------------------------------------------------- config access
@@ -701,7 +681,8 @@ def load_style_images(style_cfg, min_side: int = 64,
 
 
 class TrainingBatches:
-    """Endless batches {content, style, style_index}, deterministic for a seed."""
+    """Endless batches {content, style, style_index}, deterministic for a seed; with `style.augment`, also
+    style_jitter, each style crop's colour jitter for the objective to apply (training/color_jitter.py)."""
 
     def __init__(self, content: ContentData, styles: dict[str, np.ndarray], data_cfg, style_cfg,
                  batch_size: int, seed: int):
@@ -716,9 +697,10 @@ class TrainingBatches:
         self.seed = int(seed)
         self.augment = bool(_get(style_cfg, "augment", "style", False))
         if self.augment:
-            # Augmentation never needs more than the largest short side it samples: shrink once.
+            # Augmentation never needs more than the largest short side it samples: shrink once, and keep
+            # PIL images, so a crop converts nothing (as the content cache does).
             largest = _style_short_side_range(self.style_size)[1]
-            self.styles = [shrink_uint8(s, largest) for s in styles.values()]
+            self.styles = [as_pil_uint8(shrink_uint8(s, largest)) for s in styles.values()]
         else:  # uint8 like the content crops: to_uint8 of these [0, 1] crops is exact (they are k / 255)
             self.styles = [to_uint8(style_crop(s, self.style_size)) for s in styles.values()]
 
@@ -732,12 +714,13 @@ class TrainingBatches:
         # floats once, for the whole batch; uint8 batches never pass through floats at all.
         content = np.stack([self.content.sample_uint8(rng) for _ in range(self.batch_size)])
         index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
-        if self.augment:  # colour jitter works in floats
-            style = np.stack([augment_style(self.styles[i], rng, self.style_size) for i in index])
-            style = to_input_dtype(style.astype(np.float32, copy=False), dtype)
+        extra = {}
+        if self.augment:  # uint8 crops here; their colour jitter is applied on the device (training/color_jitter.py)
+            crops, jitter = zip(*(augment_style(self.styles[i], rng, self.style_size) for i in index))
+            style, extra["style_jitter"] = np.stack(crops), np.stack(jitter)
         else:
-            style = from_uint8(np.stack([self.styles[i] for i in index]), dtype)
-        return {"content": from_uint8(content, dtype), "style": style, "style_index": index}
+            style = np.stack([self.styles[i] for i in index])
+        return {"content": from_uint8(content, dtype), "style": from_uint8(style, dtype), "style_index": index, **extra}
 
     def batch(self, index: int, dtype: str = "float32") -> dict[str, np.ndarray]:
         """Batch number `index` of this seed's sequence (random-access sources only), images in `dtype`."""
@@ -767,13 +750,16 @@ class TrainingBatches:
         content = tf.TensorSpec((self.batch_size, self.size, self.size, 3), dtype)
         style = tf.TensorSpec((self.batch_size, self.style_size, self.style_size, 3), dtype)
         spec = {"content": content, "style": style, "style_index": tf.TensorSpec((self.batch_size,), tf.int32)}
+        if self.augment:
+            spec["style_jitter"] = tf.TensorSpec((self.batch_size, 3), tf.float32)
 
         return tf.data.Dataset.from_generator(lambda: self.iterate(start, dtype), output_signature=spec).prefetch(2)
 
     def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32"):
         """What `fit` reads for `steps` steps from batch `start`: {content, style, style_index} batches,
         images in `dtype` (float32 in [0, 1], or uint8 0..255, which the objective turns back into
-        [0, 1] on the device); style_index picks fixed style targets (trainer.fixed_style_targets).
+        [0, 1] on the device); style_index picks fixed style targets (trainer.fixed_style_targets);
+        style_jitter (augmented styles) is the colour jitter the objective applies.
 
         A folder's batches are made by `workers` threads (PIL and NumPy release the GIL) through a
         backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.

@@ -12,6 +12,7 @@ from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # not exported by keras 3.15
 
 from training import losses
+from training.color_jitter import jitter_colours
 from training.vgg16 import ENDPOINTS, vgg_features
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
@@ -83,6 +84,8 @@ class StylizationObjective(keras.Model):
 
     def call(self, inputs, training=False):
         content, style = unit_float(inputs["content"]), unit_float(inputs["style"])
+        if "style_jitter" in inputs:  # Magenta's style colour augmentation, drawn on the host with the crop
+            style = jitter_colours(style, inputs["style_jitter"])
         stylized = self.stylizer({"content": content, "style": style}, training=training)
         style_grams = None
         if self.style_gram_table is not None and "style_index" in inputs:

@@ -11,7 +11,8 @@ FLOPs per image are counted analytically (`training/flops.py`: every convolution
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
 backward) and checked against the traced gradient step. MFU = FLOPs/s over the bf16 dense peak
 (`--peak-tflops`: 989.4, the datasheet figure of the H100 SXM and the H200) and over a bf16 matrix product measured in the same run.
-The input pipeline alone is timed too (`pipeline_images_per_s`): it must exceed the step's rate.
+The input pipeline alone is timed too (`pipeline_images_per_s`; with `--input pipeline`, each row's own,
+with that row's style): it must exceed the step's rate.
 
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --out outputs/benchmarks/train_throughput.json
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --models magenta_lite --batch-sizes 2 \\
@@ -89,15 +90,21 @@ def build_step(cfg):
 
 
 class CycledBatches(keras.utils.PyDataset):
-    """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's)."""
+    """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's).
+
+    As in arbitrary-style training, each example has its own style image and colour jitter (applied
+    on the device, training/color_jitter.py).
+    """
 
     def __init__(self, batch_size: int, image_size: int, steps: int, dtype: str = "float32", distinct: int = 4, seed: int = 0):
         super().__init__()
+        from training import color_jitter
         from training.data import to_input_dtype
 
         rng = np.random.default_rng(seed)
         shape = (batch_size, image_size, image_size, 3)
-        self.batches = [{k: to_input_dtype(rng.random(shape, np.float32), dtype) for k in ("content", "style")}
+        self.batches = [{**{k: to_input_dtype(rng.random(shape, np.float32), dtype) for k in ("content", "style")},
+                         "style_jitter": np.stack([color_jitter.draw(rng) for _ in range(batch_size)])}
                         for _ in range(distinct)]
         self.steps = steps
 
@@ -116,9 +123,9 @@ def pipeline_batches(cfg):
     return data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size, seed=0)
 
 
-def pipeline_rate(cfg, seconds: float = 5.0) -> float:
-    """Images/s of the real input pipeline alone, with cfg's worker threads and input dtype."""
-    batches = pipeline_batches(cfg)
+def pipeline_rate(cfg, seconds: float = 5.0, batches=None) -> float:
+    """Images/s of the real input pipeline alone (cfg's, or `batches`), with cfg's worker threads and input dtype."""
+    batches = batches if batches is not None else pipeline_batches(cfg)
     feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers,  # more than 5 s need
                                   dtype=cfg.trainer.input_dtype)
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
@@ -246,7 +253,7 @@ def timed_callbacks(loop: str, steps: int, objective) -> tuple[StepClock, list |
 
 
 def measure(model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache: dict,
-            input_dtype: str = "float32", variant: str = "base") -> dict:
+            input_dtype: str = "float32", variant: str = "base", time_pipeline: bool = False) -> dict:
     """One configuration; `batch_size` is the global batch (split over `devices`, as in training)."""
     from training.distribute import data_parallel
 
@@ -260,11 +267,12 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
         row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache,
-                       loop)
+                       loop, time_pipeline)
     return {**row, "variant": label}
 
 
-def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop):
+def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop,
+             time_pipeline=False):
     from training.flops import step_flops, training_step_flops_traced
     from training.train import fix_style_targets
 
@@ -296,11 +304,13 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     timed_steps, timed_s = clock.steady_window() or (steps, seconds)
     step_ms = 1000 * timed_s / timed_steps
     images_per_s = 1000 * batch_size / step_ms
-    # Host-free step time (one device only: more would need the batch sharded as Keras does).
-    device_batch = CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0]
-    if fixed:
-        device_batch = {**device_batch, "style_index": np.zeros((batch_size,), np.int32)}
+    # Host-free step time (one device only: more would need the batch sharded as Keras does), on a batch
+    # of what fit was fed: the pipeline's keys (style_index, style_jitter) decide what the step computes.
+    device_batch = (batches.batch(0, cfg.trainer.input_dtype) if batches is not None
+                    else CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0])
     device_ms = device_step_ms(objective, device_batch, steps) if devices == 1 else None
+    # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
+    rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
@@ -310,6 +320,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
         "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
+        "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "finite_loss": bool(np.isfinite(loss)),
     }
 
@@ -358,15 +369,16 @@ def main(argv=None) -> int:
     print(f"device {report['device']}; bf16 matmul {matmul:.0f} TFLOP/s" if matmul else f"device {report['device']}",
           flush=True)
     for model in args.models:
-        if args.pipeline_rate and (args.input == "pipeline" or model == args.models[0]):
+        if args.pipeline_rate and args.input == "synthetic" and model == args.models[0]:
+            # Synthetic steps read no pipeline: time the default one (its style: fixed crops) for reference.
             cfg = compose(model, "float32", max(args.batch_sizes), args.image_size, args.workers)
-            report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers"] = pipeline_rate(cfg)
+            report.setdefault("pipeline_images_per_s", {})[f"{args.workers} workers, style={cfg.style.name}"] = pipeline_rate(cfg)
         for precision in args.precisions:
             for batch_size, input_dtype, variant in itertools.product(args.batch_sizes, args.input_dtypes, args.variants):
                 try:
                     row = measure(model, precision, batch_size * args.devices, args.image_size, args.steps,
                                   args.warmup, args.input, args.workers, args.devices, report["flops"], input_dtype,
-                                  variant)
+                                  variant, time_pipeline=args.pipeline_rate)
                 except Exception as err:  # e.g. out of memory at a large batch: record it and go on
                     row = {"model": model, "precision": precision, "batch_size": batch_size, "input_dtype": input_dtype,
                            "variant": parse_variant(variant)[0], "error": f"{type(err).__name__}: {str(err)[:300]}"}
@@ -401,6 +413,10 @@ def format_table(report: dict) -> str:
                      f"backward {f['backward'] / 1e9:.1f}; traced step {f['traced_total'] / 1e9:.1f})")
     for workers, rate in report.get("pipeline_images_per_s", {}).items():
         lines.append(f"input pipeline alone ({workers}, {report['cpus']} CPUs): {rate:.0f} images/s")
+    for row in report["results"]:
+        if row.get("pipeline_images_per_s"):
+            lines.append(f"input pipeline alone, style={row['style']} ({report['cpus']} CPUs): "
+                         f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed  [{row['variant']}]")
     return "\n".join(lines)
 
 

@@ -266,12 +266,12 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     label, overrides, loop = parse_variant(variant)
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
-        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache,
+        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache,
                        loop, time_pipeline)
     return {**row, "variant": label}
 
 
-def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, workers, devices, cache, loop,
+def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False):
     from training.flops import step_flops, training_step_flops_traced
     from training.train import fix_style_targets
@@ -289,7 +289,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
-            return batches.training_input(0, n, workers=workers, dtype=cfg.trainer.input_dtype)
+            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype)
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype)
 
     start = time.perf_counter()
@@ -321,6 +321,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
+        "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "finite_loss": bool(np.isfinite(loss)),
     }
 
@@ -415,7 +416,7 @@ def format_table(report: dict) -> str:
         lines.append(f"input pipeline alone ({workers}, {report['cpus']} CPUs): {rate:.0f} images/s")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):
-            lines.append(f"input pipeline alone, style={row['style']} ({report['cpus']} CPUs): "
+            lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} workers, {report['cpus']} CPUs): "
                          f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed  [{row['variant']}]")
     return "\n".join(lines)
 

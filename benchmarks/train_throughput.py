@@ -92,20 +92,23 @@ def build_step(cfg):
 class CycledBatches(keras.utils.PyDataset):
     """`steps` batches cycling over a few fixed random ones (host numpy, like the real pipeline's).
 
-    As in arbitrary-style training, each example has its own style image and colour jitter (applied
-    on the device, training/color_jitter.py).
+    As in arbitrary-style training, each example has its own style image; with `jitter` (a style config
+    that augments, such as style=all), its own colour jitter too, applied on the device
+    (training/color_jitter.py).
     """
 
-    def __init__(self, batch_size: int, image_size: int, steps: int, dtype: str = "float32", distinct: int = 4, seed: int = 0):
+    def __init__(self, batch_size: int, image_size: int, steps: int, dtype: str = "float32", distinct: int = 4,
+                 seed: int = 0, jitter: bool = False):
         super().__init__()
         from training import color_jitter
         from training.data import to_input_dtype
 
         rng = np.random.default_rng(seed)
         shape = (batch_size, image_size, image_size, 3)
-        self.batches = [{**{k: to_input_dtype(rng.random(shape, np.float32), dtype) for k in ("content", "style")},
-                         "style_jitter": np.stack([color_jitter.draw(rng) for _ in range(batch_size)])}
+        self.batches = [{k: to_input_dtype(rng.random(shape, np.float32), dtype) for k in ("content", "style")}
                         for _ in range(distinct)]
+        for batch in self.batches if jitter else ():
+            batch["style_jitter"] = np.stack([color_jitter.draw(rng) for _ in range(batch_size)])
         self.steps = steps
 
     def __len__(self):
@@ -290,7 +293,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
             return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype)
-        return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype)
+        return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
     objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
@@ -307,7 +310,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     # Host-free step time (one device only: more would need the batch sharded as Keras does), on a batch
     # of what fit was fed: the pipeline's keys (style_index, style_jitter) decide what the step computes.
     device_batch = (batches.batch(0, cfg.trainer.input_dtype) if batches is not None
-                    else CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype)[0])
+                    else CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype, jitter=cfg.style.augment)[0])
     device_ms = device_step_ms(objective, device_batch, steps) if devices == 1 else None
     # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
     rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
@@ -322,6 +325,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
+        "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }
 

@@ -92,3 +92,25 @@ def test_failed_stage_marks_the_pipeline_run_failed_and_env_var_overrides(tmp_pa
                    env={**env, "STYLEPIPE_PIPELINE_RUN_ID": parent.info.run_id})
     by_name, _ = _runs(tmp_path)
     assert by_name["evaluate-starry-magenta_lite"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+@pytest.mark.parametrize("artifact_dir", [None, "chosen"])
+def test_run_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path, monkeypatch, artifact_dir):
+    from omegaconf import OmegaConf
+
+    from training.tracking import mlflow_run
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns here
+    store = tmp_path / "store"
+    store.mkdir()
+    chosen = None if artifact_dir is None else str(tmp_path / artifact_dir)
+    cfg = OmegaConf.create({"mlflow": {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "experiment": "stylepipe",
+                                       "artifact_dir": chosen}, "paths": {"root_dir": str(tmp_path)}})
+    with mlflow_run(cfg, "train-x") as run:
+        mlflow.log_text("hello", "notes/hello.txt")
+    expected = store / "mlruns" if chosen is None else tmp_path / artifact_dir
+    assert [p.read_text() for p in expected.rglob("hello.txt")] == ["hello"]
+    assert list(elsewhere.iterdir()) == []
+    assert run.info.artifact_uri.startswith(expected.resolve().as_uri())

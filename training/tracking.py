@@ -205,6 +205,21 @@ def pipeline_run_id(cfg: DictConfig, experiment_id: str) -> str | None:
     return run.info.run_id
 
 
+def _create_experiment(client, mlflow_cfg: DictConfig) -> None:
+    """Create the experiment if it is new, with its artifacts in `artifact_dir`, by default mlruns/ beside
+    a local store's database.
+
+    MLflow would put a sqlite store's artifacts in ./mlruns of whatever folder the process runs in, away
+    from the store; an existing experiment keeps the location it was made with. A server (http://...)
+    decides where its artifacts go, so it is left to choose unless artifact_dir is set.
+    """
+    artifact_dir, db = mlflow_cfg.get("artifact_dir"), _sqlite_path(mlflow_cfg.tracking_uri)
+    if artifact_dir is None and db is not None:
+        artifact_dir = db.parent / "mlruns"
+    if artifact_dir is not None and client.get_experiment_by_name(mlflow_cfg.experiment) is None:
+        client.create_experiment(mlflow_cfg.experiment, artifact_location=Path(artifact_dir).resolve().as_uri())
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_run_id: str | None = None):
     """Start an MLflow run on cfg.mlflow's store, logging the flattened config as params.
@@ -214,9 +229,10 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    with _store_setup_lock(cfg.mlflow.tracking_uri):
-        experiment = mlflow.set_experiment(cfg.mlflow.experiment)
     client = mlflow.MlflowClient()
+    with _store_setup_lock(cfg.mlflow.tracking_uri):
+        _create_experiment(client, cfg.mlflow)
+        experiment = mlflow.set_experiment(cfg.mlflow.experiment)
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)
     if pipeline:
         client.update_run(pipeline, status="RUNNING")

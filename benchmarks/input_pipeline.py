@@ -1,11 +1,12 @@
-"""The training input pipeline alone: images/s by worker threads and input dtype.
+"""The training input pipeline alone: images/s by worker count, threads or processes, and input dtype.
 
 The real pipeline `python -m pipelines.train` reads (`TrainingBatches` on the shipped photos:
 decode, random scale and crop, flips, the style's augmentation, batching in `trainer.data_workers`
-threads), read through Keras' PyDataset adapter as `fit` reads it. A GPU step consumes images at
+threads, or processes with `--kinds processes`), read through Keras' PyDataset adapter as `fit` reads it. A GPU step consumes images at
 the rate in docs/benchmarks.md; the pipeline must make them faster on the training machine's CPUs.
 
     python benchmarks/input_pipeline.py --workers 1 2 --dtypes float32 uint8
+    python benchmarks/input_pipeline.py --workers 8 16 --dtypes uint8 --style all --kinds threads processes
 
 Writes JSON and prints a table.
 """
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "uint8"], choices=["float32", "uint8"])
+    parser.add_argument("--kinds", nargs="+", default=["threads"], choices=["threads", "processes"],
+                        help="workers as threads, or as forked processes (trainer.data_worker_processes=true)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--style", default="starry", help="style config (`all` augments its images)")
@@ -41,14 +44,14 @@ def main(argv=None) -> int:
     report = {"command": "python benchmarks/input_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "cpus": os.cpu_count(), "batch_size": args.batch_size, "image_size": args.image_size,
               "style": args.style, "rows": []}
-    print(f"{'workers':>7} {'dtype':>8} {'images/s':>9}   ({os.cpu_count()} CPUs, batch {args.batch_size}, "
+    print(f"{'workers':>7} {'kind':>9} {'dtype':>8} {'images/s':>9}   ({os.cpu_count()} CPUs, batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size}, style={args.style})", flush=True)
-    for workers, dtype in itertools.product(args.workers, args.dtypes):
+    for kind, workers, dtype in itertools.product(args.kinds, args.workers, args.dtypes):
         cfg = throughput.compose("magenta_lite", "float32", args.batch_size, args.image_size, workers, input_dtype=dtype,
-                                 overrides=(f"style={args.style}",))
+                                 overrides=(f"style={args.style}", f"trainer.data_worker_processes={kind == 'processes'}"))
         rate = throughput.pipeline_rate(cfg, args.seconds)
-        report["rows"].append({"workers": workers, "dtype": dtype, "images_per_s": rate})
-        print(f"{workers:>7} {dtype:>8} {rate:>9.1f}", flush=True)
+        report["rows"].append({"workers": workers, "kind": kind, "dtype": dtype, "images_per_s": rate})
+        print(f"{workers:>7} {kind:>9} {dtype:>8} {rate:>9.1f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     return 0

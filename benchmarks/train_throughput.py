@@ -130,7 +130,7 @@ def pipeline_rate(cfg, seconds: float = 5.0, batches=None) -> float:
     """Images/s of the real input pipeline alone (cfg's, or `batches`), with cfg's worker threads and input dtype."""
     batches = batches if batches is not None else pipeline_batches(cfg)
     feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers,  # more than 5 s need
-                                  dtype=cfg.trainer.input_dtype)
+                                  dtype=cfg.trainer.input_dtype, processes=cfg.trainer.data_worker_processes)
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -292,7 +292,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
-            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype)
+            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
+                                          processes=cfg.trainer.data_worker_processes)
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
@@ -325,6 +326,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
+        "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }

@@ -433,3 +433,25 @@ def test_tfds_problems_are_clear_errors(tfds_dir, override, match):
     cfg = data_cfg(None, source="tfds", tfds=tfds_cfg(data_dir=str(tfds_dir), **override))
     with pytest.raises(DataError, match=match):
         load_content(cfg)
+
+
+def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
+    """trainer.data_worker_processes: batches from forked processes, read as fit reads them, are the
+    threads' batches in the same order (batch i is a function of (seed, i))."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
+
+    def read(processes: bool) -> list[dict]:
+        feed = batches.training_input(3, 5, workers=2, dtype="uint8", processes=processes)
+        assert feed.use_multiprocessing is processes
+        return list(PyDatasetAdapter(feed, shuffle=False).get_numpy_iterator())
+
+    threads, processes = read(False), read(True)
+    assert len(threads) == len(processes) == 5
+    for a, b, index in zip(threads, processes, range(3, 8)):
+        assert sorted(a) == sorted(b) == ["content", "style", "style_index", "style_jitter"]
+        expected = batches.batch(index, "uint8")
+        for key in a:
+            np.testing.assert_array_equal(a[key], expected[key])
+            np.testing.assert_array_equal(b[key], expected[key])

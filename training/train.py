@@ -278,9 +278,11 @@ def train(cfg: DictConfig) -> dict:
                 mlflow.log_param("fixed_style_targets", fixed_targets)
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
                 workers = data_workers(cfg.trainer.data_workers)
-                log.info("input: %d batch thread(s) (trainer.data_workers=%s), %s batches", workers,
-                         cfg.trainer.data_workers, cfg.trainer.input_dtype)
-                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype)
+                processes = cfg.trainer.data_worker_processes
+                log.info("input: %d batch %s (trainer.data_workers=%s), %s batches", workers,
+                         "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
+                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
+                                                 processes=processes)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                               callbacks=lagged_callbacks([progress], objective))
             if progress.diverged_at is not None:

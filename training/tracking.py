@@ -229,8 +229,8 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    client = mlflow.MlflowClient()
-    with _store_setup_lock(cfg.mlflow.tracking_uri):
+    with _store_setup_lock(cfg.mlflow.tracking_uri):  # a new store's client migrates its schema
+        client = mlflow.MlflowClient()
         _create_experiment(client, cfg.mlflow)
         experiment = mlflow.set_experiment(cfg.mlflow.experiment)
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)

@@ -129,10 +129,14 @@ def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...
                                  "loss_network.weights=null", "data.heldout_count=1", *common, *overrides],
                                 tmp_path / name))
             for name, overrides in settings.items()]
-    for a, b in zip(runs[0]["history"], runs[1]["history"], strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
-    # After two Adam steps (each weight moves by about lr * sign(gradient)) float summation order
-    # alone moves the held-out loss by a few parts in 1e4.
+    first, *later = zip(runs[0]["history"], runs[1]["history"], strict=True)
+    # The first step's loss is computed from the same weights and batch: equal to rounding. Each Adam
+    # step moves every weight by about lr * sign(gradient), so a rounding-sized gradient difference
+    # near zero becomes a full step: float summation order alone moves later losses by about 1e-4,
+    # and the held-out loss after two steps by a few parts in 1e4.
+    assert first[1]["loss"] == pytest.approx(first[0]["loss"], rel=1e-5), first
+    for a, b in later:
+        assert b["loss"] == pytest.approx(a["loss"], rel=5e-4), (a, b)
     assert runs[1]["heldout"]["loss"] == pytest.approx(runs[0]["heldout"]["loss"], rel=2e-3)
 
 

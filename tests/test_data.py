@@ -435,23 +435,64 @@ def test_tfds_problems_are_clear_errors(tfds_dir, override, match):
         load_content(cfg)
 
 
-def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
-    """trainer.data_worker_processes: batches from forked processes, read as fit reads them, are the
-    threads' batches in the same order (batch i is a function of (seed, i))."""
+def _read_as_fit_does(feed) -> list[dict]:
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
+    adapter = PyDatasetAdapter(feed, shuffle=False)
+    batches = list(adapter.get_numpy_iterator())
+    adapter.on_epoch_end()
+    return batches
+
+
+def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
+    """trainer.data_worker_processes: batches from forked processes through shared memory, read as fit
+    reads them, are the threads' batches in the same order (batch i is a function of (seed, i))."""
+    from training.batch_processes import ProcessBatches
+
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
-
-    def read(processes: bool) -> list[dict]:
-        feed = batches.training_input(3, 5, workers=2, dtype="uint8", processes=processes)
-        assert feed.use_multiprocessing is processes
-        return list(PyDatasetAdapter(feed, shuffle=False).get_numpy_iterator())
-
-    threads, processes = read(False), read(True)
-    assert len(threads) == len(processes) == 5
-    for a, b, index in zip(threads, processes, range(3, 8)):
+    threads = _read_as_fit_does(batches.training_input(3, 7, workers=2, dtype="uint8"))
+    feed = batches.training_input(3, 7, workers=2, dtype="uint8", processes=True)
+    assert isinstance(feed, ProcessBatches) and feed.slots == 4  # 7 batches through 4 slots: each reused
+    processes = _read_as_fit_does(feed)
+    assert feed._pool is None  # stopped once the last batch is read
+    assert len(threads) == len(processes) == 7
+    for a, b, index in zip(threads, processes, range(3, 10)):
         assert sorted(a) == sorted(b) == ["content", "style", "style_index", "style_jitter"]
         expected = batches.batch(index, "uint8")
         for key in a:
             np.testing.assert_array_equal(a[key], expected[key])
             np.testing.assert_array_equal(b[key], expected[key])
+    # Read again (a second fit on the same feed): workers start again, the same batches.
+    again = _read_as_fit_does(feed)
+    np.testing.assert_array_equal(again[6]["style"], processes[6]["style"])
+
+
+def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles):
+    """A DataError in a worker (every photo gone since it was checked) is raised in the training
+    thread as that DataError; a worker that dies is named with its exit code, never a hang."""
+    import os
+    import shutil
+    import signal
+
+    from training.batch_processes import BatchWorkerError
+
+    photos = tmp_path / "photos"
+    shutil.copytree(CONTENT_DIR, photos)
+    cfg = data_cfg(str(photos), heldout_count=1, cache_bytes=0)  # decoded on every draw: deleting them matters
+    batches = TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, 2, seed=0)
+    feed = batches.training_input(0, 12, workers=2, processes=True)
+    assert feed[0]["content"].shape == (2, 64, 64, 3)
+    for worker in feed._pool.processes:  # (one killed alone leaves the other to make every batch)
+        os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(BatchWorkerError, match=r"stylepipe-batches-\d exited with code -9 \(killed, or out of memory"):
+        for i in range(1, 12):
+            feed[i]
+    assert feed._pool is None  # the others were stopped too
+
+    feed = batches.training_input(0, 12, workers=2, processes=True)
+    feed[0]  # starts the workers, which make batches 1-3 while the photos are there
+    shutil.rmtree(photos)
+    with pytest.raises(DataError, match="every training image has become unreadable"):
+        for i in range(1, 12):
+            feed[i]
+    assert feed._pool is None

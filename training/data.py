@@ -762,12 +762,16 @@ class TrainingBatches:
         style_jitter (augmented styles) is the colour jitter the objective applies.
 
         A folder's batches are made by `workers` threads (PIL and NumPy release the GIL), or with
-        `processes` forked worker processes (no GIL between them; batches come back pickled), through a
-        backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
+        `processes` by that many forked processes (training/batch_processes.py: no GIL between them),
+        through a backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
         A stream is read in order by one tf.data generator (its position cannot be sought).
         """
+        if self.random_access and processes:
+            from training.batch_processes import ProcessBatches
+
+            return ProcessBatches(self, start, steps, workers, dtype)
         if self.random_access:
-            return IndexedBatches(self, start, steps, workers, dtype, processes)
+            return IndexedBatches(self, start, steps, workers, dtype)
         return self.as_tf_dataset(start, dtype)
 
 
@@ -785,16 +789,10 @@ def from_uint8(images: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class IndexedBatches(keras.utils.PyDataset):
-    """Batches start .. start + steps - 1 of a TrainingBatches, made in worker threads or processes.
+    """Batches start .. start + steps - 1 of a TrainingBatches, made in worker threads."""
 
-    Processes are forked by Keras (each `fit` starts its pool): they inherit the decoded photos
-    without copying them, and since batch i is a function of (seed, i) they make the same batches.
-    """
-
-    def __init__(self, batches: TrainingBatches, start: int, steps: int, workers: int, dtype: str = "float32",
-                 processes: bool = False):
-        super().__init__(workers=max(1, int(workers)), use_multiprocessing=bool(processes),
-                         max_queue_size=max(4, 2 * int(workers)))
+    def __init__(self, batches: TrainingBatches, start: int, steps: int, workers: int, dtype: str = "float32"):
+        super().__init__(workers=max(1, int(workers)), use_multiprocessing=False, max_queue_size=max(4, 2 * int(workers)))
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
 
     def __len__(self) -> int:

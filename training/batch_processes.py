@@ -1,0 +1,202 @@
+"""Training batches made in worker processes and handed over through shared memory.
+
+Batch threads share one GIL: on a 16-core H200 host 8 threads made 1925 images/s of arbitrary-style
+batches (style=all, batch 64, uint8) and 12 or 16 made fewer, while the GPU step takes 2400
+(docs/benchmarks.md, session 14). Keras' own worker processes (`use_multiprocessing`) pickle each
+25 MB batch through a pipe and made no more (1596-1797). Here the workers are forked: they inherit the
+decoded photos without a copy, write each batch into a slot of one anonymous shared mapping, and
+send back only its number. The training thread copies the batch out of its slot and hands the slot
+back; batch i is a function of (seed, i), so the batches are the threads' batches, in order.
+
+Fork, not spawn: a spawned worker would need the photo cache pickled to it (up to
+`data.cache_bytes` each). The children run NumPy and PIL only, never the accelerator runtime the
+parent has started, which is the use fork remains safe for (PyTorch's DataLoader works the same way).
+A worker that dies (killed, out of memory) is reported by number and exit code instead of hanging
+`fit`; an exception in a worker is raised again in the training thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+import pickle
+import queue
+import traceback
+import weakref
+
+import keras
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# How long the training thread waits on the workers before it checks that they are all alive.
+POLL_S = 1.0
+ALIGN = 64  # each array of a slot starts on a cache line
+
+
+class BatchWorkerError(RuntimeError):
+    """A batch worker process died or failed in a way that cannot be raised again as it was."""
+
+
+def _layout(batch: dict[str, np.ndarray]) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]], int]:
+    """{key: (offset, shape, dtype)} of one batch in a slot, and the slot's size in bytes."""
+    layout, offset = {}, 0
+    for key, value in batch.items():
+        value = np.asarray(value)
+        layout[key] = (offset, value.shape, value.dtype)
+        offset += -(-value.nbytes // ALIGN) * ALIGN
+    return layout, offset
+
+
+def _views(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
+    return {key: np.ndarray(shape, dtype, buffer=buffer, offset=slot * slot_bytes + offset)
+            for key, (offset, shape, dtype) in layout.items()}
+
+
+def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
+    """A worker's loop: make each (batch, slot) asked for into its slot until told to stop (None)."""
+    while (task := tasks.get()) is not None:
+        index, slot = task
+        try:
+            batch = make(index, dtype)
+            for key, view in _views(buffer, layout, slot, slot_bytes).items():
+                view[...] = batch[key]
+            done.put((index, None, None))
+        except Exception as err:  # every failure goes back to the training thread, to be raised there
+            try:
+                pickled = pickle.dumps(err)
+            except Exception:  # noqa: BLE001 - it does not pickle: its text is sent instead
+                pickled = None
+            done.put((index, pickled, "".join(traceback.format_exception(err))))
+
+
+def _raise_again(pickled: bytes | None, text: str, index: int):
+    try:
+        err = pickle.loads(pickled) if pickled is not None else None
+    except Exception:  # noqa: BLE001 - it does not unpickle: its text is raised instead
+        err = None
+    if err is None:
+        raise BatchWorkerError(f"a batch worker process failed on batch {index}:\n{text}")
+    raise err
+
+
+class _Workers:
+    """The processes, the shared slots and the queues; stopped by `close` or when garbage."""
+
+    def __init__(self, make, dtype: str, first: dict[str, np.ndarray], processes: int, slots: int):
+        ctx = multiprocessing.get_context("fork")
+        self.layout, self.slot_bytes = _layout(first)
+        # MAP_SHARED | MAP_ANONYMOUS, inherited by the forked children: no /dev/shm file, whose size
+        # containers often limit, and nothing to unlink.
+        self.buffer = mmap.mmap(-1, slots * self.slot_bytes)
+        self.tasks, self.done = ctx.Queue(), ctx.Queue()
+        self.processes = [ctx.Process(target=_work, name=f"stylepipe-batches-{n}", daemon=True,
+                                      args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done))
+                          for n in range(processes)]
+        for p in self.processes:
+            p.start()
+        self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks, self.buffer)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _stop(processes, tasks, buffer) -> None:
+    for _ in processes:
+        tasks.put(None)
+    for p in processes:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+    tasks.close()
+    try:
+        buffer.close()
+    except BufferError:  # a view of it is still alive somewhere; the mapping goes with the last one
+        pass
+
+
+class ProcessBatches(keras.utils.PyDataset):
+    """Batches start .. start + steps - 1 of a TrainingBatches, made by `processes` forked workers.
+
+    `fit` reads it in its own thread, in order (workers=1 for Keras: the processes already work ahead,
+    `2 * processes` batches at most). The batch `start` is made here first: it fixes the slot layout.
+    """
+
+    def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise BatchWorkerError("trainer.data_worker_processes=true needs the fork start method (Linux); "
+                                   "use threads here (trainer.data_worker_processes=false)")
+        self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
+        self.process_count = max(1, int(processes))
+        self.slots = 2 * self.process_count
+        self._pool: _Workers | None = None
+        self._ready: dict[int, tuple] = {}
+        self._asked: set[int] = set()  # batches handed to the workers and not yet read
+        self._first: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _start(self) -> None:
+        self._first = self.batches.batch(self.start, self.dtype)
+        self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots)
+        self._ready.clear()
+        self._asked.clear()
+        # Batch start + k goes to slot k % slots; batch 0 is already made.
+        for k in range(1, min(self.slots, self.steps)):
+            self._ask(k)
+
+    def _ask(self, k: int) -> None:
+        self._asked.add(k)
+        self._pool.tasks.put((self.start + k, k % self.slots))
+
+    def _wait_for(self, index: int) -> None:
+        workers = self._pool
+        while index not in self._ready:
+            try:
+                done, *failure = workers.done.get(timeout=POLL_S)
+                self._ready[done] = failure
+            except queue.Empty:
+                dead = [p for p in workers.processes if p.exitcode is not None]
+                if dead:
+                    self.close()
+                    raise BatchWorkerError(
+                        f"batch worker process {dead[0].name} exited with code {dead[0].exitcode} "
+                        f"(killed, or out of memory: lower trainer.data_workers or trainer.batch_size, "
+                        f"or set trainer.data_worker_processes=false)") from None
+        pickled, text = self._ready.pop(index)
+        if text is not None:
+            self.close()
+            _raise_again(pickled, text, index)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not 0 <= i < self.steps:
+            raise IndexError(i)
+        if self._pool is None:
+            self._start()
+        if i == 0 and self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if i not in self._asked:  # read again, or far out of order: made here
+            return self.batches.batch(self.start + i, self.dtype)
+        self._wait_for(self.start + i)
+        self._asked.discard(i)
+        w = self._pool
+        batch = {key: view.copy() for key, view in _views(w.buffer, w.layout, i % self.slots, w.slot_bytes).items()}
+        if i + self.slots < self.steps:  # the slot is free again: the batch that comes back to it next
+            self._ask(i + self.slots)
+        elif not self._asked:  # the last one: nothing left for the workers
+            self.close()
+        return batch
+
+    def on_epoch_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (a later read starts them again from the first batch)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

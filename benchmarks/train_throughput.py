@@ -297,11 +297,12 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
-    objective.fit(feed(warmup), epochs=1, verbose=0)  # compiles the step
+    # shuffle=False as training reads: in order (worker processes make batches ahead in order).
+    objective.fit(feed(warmup), epochs=1, verbose=0, shuffle=False)  # compiles the step
     compile_s = time.perf_counter() - start
     clock, callbacks = timed_callbacks(loop, steps, objective)
     start = time.perf_counter()
-    history = objective.fit(feed(steps), epochs=1, verbose=0, callbacks=callbacks)
+    history = objective.fit(feed(steps), epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).

@@ -467,6 +467,19 @@ def test_worker_processes_make_the_batches_threads_make(folder_content, all_styl
     np.testing.assert_array_equal(again[6]["style"], processes[6]["style"])
 
 
+def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplog):
+    """TensorFlow's fit reads batches 0 and 1 for their shapes and starts over; fit(shuffle=True) reads
+    in any order. Each read is still batch i, and a skip ahead says why it is slow."""
+    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
+    for order, warns in (([0, 1, 0, 1, 2, 3, 4, 5, 6, 7], False), ([5, 0, 7, 1, 3, 2, 6, 4], True)):
+        feed = batches.training_input(0, 8, workers=2, dtype="uint8", processes=True)
+        caplog.clear()
+        for i in order:
+            np.testing.assert_array_equal(feed[i]["content"], batches.batch(i, "uint8")["content"])
+        assert ("read out of order" in caplog.text) is warns, order
+        feed.close()
+
+
 def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles):
     """A DataError in a worker (every photo gone since it was checked) is raised in the training
     thread as that DataError; a worker that dies is named with its exit code, never a hang."""

@@ -35,6 +35,15 @@ POLL_S = 1.0
 ALIGN = 64  # each array of a slot starts on a cache line
 
 
+def fork_available() -> bool:
+    """Whether worker processes can be forked here (Linux); elsewhere training makes batches in threads."""
+    available = "fork" in multiprocessing.get_all_start_methods()
+    if not available:
+        log.warning("trainer.data_worker_processes: this platform cannot fork worker processes; "
+                    "making batches in threads instead")
+    return available
+
+
 class BatchWorkerError(RuntimeError):
     """A batch worker process died or failed in a way that cannot be raised again as it was."""
 
@@ -120,38 +129,44 @@ def _stop(processes, tasks, buffer) -> None:
 class ProcessBatches(keras.utils.PyDataset):
     """Batches start .. start + steps - 1 of a TrainingBatches, made by `processes` forked workers.
 
-    `fit` reads it in its own thread, in order (workers=1 for Keras: the processes already work ahead,
-    `2 * processes` batches at most). The batch `start` is made here first: it fixes the slot layout.
+    `fit` reads it in its own thread (workers=1 for Keras: the processes already work ahead, up to
+    `2 * processes` batches past the last one read). The batch `start` is made here first: it fixes
+    the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
+    starts over) or out of order (fit's shuffle) is made here, in the reading thread.
     """
 
     def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
         super().__init__(workers=1, use_multiprocessing=False)
         if "fork" not in multiprocessing.get_all_start_methods():
-            raise BatchWorkerError("trainer.data_worker_processes=true needs the fork start method (Linux); "
+            raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
                                    "use threads here (trainer.data_worker_processes=false)")
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
         self.process_count = max(1, int(processes))
         self.slots = 2 * self.process_count
         self._pool: _Workers | None = None
-        self._ready: dict[int, tuple] = {}
-        self._asked: set[int] = set()  # batches handed to the workers and not yet read
         self._first: dict[str, np.ndarray] | None = None
+        self._warned = False
 
     def __len__(self) -> int:
         return self.steps
 
     def _start(self) -> None:
         self._first = self.batches.batch(self.start, self.dtype)
-        self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots)
-        self._ready.clear()
-        self._asked.clear()
-        # Batch start + k goes to slot k % slots; batch 0 is already made.
-        for k in range(1, min(self.slots, self.steps)):
-            self._ask(k)
+        self._asked: dict[int, int] = {}  # batch (from start) -> its slot, handed to the workers, not yet read
+        self._ready: dict[int, tuple] = {}
+        self._free = list(range(self.slots))
+        self._next, self._last_read = 1, 0  # batch 0 is made
+        if self.steps > 1:
+            self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots)
+            self._ask_ahead(0)
 
-    def _ask(self, k: int) -> None:
-        self._asked.add(k)
-        self._pool.tasks.put((self.start + k, k % self.slots))
+    def _ask_ahead(self, read: int) -> None:
+        """Hand the workers the next batches, while slots are free, up to `slots` past batch `read`."""
+        while self._free and self._next < self.steps and self._next <= read + self.slots:
+            slot = self._free.pop()
+            self._asked[self._next] = slot
+            self._pool.tasks.put((self.start + self._next, slot))
+            self._next += 1
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
@@ -172,31 +187,43 @@ class ProcessBatches(keras.utils.PyDataset):
             self.close()
             _raise_again(pickled, text, index)
 
+    def _take(self, i: int) -> dict[str, np.ndarray]:
+        """Batch i out of its slot (a copy: the slot is handed to the next batch)."""
+        self._wait_for(self.start + i)
+        slot = self._asked.pop(i)
+        w = self._pool
+        batch = {key: view.copy() for key, view in _views(w.buffer, w.layout, slot, w.slot_bytes).items()}
+        self._free.append(slot)
+        return batch
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not 0 <= i < self.steps:
             raise IndexError(i)
-        if self._pool is None:
+        if self._pool is None and self._first is None:
             self._start()
         if i == 0 and self._first is not None:
-            first, self._first = self._first, None
-            return first
-        if i not in self._asked:  # read again, or far out of order: made here
-            return self.batches.batch(self.start + i, self.dtype)
-        self._wait_for(self.start + i)
-        self._asked.discard(i)
-        w = self._pool
-        batch = {key: view.copy() for key, view in _views(w.buffer, w.layout, i % self.slots, w.slot_bytes).items()}
-        if i + self.slots < self.steps:  # the slot is free again: the batch that comes back to it next
-            self._ask(i + self.slots)
-        elif not self._asked:  # the last one: nothing left for the workers
-            self.close()
+            batch, self._first = self._first, None
+        elif self._pool is not None and i in self._asked:
+            batch = self._take(i)
+        else:
+            if i > self._last_read + 1 and not self._warned:
+                self._warned = True
+                log.warning("training batch %d read out of order (fit(shuffle=True)?): such batches are made in "
+                            "the training thread, not ahead by the worker processes; read in order (shuffle=False) "
+                            "to keep the GPU fed", self.start + i)
+            batch = self.batches.batch(self.start + i, self.dtype)
+        self._last_read = i
+        if self._pool is not None:
+            self._ask_ahead(i)
+            if self._next >= self.steps and not self._asked:  # nothing left for the workers
+                self.close()
         return batch
 
     def on_epoch_end(self) -> None:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker processes (a later read starts them again from the first batch)."""
+        """Stop the worker processes (a later read starts them again, from the first batch)."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None

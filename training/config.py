@@ -25,13 +25,21 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 # More batch threads than this contend for the GIL: on a 16-CPU H200 host, 8 threads made more
-# images/s than 12 or 16 (docs/benchmarks.md, session 7).
+# images/s than 12 or 16 (docs/benchmarks.md, sessions 7 and 14).
 MAX_AUTO_DATA_WORKERS = 8
+# Worker processes share no GIL: they scale to the cores, less these for the training thread and the
+# accelerator runtime's own threads (16-CPU H200 host: 8, 12 and 15 processes made 2762, 3812 and 4756
+# arbitrary-style images/s; docs/benchmarks.md, session 14).
+CORES_KEPT_FROM_DATA_PROCESSES = 2
 
 
-def data_workers(value) -> int:
-    """trainer.data_workers as a thread count: `auto` is one per CPU core, at most MAX_AUTO_DATA_WORKERS."""
-    return min(os.cpu_count() or 1, MAX_AUTO_DATA_WORKERS) if value == "auto" else int(value)
+def data_workers(value, processes: bool = False) -> int:
+    """trainer.data_workers as a worker count. `auto`: threads, one per CPU core, at most
+    MAX_AUTO_DATA_WORKERS; processes, one per core but CORES_KEPT_FROM_DATA_PROCESSES."""
+    if value != "auto":
+        return int(value)
+    cores = os.cpu_count() or 1
+    return max(1, cores - CORES_KEPT_FROM_DATA_PROCESSES) if processes else min(cores, MAX_AUTO_DATA_WORKERS)
 
 
 def _is_int(value) -> bool:
@@ -51,7 +59,8 @@ def validate_train_config(cfg) -> None:
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
     _require(t.data_workers == "auto" or (_is_int(t.data_workers) and t.data_workers >= 1), "trainer.data_workers",
-             t.data_workers, "an integer >= 1, or auto (one per CPU core, at most 8)")
+             t.data_workers, "an integer >= 1, or auto (one per CPU core: at most 8 threads, or all cores but 2 "
+             "as processes)")
     _require(isinstance(t.data_worker_processes, bool), "trainer.data_worker_processes", t.data_worker_processes,
              "true or false")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
+from training.batch_processes import fork_available
 from training.callbacks import lagged_callbacks
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
@@ -277,8 +278,8 @@ def train(cfg: DictConfig) -> dict:
                 fixed_targets = fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets)
                 mlflow.log_param("fixed_style_targets", fixed_targets)
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
-                workers = data_workers(cfg.trainer.data_workers)
-                processes = cfg.trainer.data_worker_processes
+                processes = cfg.trainer.data_worker_processes and batches.random_access and fork_available()
+                workers = data_workers(cfg.trainer.data_workers, processes)
                 log.info("input: %d batch %s (trainer.data_workers=%s), %s batches", workers,
                          "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
                 dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,

@@ -423,7 +423,8 @@ def format_table(report: dict) -> str:
         lines.append(f"input pipeline alone ({workers}, {report['cpus']} CPUs): {rate:.0f} images/s")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):
-            lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} workers, {report['cpus']} CPUs): "
+            kind = "processes" if row.get("data_worker_processes") else "threads"
+            lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} {kind}, {report['cpus']} CPUs): "
                          f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed  [{row['variant']}]")
     return "\n".join(lines)
 

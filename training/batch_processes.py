@@ -22,7 +22,6 @@ import mmap
 import multiprocessing
 import pickle
 import queue
-import threading
 import traceback
 import weakref
 
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 # How long the training thread waits on the workers before it checks that they are all alive.
 POLL_S = 1.0
 ALIGN = 64  # each array of a slot starts on a cache line
-READER_THREADS = 2  # Keras' threads reading batches out of the slots, ahead of the training thread
-READ_AHEAD = 4      # batches those threads hold ready (copies) for the training thread
 
 
 def fork_available() -> bool:
@@ -132,18 +129,14 @@ def _stop(processes, tasks, buffer) -> None:
 class ProcessBatches(keras.utils.PyDataset):
     """Batches start .. start + steps - 1 of a TrainingBatches, made by `processes` forked workers.
 
-    The processes work ahead, up to `2 * processes` batches past the last one read. Keras reads it
-    through READER_THREADS threads of its own, which wait for the workers and copy each batch out of its
-    slot: that copy (25 MB for 64 uint8 pairs at 256 px) took 3.5 ms of a 21.7 ms step on an H200 when
-    the training thread made it (docs/benchmarks.md, session 14). One lock orders the readers.
-    The batch `start` is made here first: it fixes the slots' layout. A batch read again (TensorFlow's
-    fit reads the first two for their shapes, then starts over) or out of order (fit's shuffle) is
-    made here, in the reading thread.
+    `fit` reads it in its own thread (workers=1 for Keras: the processes already work ahead, up to
+    `2 * processes` batches past the last one read). The batch `start` is made here first: it fixes
+    the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
+    starts over) or out of order (fit's shuffle) is made here, in the reading thread.
     """
 
     def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
-        super().__init__(workers=READER_THREADS, use_multiprocessing=False, max_queue_size=READ_AHEAD)
-        self._lock = threading.Lock()
+        super().__init__(workers=1, use_multiprocessing=False)
         if "fork" not in multiprocessing.get_all_start_methods():
             raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
                                    "use threads here (trainer.data_worker_processes=false)")
@@ -206,10 +199,6 @@ class ProcessBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not 0 <= i < self.steps:
             raise IndexError(i)
-        with self._lock:
-            return self._read(i)
-
-    def _read(self, i: int) -> dict[str, np.ndarray]:
         if self._pool is None and self._first is None:
             self._start()
         if i == 0 and self._first is not None:
@@ -223,7 +212,7 @@ class ProcessBatches(keras.utils.PyDataset):
                             "the training thread, not ahead by the worker processes; read in order (shuffle=False) "
                             "to keep the GPU fed", self.start + i)
             batch = self.batches.batch(self.start + i, self.dtype)
-        self._last_read = max(self._last_read, i)
+        self._last_read = i
         if self._pool is not None:
             self._ask_ahead(i)
             if self._next >= self.steps and not self._asked:  # nothing left for the workers
@@ -231,8 +220,7 @@ class ProcessBatches(keras.utils.PyDataset):
         return batch
 
     def on_epoch_end(self) -> None:
-        with self._lock:
-            self.close()
+        self.close()
 
     def close(self) -> None:
         """Stop the worker processes (a later read starts them again, from the first batch)."""

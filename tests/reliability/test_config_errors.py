@@ -32,6 +32,7 @@ CASES = [
      "one of none, strided, all"),
     ("train", "trainer.relu_gradient_from_output=maybe",
      "error: trainer.relu_gradient_from_output='maybe' is not allowed", "true or false"),
+    ("train", "trainer.data_worker_processes=2", "error: trainer.data_worker_processes=2 is not allowed", "true or false"),
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
     ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
     ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),

@@ -480,13 +480,15 @@ def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplo
         feed.close()
 
 
-def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles):
+def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, monkeypatch):
     """A DataError in a worker (every photo gone since it was checked) is raised in the training
-    thread as that DataError; a worker that dies is named with its exit code, never a hang."""
+    thread as that DataError; a worker that dies is named with its exit code, and workers that hang
+    end in an error too, never a silent stall."""
     import os
     import shutil
     import signal
 
+    from training import batch_processes
     from training.batch_processes import BatchWorkerError
 
     photos = tmp_path / "photos"
@@ -501,6 +503,19 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles):
         for i in range(1, 12):
             feed[i]
     assert feed._pool is None  # the others were stopped too
+
+    # Workers alive but making nothing (hung): a clear error after STALL_S, and they are killed.
+    monkeypatch.setattr(batch_processes, "STALL_S", 2.0)
+    monkeypatch.setattr(batch_processes, "JOIN_S", 0.5)
+    feed = batches.training_input(0, 12, workers=2, processes=True)
+    feed[0]
+    workers = feed._pool.processes
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGSTOP)
+    with pytest.raises(BatchWorkerError, match=r"no training batch from the 2 batch worker processes in 2 s: they hang"):
+        for i in range(1, 12):
+            feed[i]
+    assert all(worker.exitcode == -signal.SIGKILL for worker in workers)
 
     feed = batches.training_input(0, 12, workers=2, processes=True)
     feed[0]  # starts the workers, which make batches 1-3 while the photos are there

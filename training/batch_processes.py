@@ -22,7 +22,9 @@ import mmap
 import multiprocessing
 import pickle
 import queue
+import time
 import traceback
+import warnings
 import weakref
 
 import keras
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # How long the training thread waits on the workers before it checks that they are all alive.
 POLL_S = 1.0
+# A batch takes a worker well under a second; none for this long means the workers hang (a process
+# forked while another thread held a lock it then needs), which would otherwise stall `fit` silently.
+STALL_S = 120.0
+JOIN_S = 5.0  # how long a stopping worker may take to finish its batch before it is killed
 ALIGN = 64  # each array of a slot starts on a cache line
 
 
@@ -103,8 +109,12 @@ class _Workers:
         self.processes = [ctx.Process(target=_work, name=f"stylepipe-batches-{n}", daemon=True,
                                       args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done))
                           for n in range(processes)]
-        for p in self.processes:
-            p.start()
+        with warnings.catch_warnings():
+            # JAX warns on every fork that it may deadlock; the children never touch JAX, and a hang
+            # is reported by ProcessBatches after STALL_S instead.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            for p in self.processes:
+                p.start()
         self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks, self.buffer)
 
     def close(self) -> None:
@@ -115,10 +125,10 @@ def _stop(processes, tasks, buffer) -> None:
     for _ in processes:
         tasks.put(None)
     for p in processes:
-        p.join(timeout=5)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
+        p.join(timeout=JOIN_S)
+        if p.is_alive():  # busy on a batch nobody will read, or hung
+            p.kill()
+            p.join(timeout=JOIN_S)
     tasks.close()
     try:
         buffer.close()
@@ -170,11 +180,18 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
+        since = time.monotonic()
         while index not in self._ready:
             try:
                 done, *failure = workers.done.get(timeout=POLL_S)
                 self._ready[done] = failure
+                since = time.monotonic()
             except queue.Empty:
+                if time.monotonic() - since > STALL_S:
+                    self.close()
+                    raise BatchWorkerError(
+                        f"no training batch from the {len(workers.processes)} batch worker processes in {STALL_S:.0f} s: "
+                        "they hang; set trainer.data_worker_processes=false to make batches in threads") from None
                 dead = [p for p in workers.processes if p.exitcode is not None]
                 if dead:
                     self.close()

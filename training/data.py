@@ -234,11 +234,6 @@ def random_resized_crop_image(image: np.ndarray | Image.Image, short_side: int, 
     return as_pil_uint8(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
-def random_resized_crop(image: np.ndarray | Image.Image, short_side: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """`random_resized_crop_image` as a float32 [0, 1] array."""
-    return unit_float32(np.asarray(random_resized_crop_image(image, short_side, size, rng)))
-
-
 def unit_float32(images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 [0, 1] (the one conversion: batches made in uint8 give the same floats)."""
     out = images.astype(np.float32)

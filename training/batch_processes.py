@@ -41,9 +41,13 @@ JOIN_S = 5.0  # how long a stopping worker may take to finish its batch before i
 ALIGN = 64  # each array of a slot starts on a cache line
 
 
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 def fork_available() -> bool:
     """Whether worker processes can be forked here (Linux); elsewhere training makes batches in threads."""
-    available = "fork" in multiprocessing.get_all_start_methods()
+    available = _can_fork()
     if not available:
         log.warning("trainer.data_worker_processes: this platform cannot fork worker processes; "
                     "making batches in threads instead")
@@ -147,7 +151,7 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
         super().__init__(workers=1, use_multiprocessing=False)
-        if "fork" not in multiprocessing.get_all_start_methods():
+        if not _can_fork():
             raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
                                    "use threads here (trainer.data_worker_processes=false)")
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype

@@ -2,9 +2,9 @@
 
 The host draws each style crop's three parameters with its crop (`draw`); the objective applies
 them to the batch (`jitter_colours`). Colour jitter is per-pixel arithmetic: in NumPy on the host it
-cost three times the crop itself and held the input pipeline of arbitrary-style training to 613
-images/s on 16 CPUs, a quarter of what one H200 consumes (docs/benchmarks.md, session 14). On the
-device it is one fused elementwise pass.
+took most of a style crop's time, and arbitrary-style training on the real pipeline ran at 613
+images/s, a quarter of what one H200 consumes. Moved here, the pipeline made 2.7-2.9x more on 2 CPUs
+and the step is 0.2% slower (docs/benchmarks.md, session 14).
 """
 
 from __future__ import annotations

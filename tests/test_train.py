@@ -304,3 +304,9 @@ def test_data_workers_auto_is_one_thread_per_core_up_to_eight(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     assert data_workers("auto") == 3
     assert data_workers(12) == 12
+    # Worker processes share no GIL: all cores but 2 (the training thread, the accelerator runtime), at least 1.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert data_workers("auto", processes=True) == 14
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert data_workers("auto", processes=True) == 1
+    assert data_workers(12, processes=True) == 12

@@ -128,9 +128,11 @@ def pipeline_batches(cfg):
 
 def pipeline_rate(cfg, seconds: float = 5.0, batches=None) -> float:
     """Images/s of the real input pipeline alone (cfg's, or `batches`), with cfg's worker threads and input dtype."""
+    from training.train import fit_input
+
     batches = batches if batches is not None else pipeline_batches(cfg)
-    feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers,  # more than 5 s need
-                                  dtype=cfg.trainer.input_dtype, processes=cfg.trainer.data_worker_processes)
+    feed = fit_input(batches, cfg.trainer, 0, 1_000_000, cfg.trainer.data_workers,  # more than 5 s need
+                     cfg.trainer.data_worker_processes)
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -277,7 +279,7 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False):
     from training.flops import step_flops, training_step_flops_traced
-    from training.train import fix_style_targets
+    from training.train import fit_input, fix_style_targets
 
     objective, _ = build_step(cfg)
     # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
@@ -292,8 +294,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
-            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
-                                          processes=cfg.trainer.data_worker_processes)
+            return fit_input(batches, cfg.trainer, 0, n, cfg.trainer.data_workers, cfg.trainer.data_worker_processes)
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
@@ -302,7 +303,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     compile_s = time.perf_counter() - start
     clock, callbacks = timed_callbacks(loop, steps, objective)
     start = time.perf_counter()
-    history = objective.fit(feed(steps), epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    timed_feed = feed(steps)
+    history = objective.fit(timed_feed, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).
@@ -328,6 +330,11 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
+        "data_copy_thread": bool(cfg.trainer.data_copy_thread) if batches is not None else None,
+        "data_worker_nice": int(cfg.trainer.data_worker_nice) if batches is not None else None,
+        # The training thread's time getting each batch from the worker processes (waiting and copying).
+        "input_read_ms": (1000 * timed_feed.read_seconds / timed_feed.pool_reads
+                          if getattr(timed_feed, "pool_reads", 0) else None),
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }
@@ -425,7 +432,9 @@ def format_table(report: dict) -> str:
         if row.get("pipeline_images_per_s"):
             kind = "processes" if row.get("data_worker_processes") else "threads"
             lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} {kind}, {report['cpus']} CPUs): "
-                         f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed  [{row['variant']}]")
+                         f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed"
+                         + (f", {row['input_read_ms']:.2f} ms per batch read" if row.get("input_read_ms") else "")
+                         + f"  [{row['variant']}]")
     return "\n".join(lines)
 
 

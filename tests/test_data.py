@@ -444,17 +444,20 @@ def _read_as_fit_does(feed) -> list[dict]:
     return batches
 
 
-def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
+@pytest.mark.parametrize("copy_thread", [False, True])
+def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles, copy_thread):
     """trainer.data_worker_processes: batches from forked processes through shared memory, read as fit
-    reads them, are the threads' batches in the same order (batch i is a function of (seed, i))."""
+    reads them, are the threads' batches in the same order (batch i is a function of (seed, i)), whether
+    the training thread or a copy thread (trainer.data_copy_thread) copies them out of their slots."""
     from training.batch_processes import ProcessBatches
 
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
     threads = _read_as_fit_does(batches.training_input(3, 7, workers=2, dtype="uint8"))
-    feed = batches.training_input(3, 7, workers=2, dtype="uint8", processes=True)
+    feed = batches.training_input(3, 7, workers=2, dtype="uint8", processes=True, copy_thread=copy_thread)
     assert isinstance(feed, ProcessBatches) and feed.slots == 4  # 7 batches through 4 slots: each reused
     processes = _read_as_fit_does(feed)
-    assert feed._pool is None  # stopped once the last batch is read
+    assert feed._pool is None and feed._copier is None  # stopped once the last batch is read
+    assert feed.pool_reads == 6 and feed.read_seconds > 0  # batch 3 is made in the reading thread, to fix the slots
     assert len(threads) == len(processes) == 7
     for a, b, index in zip(threads, processes, range(3, 10)):
         assert sorted(a) == sorted(b) == ["content", "style", "style_index", "style_jitter"]
@@ -467,20 +470,28 @@ def test_worker_processes_make_the_batches_threads_make(folder_content, all_styl
     np.testing.assert_array_equal(again[6]["style"], processes[6]["style"])
 
 
-def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplog):
+@pytest.mark.parametrize("copy_thread", [False, True])
+def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplog, copy_thread):
     """TensorFlow's fit reads batches 0 and 1 for their shapes and starts over; fit(shuffle=True) reads
-    in any order. Each read is still batch i, and a skip ahead says why it is slow."""
+    in any order. Each read is still batch i, and a skip ahead says why it is slow. The workers run at
+    the niceness asked for (trainer.data_worker_nice)."""
+    import os
+
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
     for order, warns in (([0, 1, 0, 1, 2, 3, 4, 5, 6, 7], False), ([5, 0, 7, 1, 3, 2, 6, 4], True)):
-        feed = batches.training_input(0, 8, workers=2, dtype="uint8", processes=True)
+        feed = batches.training_input(0, 8, workers=2, dtype="uint8", processes=True, copy_thread=copy_thread,
+                                      worker_nice=3)
         caplog.clear()
-        for i in order:
+        for n, i in enumerate(order):
             np.testing.assert_array_equal(feed[i]["content"], batches.batch(i, "uint8")["content"])
+            if n == 0:
+                assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in feed._pool.processes] == [os.nice(0) + 3] * 2
         assert ("read out of order" in caplog.text) is warns, order
         feed.close()
 
 
-def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, monkeypatch):
+@pytest.mark.parametrize("copy_thread", [False, True])
+def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, monkeypatch, copy_thread):
     """A DataError in a worker (every photo gone since it was checked) is raised in the training
     thread as that DataError; a worker that dies is named with its exit code, and workers that hang
     end in an error too, never a silent stall."""
@@ -495,7 +506,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
     shutil.copytree(CONTENT_DIR, photos)
     cfg = data_cfg(str(photos), heldout_count=1, cache_bytes=0)  # decoded on every draw: deleting them matters
     batches = TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, 2, seed=0)
-    feed = batches.training_input(0, 12, workers=2, processes=True)
+    feed = batches.training_input(0, 12, workers=2, processes=True, copy_thread=copy_thread)
     assert feed[0]["content"].shape == (2, 64, 64, 3)
     for worker in feed._pool.processes:  # (one killed alone leaves the other to make every batch)
         os.kill(worker.pid, signal.SIGKILL)
@@ -507,7 +518,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
     # Workers alive but making nothing (hung): a clear error after STALL_S, and they are killed.
     monkeypatch.setattr(batch_processes, "STALL_S", 2.0)
     monkeypatch.setattr(batch_processes, "JOIN_S", 0.5)
-    feed = batches.training_input(0, 12, workers=2, processes=True)
+    feed = batches.training_input(0, 12, workers=2, processes=True, copy_thread=copy_thread)
     feed[0]
     workers = feed._pool.processes
     for worker in workers:
@@ -517,7 +528,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
             feed[i]
     assert all(worker.exitcode == -signal.SIGKILL for worker in workers)
 
-    feed = batches.training_input(0, 12, workers=2, processes=True)
+    feed = batches.training_input(0, 12, workers=2, processes=True, copy_thread=copy_thread)
     feed[0]  # starts the workers, which make batches 1-3 while the photos are there
     shutil.rmtree(photos)
     with pytest.raises(DataError, match="every training image has become unreadable"):

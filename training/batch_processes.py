@@ -17,9 +17,11 @@ A worker that dies (killed, out of memory) is reported by number and exit code i
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import mmap
 import multiprocessing
+import os
 import pickle
 import queue
 import time
@@ -73,8 +75,15 @@ def _views(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
             for key, (offset, shape, dtype) in layout.items()}
 
 
-def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
+def _copy_out(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
+    """A batch as fresh arrays, out of its slot (NumPy copies this large without the GIL)."""
+    return {key: view.copy() for key, view in _views(buffer, layout, slot, slot_bytes).items()}
+
+
+def _work(make, dtype, buffer, layout, slot_bytes, tasks, done, nice: int = 0) -> None:
     """A worker's loop: make each (batch, slot) asked for into its slot until told to stop (None)."""
+    if nice:
+        os.nice(nice)  # below the training process: the accelerator runtime's threads come first
     while (task := tasks.get()) is not None:
         index, slot = task
         try:
@@ -103,7 +112,7 @@ def _raise_again(pickled: bytes | None, text: str, index: int):
 class _Workers:
     """The processes, the shared slots and the queues; stopped by `close` or when garbage."""
 
-    def __init__(self, make, dtype: str, first: dict[str, np.ndarray], processes: int, slots: int):
+    def __init__(self, make, dtype: str, first: dict[str, np.ndarray], processes: int, slots: int, nice: int = 0):
         ctx = multiprocessing.get_context("fork")
         self.layout, self.slot_bytes = _layout(first)
         # MAP_SHARED | MAP_ANONYMOUS, inherited by the forked children: no /dev/shm file, whose size
@@ -111,7 +120,7 @@ class _Workers:
         self.buffer = mmap.mmap(-1, slots * self.slot_bytes)
         self.tasks, self.done = ctx.Queue(), ctx.Queue()
         self.processes = [ctx.Process(target=_work, name=f"stylepipe-batches-{n}", daemon=True,
-                                      args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done))
+                                      args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done, nice))
                           for n in range(processes)]
         with warnings.catch_warnings():
             # JAX warns on every fork that it may deadlock; the children never touch JAX, and a hang
@@ -147,9 +156,16 @@ class ProcessBatches(keras.utils.PyDataset):
     `2 * processes` batches past the last one read). The batch `start` is made here first: it fixes
     the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
     starts over) or out of order (fit's shuffle) is made here, in the reading thread.
+
+    `copy_thread`: the next batch is copied out of its slot by a thread while the training thread hands
+    the current one to the device, instead of by the training thread when it reads it. `nice`: the
+    workers' niceness above the training process (0: the same priority).
+    `read_seconds` / `pool_reads`: the time the training thread spent getting batches from the workers,
+    waiting and copying, and how many it got (the benchmark reports it per step).
     """
 
-    def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
+    def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32",
+                 copy_thread: bool = False, nice: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
         if not _can_fork():
             raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
@@ -157,9 +173,12 @@ class ProcessBatches(keras.utils.PyDataset):
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
         self.process_count = max(1, int(processes))
         self.slots = 2 * self.process_count
+        self.copy_thread, self.nice = bool(copy_thread), int(nice)
         self._pool: _Workers | None = None
+        self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._first: dict[str, np.ndarray] | None = None
         self._warned = False
+        self.read_seconds, self.pool_reads = 0.0, 0
 
     def __len__(self) -> int:
         return self.steps
@@ -167,11 +186,15 @@ class ProcessBatches(keras.utils.PyDataset):
     def _start(self) -> None:
         self._first = self.batches.batch(self.start, self.dtype)
         self._asked: dict[int, int] = {}  # batch (from start) -> its slot, handed to the workers, not yet read
-        self._ready: dict[int, tuple] = {}
+        self._ready: dict[int, tuple] = {}  # batch (absolute) -> (pickled error, text) or (None, None), made
+        self._copies: dict[int, concurrent.futures.Future] = {}  # batch (from start) -> its copy out of the slot
         self._free = list(range(self.slots))
         self._next, self._last_read = 1, 0  # batch 0 is made
         if self.steps > 1:
-            self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots)
+            self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots,
+                                  self.nice)
+            if self.copy_thread:  # started after the fork: the children inherit no thread of it
+                self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stylepipe-batch-copy")
             self._ask_ahead(0)
 
     def _ask_ahead(self, read: int) -> None:
@@ -181,6 +204,15 @@ class ProcessBatches(keras.utils.PyDataset):
             self._asked[self._next] = slot
             self._pool.tasks.put((self.start + self._next, slot))
             self._next += 1
+
+    def _poll(self) -> None:
+        """Note every batch the workers have finished, without waiting."""
+        while True:
+            try:
+                done, *failure = self._pool.done.get_nowait()
+            except queue.Empty:
+                return
+            self._ready[done] = failure
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
@@ -208,13 +240,30 @@ class ProcessBatches(keras.utils.PyDataset):
             self.close()
             _raise_again(pickled, text, index)
 
+    def _copy(self, i: int) -> dict[str, np.ndarray] | concurrent.futures.Future:
+        w = self._pool
+        args = (w.buffer, w.layout, self._asked[i], w.slot_bytes)
+        return self._copier.submit(_copy_out, *args) if self._copier is not None else _copy_out(*args)
+
     def _take(self, i: int) -> dict[str, np.ndarray]:
         """Batch i out of its slot (a copy: the slot is handed to the next batch)."""
-        self._wait_for(self.start + i)
-        slot = self._asked.pop(i)
-        w = self._pool
-        batch = {key: view.copy() for key, view in _views(w.buffer, w.layout, slot, w.slot_bytes).items()}
-        self._free.append(slot)
+        started = time.perf_counter()
+        if i in self._copies:  # being copied by the copy thread since batch i - 1 was read
+            batch = self._copies.pop(i).result()
+        else:
+            self._wait_for(self.start + i)
+            batch = self._copy(i)
+            if self._copier is not None:
+                batch = batch.result()
+        self._free.append(self._asked.pop(i))
+        if self._copier is not None and i + 1 in self._asked:
+            self._poll()
+            ready = self._ready.get(self.start + i + 1)
+            if ready is not None and ready[1] is None:  # made: copy it while this one goes to the device
+                del self._ready[self.start + i + 1]
+                self._copies[i + 1] = self._copy(i + 1)
+        self.read_seconds += time.perf_counter() - started
+        self.pool_reads += 1
         return batch
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
@@ -245,6 +294,10 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def close(self) -> None:
         """Stop the worker processes (a later read starts them again, from the first batch)."""
+        if self._copier is not None:  # its copy reads the shared mapping: done before that is closed
+            self._copier.shutdown(wait=True, cancel_futures=True)
+            self._copier = None
+            self._copies.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

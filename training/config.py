@@ -63,6 +63,9 @@ def validate_train_config(cfg) -> None:
              "as processes)")
     _require(isinstance(t.data_worker_processes, bool), "trainer.data_worker_processes", t.data_worker_processes,
              "true or false")
+    _require(isinstance(t.data_copy_thread, bool), "trainer.data_copy_thread", t.data_copy_thread, "true or false")
+    _require(_is_int(t.data_worker_nice) and 0 <= t.data_worker_nice <= 19, "trainer.data_worker_nice",
+             t.data_worker_nice, "an integer from 0 (the training process' priority) to 19 (the lowest)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.shifted_sum_depthwise in SHIFTED_SUM_DEPTHWISE, "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,

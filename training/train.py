@@ -203,6 +203,12 @@ def fix_style_targets(objective, batches, enabled: bool) -> bool:
     return True
 
 
+def fit_input(batches, trainer: DictConfig, start: int, steps: int, workers: int, processes: bool):
+    """What fit reads for `steps` steps from batch `start`, made as the trainer config says."""
+    return batches.training_input(start, steps, workers=workers, dtype=trainer.input_dtype, processes=processes,
+                                  copy_thread=trainer.data_copy_thread, worker_nice=trainer.data_worker_nice)
+
+
 def _build(objective, optimizer, image_size, style_size=None):
     """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
     style_size = style_size or image_size
@@ -282,8 +288,7 @@ def train(cfg: DictConfig) -> dict:
                 workers = data_workers(cfg.trainer.data_workers, processes)
                 log.info("input: %d batch %s (trainer.data_workers=%s), %s batches", workers,
                          "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
-                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
-                                                 processes=processes)
+                dataset = fit_input(batches, cfg.trainer, start_step, remaining, workers, processes)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                               callbacks=lagged_callbacks([progress], objective))
             if progress.diverged_at is not None:

@@ -279,6 +279,7 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False):
     from training.flops import step_flops, training_step_flops_traced
+    from training.config import data_handover
     from training.train import fit_input, fix_style_targets
 
     objective, _ = build_step(cfg)
@@ -330,10 +331,12 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
-        "data_copy_thread": bool(cfg.trainer.data_copy_thread) if batches is not None else None,
+        "data_handover": data_handover(cfg.trainer.data_handover) if batches is not None else None,
         "data_worker_nice": int(cfg.trainer.data_worker_nice) if batches is not None else None,
-        # The training thread's time getting each batch from the worker processes (waiting and copying).
+        # The training thread's time getting each batch from the worker processes, and of it waiting for one.
         "input_read_ms": (1000 * timed_feed.read_seconds / timed_feed.pool_reads
+                          if getattr(timed_feed, "pool_reads", 0) else None),
+        "input_wait_ms": (1000 * timed_feed.wait_seconds / timed_feed.pool_reads
                           if getattr(timed_feed, "pool_reads", 0) else None),
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
@@ -433,7 +436,8 @@ def format_table(report: dict) -> str:
             kind = "processes" if row.get("data_worker_processes") else "threads"
             lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} {kind}, {report['cpus']} CPUs): "
                          f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed"
-                         + (f", {row['input_read_ms']:.2f} ms per batch read" if row.get("input_read_ms") else "")
+                         + (f", {row['input_read_ms']:.2f} ms per batch read ({row['input_wait_ms']:.2f} waiting)"
+                            if row.get("input_read_ms") else "")
                          + f"  [{row['variant']}]")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ A worker that dies (killed, out of memory) is reported by number and exit code i
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import mmap
@@ -32,6 +33,8 @@ import weakref
 import keras
 import numpy as np
 
+from training.config import DATA_HANDOVERS
+
 log = logging.getLogger(__name__)
 
 # How long the training thread waits on the workers before it checks that they are all alive.
@@ -41,6 +44,9 @@ POLL_S = 1.0
 STALL_S = 120.0
 JOIN_S = 5.0  # how long a stopping worker may take to finish its batch before it is killed
 ALIGN = 64  # each array of a slot starts on a cache line
+# A lent slot goes back to the workers when this many later batches have been read: the reader
+# (`lend_safe`) is done with a batch when it reads the next; one more read is a margin.
+LENT_READS = 2
 
 
 def _can_fork() -> bool:
@@ -54,6 +60,17 @@ def fork_available() -> bool:
         log.warning("trainer.data_worker_processes: this platform cannot fork worker processes; "
                     "making batches in threads instead")
     return available
+
+
+def lend_safe() -> bool:
+    """Whether fit is done with a batch by the time it reads the next, so slots can be lent: Keras on JAX
+    with an accelerator copies each batch to the device as it reads it (one batch ahead); on a CPU, JAX
+    may use the host array in place while later steps run, and TensorFlow's tf.data reads ahead."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 class BatchWorkerError(RuntimeError):
@@ -128,13 +145,16 @@ class _Workers:
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             for p in self.processes:
                 p.start()
-        self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks, self.buffer)
+        self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks)
 
     def close(self) -> None:
         self._finalizer()
 
 
-def _stop(processes, tasks, buffer) -> None:
+def _stop(processes, tasks) -> None:
+    # The shared mapping is not closed here: NumPy views keep the mmap object itself as their base, not
+    # a buffer export that would refuse `close`, so closing it would leave a lent batch pointing at
+    # unmapped memory. It is unmapped when the last reference, this pool's or a view's, goes.
     for _ in processes:
         tasks.put(None)
     for p in processes:
@@ -143,10 +163,6 @@ def _stop(processes, tasks, buffer) -> None:
             p.kill()
             p.join(timeout=JOIN_S)
     tasks.close()
-    try:
-        buffer.close()
-    except BufferError:  # a view of it is still alive somewhere; the mapping goes with the last one
-        pass
 
 
 class ProcessBatches(keras.utils.PyDataset):
@@ -157,15 +173,20 @@ class ProcessBatches(keras.utils.PyDataset):
     the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
     starts over) or out of order (fit's shuffle) is made here, in the reading thread.
 
-    `copy_thread`: the next batch is copied out of its slot by a thread while the training thread hands
-    the current one to the device, instead of by the training thread when it reads it. `nice`: the
-    workers' niceness above the training process (0: the same priority).
-    `read_seconds` / `pool_reads`: the time the training thread spent getting batches from the workers,
-    waiting and copying, and how many it got (the benchmark reports it per step).
+    `handover`, how a batch leaves its slot (DATA_HANDOVERS):
+    - copy: the training thread copies it out when it reads it;
+    - copy_thread: a thread copies the next batch while the training thread hands the current one to
+      the device;
+    - lend: no copy: the batch read is a view of its slot, which is handed to the workers again
+      LENT_READS reads later. Only for a reader that is done with a batch when it reads the next one:
+      JAX's fit on an accelerator copies each batch to the device as it reads it (`lend_safe`).
+    `nice`: the workers' niceness above the training process (0: the same priority).
+    `read_seconds` / `wait_seconds` / `pool_reads`: the time the training thread spent getting batches
+    from the workers, of which waiting for a worker to finish one, and how many it got.
     """
 
     def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32",
-                 copy_thread: bool = False, nice: int = 0):
+                 handover: str = "copy", nice: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
         if not _can_fork():
             raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
@@ -173,12 +194,14 @@ class ProcessBatches(keras.utils.PyDataset):
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
         self.process_count = max(1, int(processes))
         self.slots = 2 * self.process_count
-        self.copy_thread, self.nice = bool(copy_thread), int(nice)
+        if handover not in DATA_HANDOVERS:
+            raise ValueError(f"handover={handover!r}: use one of {', '.join(DATA_HANDOVERS)}")
+        self.handover, self.nice = handover, int(nice)
         self._pool: _Workers | None = None
         self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._first: dict[str, np.ndarray] | None = None
         self._warned = False
-        self.read_seconds, self.pool_reads = 0.0, 0
+        self.read_seconds, self.wait_seconds, self.pool_reads = 0.0, 0.0, 0
 
     def __len__(self) -> int:
         return self.steps
@@ -189,11 +212,12 @@ class ProcessBatches(keras.utils.PyDataset):
         self._ready: dict[int, tuple] = {}  # batch (absolute) -> (pickled error, text) or (None, None), made
         self._copies: dict[int, concurrent.futures.Future] = {}  # batch (from start) -> its copy out of the slot
         self._free = list(range(self.slots))
+        self._lent: collections.deque[int] = collections.deque()  # slots of the last batches lent, oldest first
         self._next, self._last_read = 1, 0  # batch 0 is made
         if self.steps > 1:
             self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots,
                                   self.nice)
-            if self.copy_thread:  # started after the fork: the children inherit no thread of it
+            if self.handover == "copy_thread":  # started after the fork: the children inherit no thread of it
                 self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stylepipe-batch-copy")
             self._ask_ahead(0)
 
@@ -216,7 +240,7 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
-        since = time.monotonic()
+        since, started = time.monotonic(), time.perf_counter()
         while index not in self._ready:
             try:
                 done, *failure = workers.done.get(timeout=POLL_S)
@@ -235,6 +259,7 @@ class ProcessBatches(keras.utils.PyDataset):
                         f"batch worker process {dead[0].name} exited with code {dead[0].exitcode} "
                         f"(killed, or out of memory: lower trainer.data_workers or trainer.batch_size, "
                         f"or set trainer.data_worker_processes=false)") from None
+        self.wait_seconds += time.perf_counter() - started
         pickled, text = self._ready.pop(index)
         if text is not None:
             self.close()
@@ -252,10 +277,18 @@ class ProcessBatches(keras.utils.PyDataset):
             batch = self._copies.pop(i).result()
         else:
             self._wait_for(self.start + i)
-            batch = self._copy(i)
-            if self._copier is not None:
-                batch = batch.result()
-        self._free.append(self._asked.pop(i))
+            if self.handover == "lend":
+                w = self._pool
+                batch = _views(w.buffer, w.layout, self._asked[i], w.slot_bytes)
+            else:
+                batch = self._copy(i)
+                if self._copier is not None:
+                    batch = batch.result()
+        slot = self._asked.pop(i)
+        if self.handover == "lend":
+            self._lent.append(slot)
+        else:
+            self._free.append(slot)
         if self._copier is not None and i + 1 in self._asked:
             self._poll()
             ready = self._ready.get(self.start + i + 1)
@@ -271,6 +304,8 @@ class ProcessBatches(keras.utils.PyDataset):
             raise IndexError(i)
         if self._pool is None and self._first is None:
             self._start()
+        while len(self._lent) >= LENT_READS:  # the reader is done with them: back to the workers
+            self._free.append(self._lent.popleft())
         if i == 0 and self._first is not None:
             batch, self._first = self._first, None
         elif self._pool is not None and i in self._asked:

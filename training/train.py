@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.batch_processes import fork_available
 from training.callbacks import lagged_callbacks
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import data_workers, validate_train_config
+from training.config import data_handover, data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
@@ -206,7 +206,7 @@ def fix_style_targets(objective, batches, enabled: bool) -> bool:
 def fit_input(batches, trainer: DictConfig, start: int, steps: int, workers: int, processes: bool):
     """What fit reads for `steps` steps from batch `start`, made as the trainer config says."""
     return batches.training_input(start, steps, workers=workers, dtype=trainer.input_dtype, processes=processes,
-                                  copy_thread=trainer.data_copy_thread, worker_nice=trainer.data_worker_nice)
+                                  handover=data_handover(trainer.data_handover), worker_nice=trainer.data_worker_nice)
 
 
 def _build(objective, optimizer, image_size, style_size=None):

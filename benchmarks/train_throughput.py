@@ -226,6 +226,7 @@ class StepClock(keras.callbacks.Callback):
         self.steps = steps
         self.window_from = skip_fraction * (steps - 1)
         self.times: list[tuple[int, float]] = []
+        self.waits: list[float] = []  # seconds each read of the loss waited for the device
 
     def _step(self, batch) -> int:
         return min(batch, self.steps - 1)
@@ -235,8 +236,16 @@ class StepClock(keras.callbacks.Callback):
         return self._step(batch) >= self.window_from and (not self.times or self.times[-1][0] < self.window_from)
 
     def on_train_batch_end(self, batch, logs=None):
+        start = time.perf_counter()
         float(logs["loss"])  # a device sync in the training thread when not async
+        self.waits.append(time.perf_counter() - start)
         self.times.append((self._step(batch), time.perf_counter()))
+
+    def mean_wait_ms(self) -> float | None:
+        """Mean time the training thread waited for the device per loss read, past the first quarter of
+        reads: near 0 when the host, not the GPU, sets the pace (meaningful with `sync` only)."""
+        steady = self.waits[len(self.waits) // 4:]
+        return 1000 * sum(steady) / len(steady) if steady else None
 
     def steady_window(self) -> tuple[int, float] | None:
         """(steps, seconds) from the end of the window's first execution to the end of the last one."""
@@ -336,6 +345,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         # The training thread's time getting each batch from the worker processes, and of it waiting for one.
         "input_read_ms": (1000 * timed_feed.read_seconds / timed_feed.pool_reads
                           if getattr(timed_feed, "pool_reads", 0) else None),
+        # How long the training thread waited for the device at each read of the loss (once per execution).
+        "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
         "input_wait_ms": (1000 * timed_feed.wait_seconds / timed_feed.pool_reads
                           if getattr(timed_feed, "pool_reads", 0) else None),
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)

@@ -128,11 +128,9 @@ def pipeline_batches(cfg):
 
 def pipeline_rate(cfg, seconds: float = 5.0, batches=None) -> float:
     """Images/s of the real input pipeline alone (cfg's, or `batches`), with cfg's worker threads and input dtype."""
-    from training.train import fit_input
-
     batches = batches if batches is not None else pipeline_batches(cfg)
-    feed = fit_input(batches, cfg.trainer, 0, 1_000_000, cfg.trainer.data_workers,  # more than 5 s need
-                     cfg.trainer.data_worker_processes)
+    feed = batches.training_input(0, 1_000_000, workers=cfg.trainer.data_workers,  # more than 5 s need
+                                  dtype=cfg.trainer.input_dtype, processes=cfg.trainer.data_worker_processes)
     # The adapter `fit` itself reads a PyDataset with (its worker threads included).
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -288,8 +286,7 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False):
     from training.flops import step_flops, training_step_flops_traced
-    from training.config import data_handover
-    from training.train import fit_input, fix_style_targets
+    from training.train import fix_style_targets
 
     objective, _ = build_step(cfg)
     # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
@@ -304,7 +301,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
-            return fit_input(batches, cfg.trainer, 0, n, cfg.trainer.data_workers, cfg.trainer.data_worker_processes)
+            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
+                                          processes=cfg.trainer.data_worker_processes)
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
@@ -340,15 +338,14 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
-        "data_handover": data_handover(cfg.trainer.data_handover) if batches is not None else None,
-        "data_worker_nice": int(cfg.trainer.data_worker_nice) if batches is not None else None,
         # The training thread's time getting each batch from the worker processes, and of it waiting for one.
         "input_read_ms": (1000 * timed_feed.read_seconds / timed_feed.pool_reads
                           if getattr(timed_feed, "pool_reads", 0) else None),
-        # How long the training thread waited for the device at each read of the loss (once per execution).
-        "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
         "input_wait_ms": (1000 * timed_feed.wait_seconds / timed_feed.pool_reads
                           if getattr(timed_feed, "pool_reads", 0) else None),
+        # How long the training thread waited for the device at each read of the loss (once per execution):
+        # near 0 means the host, not the GPU, sets the pace.
+        "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }

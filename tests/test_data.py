@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONTENT_DIR, STYLE_DIR, compose_train
-from training.config import DATA_HANDOVERS, ConfigError
+from training.config import ConfigError
 from training.data import (
     DataError,
     SkipReport,
@@ -436,31 +436,26 @@ def test_tfds_problems_are_clear_errors(tfds_dir, override, match):
 
 
 def _read_as_fit_does(feed) -> list[dict]:
-    """Every batch, each copied as it is read, as JAX's fit copies it to the device (a lent batch lives
-    until the read after next)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     adapter = PyDatasetAdapter(feed, shuffle=False)
-    batches = [{key: np.array(value) for key, value in batch.items()} for batch in adapter.get_numpy_iterator()]
+    batches = list(adapter.get_numpy_iterator())
     adapter.on_epoch_end()
     return batches
 
 
-@pytest.mark.parametrize("handover", DATA_HANDOVERS)
-def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles, handover):
+def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
     """trainer.data_worker_processes: batches from forked processes through shared memory, read as fit
-    reads them, are the threads' batches in the same order (batch i is a function of (seed, i)), whether
-    the training thread or a copy thread copies them out of their slots or they are lent in place
-    (trainer.data_handover)."""
+    reads them, are the threads' batches in the same order (batch i is a function of (seed, i))."""
     from training.batch_processes import ProcessBatches
 
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
     threads = _read_as_fit_does(batches.training_input(3, 7, workers=2, dtype="uint8"))
-    feed = batches.training_input(3, 7, workers=2, dtype="uint8", processes=True, handover=handover)
+    feed = batches.training_input(3, 7, workers=2, dtype="uint8", processes=True)
     assert isinstance(feed, ProcessBatches) and feed.slots == 4  # 7 batches through 4 slots: each reused
     processes = _read_as_fit_does(feed)
-    assert feed._pool is None and feed._copier is None  # stopped once the last batch is read
-    # Every batch but the first from the workers (lent slots came back), which is made in the reading thread to fix the slots.
+    assert feed._pool is None  # stopped once the last batch is read
+    # Each batch but the first (made in the reading thread: it fixes the slots' layout) came from the workers.
     assert feed.pool_reads == 6 and feed.read_seconds >= feed.wait_seconds > 0
     assert len(threads) == len(processes) == 7
     for a, b, index in zip(threads, processes, range(3, 10)):
@@ -474,50 +469,20 @@ def test_worker_processes_make_the_batches_threads_make(folder_content, all_styl
     np.testing.assert_array_equal(again[6]["style"], processes[6]["style"])
 
 
-@pytest.mark.parametrize("handover", DATA_HANDOVERS)
-def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplog, handover):
+def test_worker_processes_serve_any_read_order(folder_content, all_styles, caplog):
     """TensorFlow's fit reads batches 0 and 1 for their shapes and starts over; fit(shuffle=True) reads
-    in any order. Each read is still batch i, and a skip ahead says why it is slow. The workers run at
-    the niceness asked for (trainer.data_worker_nice)."""
-    import os
-
+    in any order. Each read is still batch i, and a skip ahead says why it is slow."""
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
     for order, warns in (([0, 1, 0, 1, 2, 3, 4, 5, 6, 7], False), ([5, 0, 7, 1, 3, 2, 6, 4], True)):
-        feed = batches.training_input(0, 8, workers=2, dtype="uint8", processes=True, handover=handover,
-                                      worker_nice=3)
+        feed = batches.training_input(0, 8, workers=2, dtype="uint8", processes=True)
         caplog.clear()
-        for n, i in enumerate(order):
+        for i in order:
             np.testing.assert_array_equal(feed[i]["content"], batches.batch(i, "uint8")["content"])
-            if n == 0:
-                assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in feed._pool.processes] == [os.nice(0) + 3] * 2
         assert ("read out of order" in caplog.text) is warns, order
         feed.close()
 
 
-def test_lent_batches_stay_intact_until_the_read_after_next(folder_content, all_styles):
-    """trainer.data_handover=lend: batch i is a view of its slot, which the workers fill again only after
-    batch i + 2 is read: by then JAX's fit has copied batch i to the device."""
-    batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
-    feed = batches.training_input(0, 12, workers=2, dtype="uint8", processes=True, handover="lend")
-    read = []
-    for i in range(12):
-        read.append(feed[i])
-        for j in range(max(0, i - 1), i + 1):  # this batch and the one before it, after the workers moved on
-            np.testing.assert_array_equal(read[j]["style"], batches.batch(j, "uint8")["style"])
-    assert feed.pool_reads == 11 and feed._pool is None  # 11 batches through 4 slots: lent slots came back
-
-
-def test_lend_only_where_fit_copies_each_batch_as_it_reads_it():
-    """auto lends with JAX on a GPU or TPU; on a CPU (or TensorFlow) it copies, and lend is a clear error."""
-    from training.config import data_handover
-
-    assert data_handover("auto") == "copy" and data_handover("copy_thread") == "copy_thread"
-    with pytest.raises(ConfigError, match=r"trainer.data_handover='lend' is not allowed: .*needs Keras on JAX with a GPU"):
-        data_handover("lend")
-
-
-@pytest.mark.parametrize("handover", DATA_HANDOVERS)
-def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, monkeypatch, handover):
+def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, monkeypatch):
     """A DataError in a worker (every photo gone since it was checked) is raised in the training
     thread as that DataError; a worker that dies is named with its exit code, and workers that hang
     end in an error too, never a silent stall."""
@@ -532,7 +497,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
     shutil.copytree(CONTENT_DIR, photos)
     cfg = data_cfg(str(photos), heldout_count=1, cache_bytes=0)  # decoded on every draw: deleting them matters
     batches = TrainingBatches(load_content(cfg), all_styles, cfg, {"augment": True}, 2, seed=0)
-    feed = batches.training_input(0, 12, workers=2, processes=True, handover=handover)
+    feed = batches.training_input(0, 12, workers=2, processes=True)
     assert feed[0]["content"].shape == (2, 64, 64, 3)
     for worker in feed._pool.processes:  # (one killed alone leaves the other to make every batch)
         os.kill(worker.pid, signal.SIGKILL)
@@ -544,7 +509,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
     # Workers alive but making nothing (hung): a clear error after STALL_S, and they are killed.
     monkeypatch.setattr(batch_processes, "STALL_S", 2.0)
     monkeypatch.setattr(batch_processes, "JOIN_S", 0.5)
-    feed = batches.training_input(0, 12, workers=2, processes=True, handover=handover)
+    feed = batches.training_input(0, 12, workers=2, processes=True)
     feed[0]
     workers = feed._pool.processes
     for worker in workers:
@@ -554,7 +519,7 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
             feed[i]
     assert all(worker.exitcode == -signal.SIGKILL for worker in workers)
 
-    feed = batches.training_input(0, 12, workers=2, processes=True, handover=handover)
+    feed = batches.training_input(0, 12, workers=2, processes=True)
     feed[0]  # starts the workers, which make batches 1-3 while the photos are there
     shutil.rmtree(photos)
     with pytest.raises(DataError, match="every training image has become unreadable"):

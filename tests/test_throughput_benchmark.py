@@ -34,6 +34,9 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     for row in (base, training):
         assert row["finite_loss"] and row["input_dtype"] == "uint8" and row["images_per_s"] > 0
         assert 0 < row["device_step_ms"] and row["host_wait_fraction"] < 1
+    # The training loop's loss reads wait for the device, timed; the bare loop reads none in the training thread.
+    assert training["device_wait_ms_per_execution"] >= 0 and base["device_wait_ms_per_execution"] is None
+    assert base["input_read_ms"] is None  # synthetic batches: no worker processes to read from
     # The steady window runs from the execution ending at step 1 (after the first fifth) to the last
     # step, 4, though Keras reports the short last execution (1 step of 2) as ending at step 5.
     assert [row["timed_steps"] for row in (blocked, base, training)] == [3, 3, 3]

@@ -17,12 +17,9 @@ A worker that dies (killed, out of memory) is reported by number and exit code i
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import logging
 import mmap
 import multiprocessing
-import os
 import pickle
 import queue
 import time
@@ -33,8 +30,6 @@ import weakref
 import keras
 import numpy as np
 
-from training.config import DATA_HANDOVERS
-
 log = logging.getLogger(__name__)
 
 # How long the training thread waits on the workers before it checks that they are all alive.
@@ -44,9 +39,6 @@ POLL_S = 1.0
 STALL_S = 120.0
 JOIN_S = 5.0  # how long a stopping worker may take to finish its batch before it is killed
 ALIGN = 64  # each array of a slot starts on a cache line
-# A lent slot goes back to the workers when this many later batches have been read: the reader
-# (`lend_safe`) is done with a batch when it reads the next; one more read is a margin.
-LENT_READS = 2
 
 
 def _can_fork() -> bool:
@@ -60,17 +52,6 @@ def fork_available() -> bool:
         log.warning("trainer.data_worker_processes: this platform cannot fork worker processes; "
                     "making batches in threads instead")
     return available
-
-
-def lend_safe() -> bool:
-    """Whether fit is done with a batch by the time it reads the next, so slots can be lent: Keras on JAX
-    with an accelerator copies each batch to the device as it reads it (one batch ahead); on a CPU, JAX
-    may use the host array in place while later steps run, and TensorFlow's tf.data reads ahead."""
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() != "cpu"
 
 
 class BatchWorkerError(RuntimeError):
@@ -92,15 +73,8 @@ def _views(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
             for key, (offset, shape, dtype) in layout.items()}
 
 
-def _copy_out(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
-    """A batch as fresh arrays, out of its slot (NumPy copies this large without the GIL)."""
-    return {key: view.copy() for key, view in _views(buffer, layout, slot, slot_bytes).items()}
-
-
-def _work(make, dtype, buffer, layout, slot_bytes, tasks, done, nice: int = 0) -> None:
+def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
     """A worker's loop: make each (batch, slot) asked for into its slot until told to stop (None)."""
-    if nice:
-        os.nice(nice)  # below the training process: the accelerator runtime's threads come first
     while (task := tasks.get()) is not None:
         index, slot = task
         try:
@@ -129,7 +103,7 @@ def _raise_again(pickled: bytes | None, text: str, index: int):
 class _Workers:
     """The processes, the shared slots and the queues; stopped by `close` or when garbage."""
 
-    def __init__(self, make, dtype: str, first: dict[str, np.ndarray], processes: int, slots: int, nice: int = 0):
+    def __init__(self, make, dtype: str, first: dict[str, np.ndarray], processes: int, slots: int):
         ctx = multiprocessing.get_context("fork")
         self.layout, self.slot_bytes = _layout(first)
         # MAP_SHARED | MAP_ANONYMOUS, inherited by the forked children: no /dev/shm file, whose size
@@ -137,7 +111,7 @@ class _Workers:
         self.buffer = mmap.mmap(-1, slots * self.slot_bytes)
         self.tasks, self.done = ctx.Queue(), ctx.Queue()
         self.processes = [ctx.Process(target=_work, name=f"stylepipe-batches-{n}", daemon=True,
-                                      args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done, nice))
+                                      args=(make, dtype, self.buffer, self.layout, self.slot_bytes, self.tasks, self.done))
                           for n in range(processes)]
         with warnings.catch_warnings():
             # JAX warns on every fork that it may deadlock; the children never touch JAX, and a hang
@@ -145,16 +119,13 @@ class _Workers:
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             for p in self.processes:
                 p.start()
-        self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks)
+        self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks, self.buffer)
 
     def close(self) -> None:
         self._finalizer()
 
 
-def _stop(processes, tasks) -> None:
-    # The shared mapping is not closed here: NumPy views keep the mmap object itself as their base, not
-    # a buffer export that would refuse `close`, so closing it would leave a lent batch pointing at
-    # unmapped memory. It is unmapped when the last reference, this pool's or a view's, goes.
+def _stop(processes, tasks, buffer) -> None:
     for _ in processes:
         tasks.put(None)
     for p in processes:
@@ -163,6 +134,10 @@ def _stop(processes, tasks) -> None:
             p.kill()
             p.join(timeout=JOIN_S)
     tasks.close()
+    try:
+        buffer.close()
+    except BufferError:  # a view of it is still alive somewhere; the mapping goes with the last one
+        pass
 
 
 class ProcessBatches(keras.utils.PyDataset):
@@ -172,21 +147,11 @@ class ProcessBatches(keras.utils.PyDataset):
     `2 * processes` batches past the last one read). The batch `start` is made here first: it fixes
     the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
     starts over) or out of order (fit's shuffle) is made here, in the reading thread.
-
-    `handover`, how a batch leaves its slot (DATA_HANDOVERS):
-    - copy: the training thread copies it out when it reads it;
-    - copy_thread: a thread copies the next batch while the training thread hands the current one to
-      the device;
-    - lend: no copy: the batch read is a view of its slot, which is handed to the workers again
-      LENT_READS reads later. Only for a reader that is done with a batch when it reads the next one:
-      JAX's fit on an accelerator copies each batch to the device as it reads it (`lend_safe`).
-    `nice`: the workers' niceness above the training process (0: the same priority).
     `read_seconds` / `wait_seconds` / `pool_reads`: the time the training thread spent getting batches
     from the workers, of which waiting for a worker to finish one, and how many it got.
     """
 
-    def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32",
-                 handover: str = "copy", nice: int = 0):
+    def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
         super().__init__(workers=1, use_multiprocessing=False)
         if not _can_fork():
             raise BatchWorkerError("batch worker processes need the fork start method (Linux); "
@@ -194,11 +159,7 @@ class ProcessBatches(keras.utils.PyDataset):
         self.batches, self.start, self.steps, self.dtype = batches, int(start), int(steps), dtype
         self.process_count = max(1, int(processes))
         self.slots = 2 * self.process_count
-        if handover not in DATA_HANDOVERS:
-            raise ValueError(f"handover={handover!r}: use one of {', '.join(DATA_HANDOVERS)}")
-        self.handover, self.nice = handover, int(nice)
         self._pool: _Workers | None = None
-        self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._first: dict[str, np.ndarray] | None = None
         self._warned = False
         self.read_seconds, self.wait_seconds, self.pool_reads = 0.0, 0.0, 0
@@ -209,16 +170,11 @@ class ProcessBatches(keras.utils.PyDataset):
     def _start(self) -> None:
         self._first = self.batches.batch(self.start, self.dtype)
         self._asked: dict[int, int] = {}  # batch (from start) -> its slot, handed to the workers, not yet read
-        self._ready: dict[int, tuple] = {}  # batch (absolute) -> (pickled error, text) or (None, None), made
-        self._copies: dict[int, concurrent.futures.Future] = {}  # batch (from start) -> its copy out of the slot
+        self._ready: dict[int, tuple] = {}
         self._free = list(range(self.slots))
-        self._lent: collections.deque[int] = collections.deque()  # slots of the last batches lent, oldest first
         self._next, self._last_read = 1, 0  # batch 0 is made
         if self.steps > 1:
-            self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots,
-                                  self.nice)
-            if self.handover == "copy_thread":  # started after the fork: the children inherit no thread of it
-                self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stylepipe-batch-copy")
+            self._pool = _Workers(self.batches.batch, self.dtype, self._first, self.process_count, self.slots)
             self._ask_ahead(0)
 
     def _ask_ahead(self, read: int) -> None:
@@ -228,15 +184,6 @@ class ProcessBatches(keras.utils.PyDataset):
             self._asked[self._next] = slot
             self._pool.tasks.put((self.start + self._next, slot))
             self._next += 1
-
-    def _poll(self) -> None:
-        """Note every batch the workers have finished, without waiting."""
-        while True:
-            try:
-                done, *failure = self._pool.done.get_nowait()
-            except queue.Empty:
-                return
-            self._ready[done] = failure
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
@@ -265,36 +212,14 @@ class ProcessBatches(keras.utils.PyDataset):
             self.close()
             _raise_again(pickled, text, index)
 
-    def _copy(self, i: int) -> dict[str, np.ndarray] | concurrent.futures.Future:
-        w = self._pool
-        args = (w.buffer, w.layout, self._asked[i], w.slot_bytes)
-        return self._copier.submit(_copy_out, *args) if self._copier is not None else _copy_out(*args)
-
     def _take(self, i: int) -> dict[str, np.ndarray]:
         """Batch i out of its slot (a copy: the slot is handed to the next batch)."""
         started = time.perf_counter()
-        if i in self._copies:  # being copied by the copy thread since batch i - 1 was read
-            batch = self._copies.pop(i).result()
-        else:
-            self._wait_for(self.start + i)
-            if self.handover == "lend":
-                w = self._pool
-                batch = _views(w.buffer, w.layout, self._asked[i], w.slot_bytes)
-            else:
-                batch = self._copy(i)
-                if self._copier is not None:
-                    batch = batch.result()
+        self._wait_for(self.start + i)
         slot = self._asked.pop(i)
-        if self.handover == "lend":
-            self._lent.append(slot)
-        else:
-            self._free.append(slot)
-        if self._copier is not None and i + 1 in self._asked:
-            self._poll()
-            ready = self._ready.get(self.start + i + 1)
-            if ready is not None and ready[1] is None:  # made: copy it while this one goes to the device
-                del self._ready[self.start + i + 1]
-                self._copies[i + 1] = self._copy(i + 1)
+        w = self._pool
+        batch = {key: view.copy() for key, view in _views(w.buffer, w.layout, slot, w.slot_bytes).items()}
+        self._free.append(slot)
         self.read_seconds += time.perf_counter() - started
         self.pool_reads += 1
         return batch
@@ -304,8 +229,6 @@ class ProcessBatches(keras.utils.PyDataset):
             raise IndexError(i)
         if self._pool is None and self._first is None:
             self._start()
-        while len(self._lent) >= LENT_READS:  # the reader is done with them: back to the workers
-            self._free.append(self._lent.popleft())
         if i == 0 and self._first is not None:
             batch, self._first = self._first, None
         elif self._pool is not None and i in self._asked:
@@ -329,10 +252,6 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def close(self) -> None:
         """Stop the worker processes (a later read starts them again, from the first batch)."""
-        if self._copier is not None:  # its copy reads the shared mapping: done before that is closed
-            self._copier.shutdown(wait=True, cancel_futures=True)
-            self._copier = None
-            self._copies.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

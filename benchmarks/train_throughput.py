@@ -5,7 +5,9 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
 
 - `--input synthetic`: a few random batches, made once and cycled (measures the step);
 - `--input pipeline`: the real batch pipeline on the shipped photos (`TrainingBatches` with
-  `trainer.data_workers` threads), as `python -m pipelines.train` feeds it.
+  `trainer.data_workers` threads or processes), as `python -m pipelines.train` feeds it. A variant
+  with `feed=premade` makes all its batches before the timed fit and feeds them from memory: the same
+  batches, without waiting for the workers (a fresh array per step, unlike synthetic batches).
 
 FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
@@ -161,6 +163,39 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+class PremadeBatches(keras.utils.PyDataset):
+    """The first `steps` batches of a pipeline feed, all made before fit and read from memory (feed=premade):
+    the pipeline's batches without waiting for its workers. Holds them all (25 MB each at batch 64, uint8)."""
+
+    def __init__(self, feed, steps: int):
+        super().__init__()
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+        adapter = PyDatasetAdapter(feed, shuffle=False)  # as fit reads it, with its workers
+        self.batches = [batch for batch, _ in zip(adapter.get_numpy_iterator(), range(steps))]
+        adapter.on_epoch_end()
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        return self.batches[i]
+
+
+def batch_transfer_ms(batch: dict, repeats: int = 10) -> float:
+    """Mean time to copy one batch onto the device (jax.device_put, waited for), each time from a fresh
+    host copy, as each batch `fit` reads is new memory (the copy itself is not timed)."""
+    import jax
+
+    times = []
+    for _ in range(repeats + 1):  # the first transfer warms up
+        fresh = {key: np.array(value) for key, value in batch.items()}
+        start = time.perf_counter()
+        jax.block_until_ready(jax.device_put(fresh))
+        times.append(time.perf_counter() - start)
+    return 1000 * sum(times[1:]) / repeats
+
+
 def device_step_ms(objective, batch: dict, steps: int) -> float:
     """Step time with the batch already on the device and nothing on the host between steps.
 
@@ -184,6 +219,7 @@ def device_step_ms(objective, batch: dict, steps: int) -> float:
 
 
 LOOPS = ("bare", "training", "synced")
+FEEDS = ("live", "premade")  # a variant's feed=: pipeline batches as made, or all made before the timed fit
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
@@ -197,11 +233,22 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
     dispatched, so the device idles while the host catches up (training's loop before session 11).
     """
     tokens = text.split() if text.strip() not in ("", "base") else []
-    loops = [t.split("=", 1)[1] for t in tokens if t.startswith("loop=")]
-    loop = loops[-1] if loops else "bare"
-    if loop not in LOOPS:
-        raise ValueError(f"loop={loop}: use one of {', '.join(LOOPS)}")
-    return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith("loop=")), loop
+    loop = _token(tokens, "loop", LOOPS, "bare")
+    _token(tokens, "feed", FEEDS, "live")
+    return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith(("loop=", "feed="))), loop
+
+
+def variant_feed(text: str) -> str:
+    """A variant's `feed=live|premade` (live by default): see the module's docstring."""
+    return _token(text.split(), "feed", FEEDS, "live")
+
+
+def _token(tokens, name: str, allowed, default: str) -> str:
+    values = [t.split("=", 1)[1] for t in tokens if t.startswith(f"{name}=")]
+    value = values[-1] if values else default
+    if value not in allowed:
+        raise ValueError(f"{name}={value}: use one of {', '.join(allowed)}")
+    return value
 
 
 class StepClock(keras.callbacks.Callback):
@@ -279,12 +326,12 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
         row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache,
-                       loop, time_pipeline)
+                       loop, time_pipeline, premade=variant_feed(variant) == "premade")
     return {**row, "variant": label}
 
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
-             time_pipeline=False):
+             time_pipeline=False, premade=False):
     from training.flops import step_flops, training_step_flops_traced
     from training.train import fix_style_targets
 
@@ -301,8 +348,9 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
     def feed(n):
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
-            return batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
+            live = batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
                                           processes=cfg.trainer.data_worker_processes)
+            return PremadeBatches(live, n) if premade else live
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
@@ -324,6 +372,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     device_batch = (batches.batch(0, cfg.trainer.input_dtype) if batches is not None
                     else CycledBatches(batch_size, image_size, 1, cfg.trainer.input_dtype, jitter=cfg.style.augment)[0])
     device_ms = device_step_ms(objective, device_batch, steps) if devices == 1 else None
+    transfer_ms = batch_transfer_ms(device_batch) if devices == 1 else None
     # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
     rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
     return {
@@ -333,7 +382,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "steps_per_execution": int(cfg.trainer.steps_per_execution), "steps": steps,
         "step_ms": step_ms, "timed_steps": timed_steps, "fit_step_ms": 1000 * seconds / steps,
         "images_per_s": images_per_s, "tflops_per_s": images_per_s * flops["total"] / 1e12,
-        "device_step_ms": device_ms, "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
+        "device_step_ms": device_ms, "batch_transfer_ms": transfer_ms, "feed": "premade" if premade else "live",
+        "host_wait_fraction": None if device_ms is None else 1 - device_ms / step_ms,
         "gflops_per_image": flops["total"] / 1e9, "fixed_style_targets": fixed, "first_fit_s": compile_s, "loss": loss,
         "style": cfg.style.name if batches is not None else None, "pipeline_images_per_s": rate,
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
@@ -381,6 +431,8 @@ def main(argv=None) -> int:
             parse_variant(variant)
         except ValueError as err:
             parser.error(f"--variants {variant!r}: {err}")
+        if variant_feed(variant) == "premade" and args.input != "pipeline":
+            parser.error(f"--variants {variant!r}: feed=premade premakes the pipeline's batches: use --input pipeline")
     import jax
 
     device = jax.devices()[0]
@@ -439,6 +491,12 @@ def format_table(report: dict) -> str:
                      f"backward {f['backward'] / 1e9:.1f}; traced step {f['traced_total'] / 1e9:.1f})")
     for workers, rate in report.get("pipeline_images_per_s", {}).items():
         lines.append(f"input pipeline alone ({workers}, {report['cpus']} CPUs): {rate:.0f} images/s")
+    for row in report["results"]:
+        if row.get("batch_transfer_ms") is not None:
+            wait = row.get("device_wait_ms_per_execution")
+            lines.append(f"one batch onto the device: {row['batch_transfer_ms']:.2f} ms"
+                         + (f"; loss reads waited {wait:.2f} ms per execution for the device" if wait is not None else "")
+                         + f"  [{row['variant']}]")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):
             kind = "processes" if row.get("data_worker_processes") else "threads"

@@ -375,6 +375,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     transfer_ms = batch_transfer_ms(device_batch) if devices == 1 else None
     # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
     rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
+    reads = getattr(timed_feed, "pool_reads", 0)  # batches fit read from worker processes (ProcessBatches)
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
@@ -389,10 +390,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
         # The training thread's time getting each batch from the worker processes, and of it waiting for one.
-        "input_read_ms": (1000 * timed_feed.read_seconds / timed_feed.pool_reads
-                          if getattr(timed_feed, "pool_reads", 0) else None),
-        "input_wait_ms": (1000 * timed_feed.wait_seconds / timed_feed.pool_reads
-                          if getattr(timed_feed, "pool_reads", 0) else None),
+        "input_read_ms": 1000 * timed_feed.read_seconds / reads if reads else None,
+        "input_wait_ms": 1000 * timed_feed.wait_seconds / reads if reads else None,
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,

@@ -134,10 +134,9 @@ def _stop(processes, tasks, buffer) -> None:
             p.kill()
             p.join(timeout=JOIN_S)
     tasks.close()
-    try:
-        buffer.close()
-    except BufferError:  # a view of it is still alive somewhere; the mapping goes with the last one
-        pass
+    # Unmapped now, not when garbage. Safe because no view of it outlives ProcessBatches._take, which copies:
+    # NumPy views keep the mmap object, not a buffer export, so `close` would not refuse under a live one.
+    buffer.close()
 
 
 class ProcessBatches(keras.utils.PyDataset):
@@ -187,14 +186,14 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def _wait_for(self, index: int) -> None:
         workers = self._pool
-        since, started = time.monotonic(), time.perf_counter()
+        since = started = time.perf_counter()
         while index not in self._ready:
             try:
                 done, *failure = workers.done.get(timeout=POLL_S)
                 self._ready[done] = failure
-                since = time.monotonic()
+                since = time.perf_counter()
             except queue.Empty:
-                if time.monotonic() - since > STALL_S:
+                if time.perf_counter() - since > STALL_S:
                     self.close()
                     raise BatchWorkerError(
                         f"no training batch from the {len(workers.processes)} batch worker processes in {STALL_S:.0f} s: "

@@ -108,13 +108,19 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
     assert report["conv_gflops_per_step"] + gram == pytest.approx(report["step_gflops"], rel=1e-3)
 
 
-def test_an_unknown_loop_in_a_variant_is_a_usage_error_before_any_work(tmp_path):
+@pytest.mark.parametrize("arguments, message", [
+    (["--variants", "base", "loop=fast"], "--variants 'loop=fast': loop=fast: use one of bare, training, synced"),
+    (["--variants", "feed=later"], "--variants 'feed=later': feed=later: use one of live, premade"),
+    (["--variants", "feed=premade"], "--variants 'feed=premade': feed=premade premakes the pipeline's batches: "
+                                     "use --input pipeline"),
+], ids=["loop", "feed", "premade-synthetic"])
+def test_a_bad_variant_is_a_usage_error_before_any_work(tmp_path, arguments, message):
     out = tmp_path / "throughput.json"
-    result = subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--variants", "base", "loop=fast",
-                             "--out", str(out)], cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "benchmarks/train_throughput.py", *arguments, "--out", str(out)],
+                            cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 2
-    assert "--variants 'loop=fast': loop=fast: use one of bare, training, synced" in result.stderr
+    assert message in result.stderr
     assert not out.exists()
 
 

@@ -303,6 +303,61 @@ class StepClock(keras.callbacks.Callback):
         return times[-1][0] - first[0], times[-1][1] - first[1]
 
 
+class HostClock:
+    """Where the training thread's time goes inside `fit`'s train function, per step.
+
+    Keras' JAX loop runs `train_function(state, iterator)` once per execution: it takes each step's
+    batch with `next(iterator)` (reading it from the feed, then, on a GPU, `jax.device_put` of the
+    batch after it, one ahead) and dispatches the compiled step. Wrapping it times, per execution, the
+    `next` calls and the whole call; the rest of a step (callbacks, the loss read, Keras' loop) is what
+    `step_ms` adds. Steady figures skip the first quarter of executions, as StepClock.mean_wait_ms does.
+    """
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.executions: list[tuple[int, float, float]] = []  # (steps, seconds in next, seconds in all)
+
+    def __enter__(self):
+        self._train_function = inner = self.objective.train_function
+        clock = self
+
+        def timed_train_function(state, iterator):
+            timed = _TimedIterator(iterator)
+            start = time.perf_counter()
+            try:
+                return inner(state, timed)
+            finally:
+                clock.executions.append((timed.calls, timed.seconds, time.perf_counter() - start))
+
+        self.objective.train_function = timed_train_function
+        return self
+
+    def __exit__(self, *exc):
+        self.objective.train_function = self._train_function
+
+    def steady_ms(self) -> dict:
+        """{'batch': ms per step in next(iterator), 'train_function': ms per step in the whole call}."""
+        steady = self.executions[len(self.executions) // 4:]
+        steps = sum(calls for calls, _, _ in steady)
+        if not steps:
+            return {"batch": None, "train_function": None}
+        return {"batch": 1000 * sum(s for _, s, _ in steady) / steps,
+                "train_function": 1000 * sum(t for _, _, t in steady) / steps}
+
+
+class _TimedIterator:
+    def __init__(self, iterator):
+        self.iterator, self.calls, self.seconds = iterator, 0, 0.0
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.iterator)
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - start
+
+
 def timed_callbacks(loop: str, steps: int, objective) -> tuple[StepClock, list | keras.callbacks.CallbackList]:
     """(clock, fit's `callbacks`) for a fit of `steps` steps in `loop` (parse_variant)."""
     from training.callbacks import lagged_callbacks
@@ -360,8 +415,10 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     clock, callbacks = timed_callbacks(loop, steps, objective)
     start = time.perf_counter()
     timed_feed = feed(steps)
-    history = objective.fit(timed_feed, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    with HostClock(objective) as host:  # the warm-up fit made the train function; the timed fit reuses it
+        history = objective.fit(timed_feed, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     seconds = time.perf_counter() - start  # fit returns after the last step's loss is on the host
+    host_ms = host.steady_ms()
     loss = float(history.history["loss"][-1])
     # The steady rate, as a long training run sees it (a short fit also pays its start and end).
     timed_steps, timed_s = clock.steady_window() or (steps, seconds)
@@ -395,6 +452,9 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
+        # The training thread per step in Keras' train function (HostClock): getting the batch (the read,
+        # then on a GPU the device_put of the next one) and in all (with the step's dispatch).
+        "host_batch_ms": host_ms["batch"], "host_train_function_ms": host_ms["train_function"],
         "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }
@@ -495,6 +555,9 @@ def format_table(report: dict) -> str:
             wait = row.get("device_wait_ms_per_execution")
             lines.append(f"one batch onto the device: {row['batch_transfer_ms']:.2f} ms"
                          + (f"; loss reads waited {wait:.2f} ms per execution for the device" if wait is not None else "")
+                         + (f"; per {row['step_ms']:.1f} ms step, {row['host_train_function_ms']:.1f} in Keras' train"
+                            f" function, {row['host_batch_ms']:.1f} of it getting batches"
+                            if row.get("host_train_function_ms") is not None else "")
                          + f"  [{row['variant']}]")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):

@@ -36,6 +36,9 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
         assert 0 < row["device_step_ms"] and row["host_wait_fraction"] < 1
     # The training loop's loss reads wait for the device, timed; the bare loop reads none in the training thread.
     assert training["device_wait_ms_per_execution"] >= 0 and base["device_wait_ms_per_execution"] is None
+    # The training thread's time in Keras' train function, of which getting batches (HostClock).
+    for row in (base, training):
+        assert row["host_train_function_ms"] >= row["host_batch_ms"] > 0
     assert base["input_read_ms"] is None  # synthetic batches: no worker processes to read from
     # The steady window runs from the execution ending at step 1 (after the first fifth) to the last
     # step, 4, though Keras reports the short last execution (1 step of 2) as ending at step 5.
@@ -69,6 +72,8 @@ def test_pipeline_rows_time_the_training_threads_reads_and_premade_batches_train
     assert premade["loss"] == fed["loss"]  # the same batches, in the same order
     assert fed["input_read_ms"] >= fed["input_wait_ms"] >= 0 and premade["input_read_ms"] is None
     assert fed["batch_transfer_ms"] > 0 and fed["device_wait_ms_per_execution"] >= 0
+    # Getting a batch includes reading it from the workers (on a GPU, also the next one's device_put).
+    assert fed["host_train_function_ms"] >= fed["host_batch_ms"] > 0
     assert "one batch onto the device" in result.stdout
 
 

@@ -8,8 +8,6 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
   `trainer.data_workers` threads or processes), as `python -m pipelines.train` feeds it. A variant
   with `feed=premade` makes all its batches before the timed fit and feeds them from memory: the same
   batches, without waiting for the workers (a fresh array per step, unlike synthetic batches).
-  `trainer.device_prefetch=N` in a variant reads the live batches and copies them onto the device
-  in a thread, N ahead (training/device_prefetch.py).
 
 FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
@@ -389,7 +387,6 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False, premade=False):
-    from training.device_prefetch import with_device_prefetch
     from training.flops import step_flops, training_step_flops_traced
     from training.train import fix_style_targets
 
@@ -408,9 +405,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         if batches is not None:  # batch i is a function of (seed, i): each fit reads from batch 0
             live = batches.training_input(0, n, workers=cfg.trainer.data_workers, dtype=cfg.trainer.input_dtype,
                                           processes=cfg.trainer.data_worker_processes)
-            if premade:  # host batches in memory, whatever trainer.device_prefetch says
-                return PremadeBatches(live, n)
-            return with_device_prefetch(live, cfg.trainer.device_prefetch, devices)
+            return PremadeBatches(live, n) if premade else live
         return CycledBatches(batch_size, image_size, n, cfg.trainer.input_dtype, jitter=cfg.style.augment)
 
     start = time.perf_counter()
@@ -437,8 +432,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     transfer_ms = batch_transfer_ms(device_batch) if devices == 1 else None
     # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
     rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
-    source = getattr(timed_feed, "source", timed_feed)  # under DevicePrefetch, its thread reads the workers
-    reads = getattr(source, "pool_reads", 0)  # batches read from worker processes (ProcessBatches)
+    reads = getattr(timed_feed, "pool_reads", 0)  # batches fit read from worker processes (ProcessBatches)
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
@@ -453,10 +447,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "data_workers": int(cfg.trainer.data_workers) if batches is not None else None,
         "data_worker_processes": bool(cfg.trainer.data_worker_processes) if batches is not None else None,
         # The training thread's time getting each batch from the worker processes, and of it waiting for one.
-        # (With trainer.device_prefetch, the prefetch thread's time, not the training thread's.)
-        "input_read_ms": 1000 * source.read_seconds / reads if reads else None,
-        "input_wait_ms": 1000 * source.wait_seconds / reads if reads else None,
-        "device_prefetch": int(cfg.trainer.device_prefetch) if timed_feed is not source else 0,
+        "input_read_ms": 1000 * timed_feed.read_seconds / reads if reads else None,
+        "input_wait_ms": 1000 * timed_feed.wait_seconds / reads if reads else None,
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,

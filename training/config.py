@@ -63,8 +63,6 @@ def validate_train_config(cfg) -> None:
              "as processes)")
     _require(isinstance(t.data_worker_processes, bool), "trainer.data_worker_processes", t.data_worker_processes,
              "true or false")
-    _require(_is_int(t.device_prefetch) and t.device_prefetch >= 0, "trainer.device_prefetch", t.device_prefetch,
-             "an integer >= 0 (batches copied onto the device ahead by a thread; 0: off)")
     _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
              t.space_to_depth_channels, "an integer >= 0 (0: off)")
     _require(t.shifted_sum_depthwise in SHIFTED_SUM_DEPTHWISE, "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,

@@ -16,7 +16,6 @@ from training.batch_processes import fork_available
 from training.callbacks import lagged_callbacks
 from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
-from training.device_prefetch import with_device_prefetch
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
@@ -283,10 +282,8 @@ def train(cfg: DictConfig) -> dict:
                 workers = data_workers(cfg.trainer.data_workers, processes)
                 log.info("input: %d batch %s (trainer.data_workers=%s), %s batches", workers,
                          "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
-                dataset = with_device_prefetch(
-                    batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
-                                           processes=processes),
-                    cfg.trainer.device_prefetch, cfg.trainer.devices)
+                dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
+                                                 processes=processes)
                 objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                               callbacks=lagged_callbacks([progress], objective))
             if progress.diverged_at is not None:

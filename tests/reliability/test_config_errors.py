@@ -26,7 +26,6 @@ CASES = [
     ("train", "trainer.input_dtype=int8", "error: trainer.input_dtype='int8' is not allowed", "float32, uint8"),
     ("train", "trainer.space_to_depth_channels=-1", "error: trainer.space_to_depth_channels=-1 is not allowed", "0: off"),
     ("train", "trainer.data_workers=0", "error: trainer.data_workers=0 is not allowed", "or auto"),
-    ("train", "trainer.device_prefetch=-2", "error: trainer.device_prefetch=-2 is not allowed", "0: off"),
     ("train", "trainer.fixed_style_targets=maybe", "error: trainer.fixed_style_targets='maybe' is not allowed",
      "true or false"),
     ("train", "trainer.shifted_sum_depthwise=yes", "error: trainer.shifted_sum_depthwise='yes' is not allowed",

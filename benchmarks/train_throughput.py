@@ -449,6 +449,9 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         # The training thread's time getting each batch from the worker processes, and of it waiting for one.
         "input_read_ms": 1000 * timed_feed.read_seconds / reads if reads else None,
         "input_wait_ms": 1000 * timed_feed.wait_seconds / reads if reads else None,
+        # A worker process' own time per batch during the timed fit (alone, the workers make one batch each
+        # per data_workers * batch_size / pipeline_images_per_s): whether training slows the workers down.
+        "worker_batch_ms": 1000 * timed_feed.make_seconds / timed_feed.pool_made if getattr(timed_feed, "pool_made", 0) else None,
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
@@ -558,12 +561,16 @@ def format_table(report: dict) -> str:
                          + (f"; per {row['step_ms']:.1f} ms step, {row['host_train_function_ms']:.1f} in Keras' train"
                             f" function, {row['host_batch_ms']:.1f} of it getting batches"
                             if row.get("host_train_function_ms") is not None else "")
+                         + (f"; a worker process took {row['worker_batch_ms']:.0f} ms per batch"
+                            if row.get("worker_batch_ms") is not None else "")
                          + f"  [{row['variant']}]")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):
             kind = "processes" if row.get("data_worker_processes") else "threads"
             lines.append(f"input pipeline alone, style={row['style']} ({row['data_workers']} {kind}, {report['cpus']} CPUs): "
-                         f"{row['pipeline_images_per_s']:.0f} images/s, {row['images_per_s']:.0f} consumed"
+                         f"{row['pipeline_images_per_s']:.0f} images/s"
+                         f" (a worker {1000 * row['data_workers'] * row['batch_size'] / row['pipeline_images_per_s']:.0f} ms per batch),"
+                         f" {row['images_per_s']:.0f} consumed"
                          + (f", {row['input_read_ms']:.2f} ms per batch read ({row['input_wait_ms']:.2f} waiting)"
                             if row.get("input_read_ms") else "")
                          + f"  [{row['variant']}]")

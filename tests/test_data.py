@@ -457,6 +457,7 @@ def test_worker_processes_make_the_batches_threads_make(folder_content, all_styl
     assert feed._pool is None  # stopped once the last batch is read
     # Each batch but the first (made in the reading thread: it fixes the slots' layout) came from the workers.
     assert feed.pool_reads == 6 and feed.read_seconds >= feed.wait_seconds > 0
+    assert feed.pool_made == 6 and feed.make_seconds > 0  # the workers timed their own batches
     assert len(threads) == len(processes) == 7
     for a, b, index in zip(threads, processes, range(3, 10)):
         assert sorted(a) == sorted(b) == ["content", "style", "style_index", "style_jitter"]

@@ -71,6 +71,7 @@ def test_pipeline_rows_time_the_training_threads_reads_and_premade_batches_train
     assert (fed["feed"], premade["feed"]) == ("live", "premade")
     assert premade["loss"] == fed["loss"]  # the same batches, in the same order
     assert fed["input_read_ms"] >= fed["input_wait_ms"] >= 0 and premade["input_read_ms"] is None
+    assert fed["worker_batch_ms"] > 0 and premade["worker_batch_ms"] is None  # the workers' own time per batch
     assert fed["batch_transfer_ms"] > 0 and fed["device_wait_ms_per_execution"] >= 0
     # Getting a batch includes reading it from the workers (on a GPU, also the next one's device_put).
     assert fed["host_train_function_ms"] >= fed["host_batch_ms"] > 0

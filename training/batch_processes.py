@@ -78,16 +78,17 @@ def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
     while (task := tasks.get()) is not None:
         index, slot = task
         try:
+            started = time.perf_counter()
             batch = make(index, dtype)
             for key, view in _views(buffer, layout, slot, slot_bytes).items():
                 view[...] = batch[key]
-            done.put((index, None, None))
+            done.put((index, None, None, time.perf_counter() - started))
         except Exception as err:  # every failure goes back to the training thread, to be raised there
             try:
                 pickled = pickle.dumps(err)
             except Exception:  # noqa: BLE001 - it does not pickle: its text is sent instead
                 pickled = None
-            done.put((index, pickled, "".join(traceback.format_exception(err))))
+            done.put((index, pickled, "".join(traceback.format_exception(err)), 0.0))
 
 
 def _raise_again(pickled: bytes | None, text: str, index: int):
@@ -148,6 +149,9 @@ class ProcessBatches(keras.utils.PyDataset):
     starts over) or out of order (fit's shuffle) is made here, in the reading thread.
     `read_seconds` / `wait_seconds` / `pool_reads`: the time the training thread spent getting batches
     from the workers, of which waiting for a worker to finish one, and how many it got.
+    `make_seconds` / `pool_made`: the workers' own time making the batches that came back (making one and
+    writing it into its slot), and how many: beside the rate they make alone, whether they slow down
+    while the training step runs.
     """
 
     def __init__(self, batches, start: int, steps: int, processes: int, dtype: str = "float32"):
@@ -162,6 +166,7 @@ class ProcessBatches(keras.utils.PyDataset):
         self._first: dict[str, np.ndarray] | None = None
         self._warned = False
         self.read_seconds, self.wait_seconds, self.pool_reads = 0.0, 0.0, 0
+        self.make_seconds, self.pool_made = 0.0, 0
 
     def __len__(self) -> int:
         return self.steps
@@ -189,8 +194,11 @@ class ProcessBatches(keras.utils.PyDataset):
         since = started = time.perf_counter()
         while index not in self._ready:
             try:
-                done, *failure = workers.done.get(timeout=POLL_S)
-                self._ready[done] = failure
+                done, pickled, text, seconds = workers.done.get(timeout=POLL_S)
+                self._ready[done] = (pickled, text)
+                if text is None:
+                    self.make_seconds += seconds
+                    self.pool_made += 1
                 since = time.perf_counter()
             except queue.Empty:
                 if time.perf_counter() - since > STALL_S:

@@ -433,6 +433,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     # What this configuration's pipeline makes alone (its style decides the work: augmented styles are crops too).
     rate = pipeline_rate(cfg, batches=batches) if time_pipeline and batches is not None else None
     reads = getattr(timed_feed, "pool_reads", 0)  # batches fit read from worker processes (ProcessBatches)
+    made = getattr(timed_feed, "pool_made", 0)  # of those, made by the workers (and timed there)
     return {
         "model": model, "backbone": BACKBONE_OF[model], "precision": precision, "batch_size": batch_size, "devices": devices,
         "input_dtype": cfg.trainer.input_dtype,
@@ -451,7 +452,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         "input_wait_ms": 1000 * timed_feed.wait_seconds / reads if reads else None,
         # A worker process' own time per batch during the timed fit (alone, the workers make one batch each
         # per data_workers * batch_size / pipeline_images_per_s): whether training slows the workers down.
-        "worker_batch_ms": 1000 * timed_feed.make_seconds / timed_feed.pool_made if getattr(timed_feed, "pool_made", 0) else None,
+        "worker_batch_ms": 1000 * timed_feed.make_seconds / made if made else None,
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,

@@ -231,11 +231,24 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
     (training/callbacks.py): the host waits for an execution while the device runs the next.
     loop=synced: the same callback in Keras' own list, which waits for each execution as soon as it is
     dispatched, so the device idles while the host catches up (training's loop before session 11).
+    `steps=N`: this variant's timed fit runs N steps instead of --steps (a short fit against a long one).
     """
     tokens = text.split() if text.strip() not in ("", "base") else []
     loop = _token(tokens, "loop", LOOPS, "bare")
     _token(tokens, "feed", FEEDS, "live")
-    return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith(("loop=", "feed="))), loop
+    variant_steps(text, 1)
+    own = ("loop=", "feed=", "steps=")
+    return (" ".join(tokens) or "base"), tuple(t for t in tokens if not t.startswith(own)), loop
+
+
+def variant_steps(text: str, default: int) -> int:
+    """A variant's `steps=N` (a positive count), else `default`."""
+    values = [t.split("=", 1)[1] for t in text.split() if t.startswith("steps=")]
+    if not values:
+        return default
+    if not values[-1].isdigit() or int(values[-1]) < 1:
+        raise ValueError(f"steps={values[-1]}: use a positive number of steps")
+    return int(values[-1])
 
 
 def variant_feed(text: str) -> str:
@@ -301,6 +314,28 @@ class StepClock(keras.callbacks.Callback):
         if first == times[-1]:
             return None
         return times[-1][0] - first[0], times[-1][1] - first[1]
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()
+
+    def ms_per_step_by_tenth(self) -> list[float | None]:
+        """Mean ms per step in each tenth of the fit, from fit's start (each execution counted in the tenth
+        its last step falls in; None where none ends): where a fit loses time, e.g. at its start. Under
+        loop=training the times are when losses were read, up to one execution late (see the class)."""
+        spent, steps = [0.0] * 10, [0] * 10
+        last_step, last_time = -1, self.began
+        for step, at in sorted(self.times):
+            tenth = min(9, 10 * step // self.steps)
+            spent[tenth] += at - last_time
+            steps[tenth] += step - last_step
+            last_step, last_time = step, at
+        return [1000 * s / n if n else None for s, n in zip(spent, steps)]
+
+
+def sums_by_tenth(values: list[float]) -> list[float]:
+    """values (in order over a fit) summed over each tenth of them, in ms: where in the fit they fall."""
+    n = len(values)
+    return [1000 * sum(values[k * n // 10:(k + 1) * n // 10]) for k in range(10)]
 
 
 class HostClock:
@@ -380,8 +415,8 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
     label, overrides, loop = parse_variant(variant)
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)
     with data_parallel(devices, batch_size):
-        row = _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache,
-                       loop, time_pipeline, premade=variant_feed(variant) == "premade")
+        row = _measure(cfg, model, precision, batch_size, image_size, variant_steps(variant, steps), warmup,
+                       input_mode, devices, cache, loop, time_pipeline, premade=variant_feed(variant) == "premade")
     return {**row, "variant": label}
 
 
@@ -453,6 +488,10 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         # A worker process' own time per batch during the timed fit (alone, the workers make one batch each
         # per data_workers * batch_size / pipeline_images_per_s): whether training slows the workers down.
         "worker_batch_ms": 1000 * timed_feed.make_seconds / made if made else None,
+        # Where in the fit the time goes: ms per step, and ms the reads waited for the workers, by tenth of the
+        # fit (the workers start with the fit: its start waits for their first batches).
+        "step_ms_by_tenth": clock.ms_per_step_by_tenth(),
+        "input_wait_ms_by_tenth": sums_by_tenth(timed_feed.read_waits) if reads else None,
         # How long the training thread waited for the device at each read of the loss (once per execution):
         # near 0 means the host, not the GPU, sets the pace.
         "device_wait_ms_per_execution": clock.mean_wait_ms() if loop != "bare" else None,
@@ -564,6 +603,13 @@ def format_table(report: dict) -> str:
                             if row.get("host_train_function_ms") is not None else "")
                          + (f"; a worker process took {row['worker_batch_ms']:.0f} ms per batch"
                             if row.get("worker_batch_ms") is not None else "")
+                         + f"  [{row['variant']}]")
+    for row in report["results"]:
+        if row.get("step_ms_by_tenth") and row.get("input") == "pipeline":
+            tenths = " ".join("-" if ms is None else f"{ms:.1f}" for ms in row["step_ms_by_tenth"])
+            waits = row.get("input_wait_ms_by_tenth")
+            lines.append(f"{row['steps']} steps, ms per step by tenth of the fit: {tenths}"
+                         + (f"; waiting for workers (ms in all): {' '.join(f'{w:.0f}' for w in waits)}" if waits else "")
                          + f"  [{row['variant']}]")
     for row in report["results"]:
         if row.get("pipeline_images_per_s"):

@@ -59,23 +59,33 @@ def test_pipeline_rows_time_the_training_threads_reads_and_premade_batches_train
     """--input pipeline with worker processes: the row records the training thread's reads of the workers'
     batches; feed=premade feeds the same batches from memory (the same loss), with no reads to time."""
     out = tmp_path / "pipeline.json"
-    live = "loop=training style=all trainer.data_worker_processes=true trainer.steps_per_execution=2"
+    live = "loop=training style=all trainer.data_worker_processes=true trainer.steps_per_execution=2 steps=6"
     result = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "--models", "magenta_lite", "--batch-sizes", "2",
-         "--precisions", "float32", "--image-size", "64", "--steps", "6", "--warmup", "2", "--input-dtypes", "uint8",
+         "--precisions", "float32", "--image-size", "64", "--steps", "4", "--warmup", "2", "--input-dtypes", "uint8",
          "--input", "pipeline", "--workers", "2", "--no-pipeline-rate", "--variants", live, f"{live} feed=premade",
          "--out", str(out)],
         cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     fed, premade = json.loads(out.read_text())["results"]
     assert (fed["feed"], premade["feed"]) == ("live", "premade")
+    assert fed["steps"] == premade["steps"] == 6  # the variants' steps=6, not --steps 4
     assert premade["loss"] == fed["loss"]  # the same batches, in the same order
     assert fed["input_read_ms"] >= fed["input_wait_ms"] >= 0 and premade["input_read_ms"] is None
     assert fed["worker_batch_ms"] > 0 and premade["worker_batch_ms"] is None  # the workers' own time per batch
+    # Where in the fit time went: 2-step executions end at steps 1, 3 and 5, in tenths 1, 5 and 8 of 6 steps;
+    # together they span fit's start to its last loss read, within the fit's own time.
+    tenths = fed["step_ms_by_tenth"]
+    assert [ms is not None for ms in tenths] == [k in (1, 5, 8) for k in range(10)]
+    assert 0 < 2 * sum(ms for ms in tenths if ms) <= 6 * fed["fit_step_ms"]
+    # Each of the 5 reads from the workers (batch 0 is made in the training thread) falls in one tenth.
+    assert sum(fed["input_wait_ms_by_tenth"]) == pytest.approx(5 * fed["input_wait_ms"])
+    assert premade["input_wait_ms_by_tenth"] is None
     assert fed["batch_transfer_ms"] > 0 and fed["device_wait_ms_per_execution"] >= 0
     # Getting a batch includes reading it from the workers (on a GPU, also the next one's device_put).
     assert fed["host_train_function_ms"] >= fed["host_batch_ms"] > 0
     assert "one batch onto the device" in result.stdout
+    assert "6 steps, ms per step by tenth of the fit: - " in result.stdout
 
 
 def plain_transfer_flops(alpha: float, size: int) -> float:
@@ -117,9 +127,10 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["--variants", "base", "loop=fast"], "--variants 'loop=fast': loop=fast: use one of bare, training, synced"),
     (["--variants", "feed=later"], "--variants 'feed=later': feed=later: use one of live, premade"),
+    (["--variants", "steps=0"], "--variants 'steps=0': steps=0: use a positive number of steps"),
     (["--variants", "feed=premade"], "--variants 'feed=premade': feed=premade premakes the pipeline's batches: "
                                      "use --input pipeline"),
-], ids=["loop", "feed", "premade-synthetic"])
+], ids=["loop", "feed", "steps", "premade-synthetic"])
 def test_a_bad_variant_is_a_usage_error_before_any_work(tmp_path, arguments, message):
     out = tmp_path / "throughput.json"
     result = subprocess.run([sys.executable, "benchmarks/train_throughput.py", *arguments, "--out", str(out)],

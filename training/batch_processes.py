@@ -148,7 +148,8 @@ class ProcessBatches(keras.utils.PyDataset):
     the slots' layout. A batch read again (TensorFlow's fit reads the first two for their shapes, then
     starts over) or out of order (fit's shuffle) is made here, in the reading thread.
     `read_seconds` / `wait_seconds` / `pool_reads`: the time the training thread spent getting batches
-    from the workers, of which waiting for a worker to finish one, and how many it got.
+    from the workers, of which waiting for a worker to finish one, and how many it got; `read_waits`:
+    each read's wait, in order (a fit's start waits while the fresh workers make their first batches).
     `make_seconds` / `pool_made`: the workers' own time making the batches that came back (making one and
     writing it into its slot), and how many: beside the rate they make alone, whether they slow down
     while the training step runs.
@@ -165,11 +166,15 @@ class ProcessBatches(keras.utils.PyDataset):
         self._pool: _Workers | None = None
         self._first: dict[str, np.ndarray] | None = None
         self._warned = False
-        self.read_seconds, self.wait_seconds, self.pool_reads = 0.0, 0.0, 0
+        self.read_seconds, self.pool_reads, self.read_waits = 0.0, 0, []
         self.make_seconds, self.pool_made = 0.0, 0
 
     def __len__(self) -> int:
         return self.steps
+
+    @property
+    def wait_seconds(self) -> float:
+        return sum(self.read_waits)
 
     def _start(self) -> None:
         self._first = self.batches.batch(self.start, self.dtype)
@@ -190,6 +195,7 @@ class ProcessBatches(keras.utils.PyDataset):
             self._next += 1
 
     def _wait_for(self, index: int) -> None:
+        """Until the workers have made batch `index` (its wait is appended to read_waits)."""
         workers = self._pool
         since = started = time.perf_counter()
         while index not in self._ready:
@@ -213,7 +219,7 @@ class ProcessBatches(keras.utils.PyDataset):
                         f"batch worker process {dead[0].name} exited with code {dead[0].exitcode} "
                         f"(killed, or out of memory: lower trainer.data_workers or trainer.batch_size, "
                         f"or set trainer.data_worker_processes=false)") from None
-        self.wait_seconds += time.perf_counter() - started
+        self.read_waits.append(time.perf_counter() - started)
         pickled, text = self._ready.pop(index)
         if text is not None:
             self.close()

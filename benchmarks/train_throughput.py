@@ -8,6 +8,9 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
   `trainer.data_workers` threads or processes), as `python -m pipelines.train` feeds it. A variant
   with `feed=premade` makes all its batches before the timed fit and feeds them from memory: the same
   batches, without waiting for the workers (a fresh array per step, unlike synthetic batches).
+  Worker processes start with each fit: its first steps wait while they are forked and make their first
+  batches (1.2-1.8 s on the H200, docs/benchmarks.md, session 17), which 96 steps do not leave behind.
+  Time a pipeline's steady rate over a long fit (a variant's `steps=1800`).
 
 FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and

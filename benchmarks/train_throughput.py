@@ -246,12 +246,12 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
 
 def variant_steps(text: str, default: int) -> int:
     """A variant's `steps=N` (a positive count), else `default`."""
-    values = [t.split("=", 1)[1] for t in text.split() if t.startswith("steps=")]
-    if not values:
+    value = _last_value(text.split(), "steps")
+    if value is None:
         return default
-    if not values[-1].isdigit() or int(values[-1]) < 1:
-        raise ValueError(f"steps={values[-1]}: use a positive number of steps")
-    return int(values[-1])
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"steps={value}: use a positive number of steps")
+    return int(value)
 
 
 def variant_feed(text: str) -> str:
@@ -259,9 +259,15 @@ def variant_feed(text: str) -> str:
     return _token(text.split(), "feed", FEEDS, "live")
 
 
-def _token(tokens, name: str, allowed, default: str) -> str:
+def _last_value(tokens, name: str) -> str | None:
+    """The value of the last `name=value` token, or None."""
     values = [t.split("=", 1)[1] for t in tokens if t.startswith(f"{name}=")]
-    value = values[-1] if values else default
+    return values[-1] if values else None
+
+
+def _token(tokens, name: str, allowed, default: str) -> str:
+    value = _last_value(tokens, name)
+    value = default if value is None else value
     if value not in allowed:
         raise ValueError(f"{name}={value}: use one of {', '.join(allowed)}")
     return value

@@ -1,6 +1,5 @@
 #!/bin/bash
 # Session 17, run 3 (ran at 3cf1638): short against long live fits and premade, in one process, with where each fit spends its time.
-# in each fit the time goes (step ms and waits for the workers by tenth of the fit).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 L="loop=training trainer.space_to_depth_channels=32 trainer.steps_per_execution=8 trainer.shifted_sum_depthwise=strided trainer.relu_gradient_from_output=true style=all trainer.data_worker_processes=true"

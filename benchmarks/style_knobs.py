@@ -108,9 +108,9 @@ def run_setting(name, cfg, content, styles, embed, args, photos):
     while step < args.steps:
         chunk = min(args.eval_every, args.steps - step)
         dataset = batches.training_input(step, chunk, workers=args.workers, dtype=cfg.trainer.input_dtype)
-        start = time.perf_counter()
+        began = time.perf_counter()
         objective.fit(dataset, steps_per_epoch=chunk, epochs=1, verbose=0, shuffle=False)
-        seconds += time.perf_counter() - start
+        seconds += time.perf_counter() - began
         step += chunk
         row, stylized = measure(step, seconds)
         curve.append(row)

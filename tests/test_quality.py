@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import REPO, STYLE_DIR
 from evaluation import quality
+
+PUBLISHED_DIR = REPO / "models" / "magenta-published"
 
 
 def flat(color, size=64) -> np.ndarray:
@@ -150,3 +153,44 @@ def test_score_reports_means_and_per_photo_values(real_photo):
 def test_score_refuses_batches_of_different_shapes():
     with pytest.raises(ValueError, match="differ"):
         quality.score(channel_stats, np.zeros((2, 64, 64, 3)), np.zeros((1, 64, 64, 3)), flat(0.5))
+
+
+# ---------------------------------------------------------------- Magenta's published style predictor
+
+
+@pytest.fixture(scope="module")
+def published_embed():
+    from evaluation.stage import published_style_embedder
+    from training.magenta_import import PUBLISHED_PREDICTOR_INT8
+
+    return published_style_embedder(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name)
+
+
+@pytest.fixture(scope="module")
+def starry():
+    from training.data import load_image, style_crop
+
+    return style_crop(load_image(STYLE_DIR / "starry_night.jpg"), 256)
+
+
+def test_published_predictor_places_the_painting_nearer_itself_than_a_photo(published_embed, starry, real_photo):
+    from training.data import fit_crop
+
+    embedding = quality.style_embedding(published_embed, starry)
+    assert embedding.shape == (1, 100)
+    mirrored, photo = starry[:, ::-1], fit_crop(real_photo, 256, 256)
+    to_mirror, to_photo = quality.style_distance(published_embed, np.stack([mirrored, photo]), starry)
+    assert to_mirror < 0.5 * to_photo
+
+
+def test_published_transfer_moves_a_heldout_photo_toward_the_painting(published_embed, starry, real_photo):
+    from training.data import fit_crop
+    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+
+    photo = fit_crop(real_photo, 384, 384)  # chelsea, one of the samples' held-out photos
+    bottleneck = run_tflite(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name, [starry[None]])
+    stylized = run_tflite(PUBLISHED_DIR / PUBLISHED_TRANSFER_FP16.name, [photo[None], bottleneck])
+    s = quality.score(published_embed, stylized, photo[None], starry)
+    assert s["style_distance_relative"] < 0.6  # 0.21 when measured
+    assert s["palette_distance"] < 0.5 * quality.palette_distance(photo, starry)
+    assert 0.5 < s["structure_similarity"] < 1.0  # strokes over the photo's layout

@@ -32,7 +32,7 @@ SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 # Structure blur: 2% of the short side (7.7 px at 384). Magenta's strokes and texture are a few
 # to ~15 px at 384; a blur of that sigma removes them while objects and large edges remain.
-# Every sigma-th pixel is then kept (the blur leaves < 1% at that spacing's Nyquist frequency):
+# Every sigma-th pixel is then kept (the blur leaves about 1% at that spacing's Nyquist frequency):
 # SSIM compares the layout on a ~50 px short side whatever the image size.
 STRUCTURE_BLUR_FRACTION = 0.02
 PALETTE_DIRECTION_COUNT = 64

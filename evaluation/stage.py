@@ -1,8 +1,9 @@
 """`evaluate(cfg) -> metrics`: latency and quality of every exported model on this host.
 
-Reads `outputs/export/manifest.json`; writes `metrics.json`, `latency.png` (chart) and
-`stylized_grid.png`; logs all of it to MLflow under the training run. Runtimes that this
-host lacks are listed under `skipped` with the reason.
+Reads `outputs/export/manifest.json`; writes `metrics.json`, `latency.png` (chart),
+`stylized_grid.png`, `quality_summary.json` (the measures of `evaluation/quality.py`, which do
+not use the training loss) and `side_by_side/<photo>.png`; logs all of it to MLflow under the
+training run. Runtimes that this host lacks are listed under `skipped` with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from evaluation import quality as quality_lib
 from evaluation.latency import summarize, time_calls, tflite_runner
 from evaluation.metrics import psnr_db
 from training.errors import StylepipeError
@@ -22,6 +24,11 @@ from training.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("stylepipe.evaluate")
 PUBLISHED_NAME = "magenta_published"
+IDENTITY_NAME = "identity"  # the held-out photo itself, scored as if it were a stylized output
+SIDE_BY_SIDE_DIR = "side_by_side"
+STYLE_EMBEDDING_SIZE = 256  # the published style predictor's input
+# Side-by-side columns: title -> entry of the scored outputs (the exported formats match Keras: see the grid).
+SIDE_BY_SIDE_COLUMNS = {"photo": IDENTITY_NAME, "Magenta published": PUBLISHED_NAME, "ours (keras)": "keras"}
 
 
 def read_manifest(path) -> dict:
@@ -44,21 +51,54 @@ def conv_flops(net, height: int, width: int) -> int:
     return flops
 
 
-def _grid(rows: list[tuple[str, list[np.ndarray]]], columns: list[str]) -> bytes:
+def _grid(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], labels: list[list[str]] | None = None,
+          tile: int = 192) -> bytes:
+    """Images in rows and columns, each under its label: `labels[row][column]` (lines split on
+    newlines), or "row | column"; the longer side of a tile is `tile` px."""
     from training.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
     from PIL import Image, ImageDraw
 
+    labels = labels or [[f"{row_name} | {column}" for column in columns] for row_name, _ in rows]
+    label_h = LABEL_HEIGHT * max(text.count("\n") + 1 for row in labels for text in row)
     tile_h, tile_w = rows[0][1][0].shape[:2]
-    scale = 192 / max(tile_h, tile_w)
+    scale = tile / max(tile_h, tile_w)
     th, tw = int(tile_h * scale), int(tile_w * scale)
-    grid = Image.new("RGB", (tw * len(columns), (th + LABEL_HEIGHT) * len(rows)), "white")
+    grid = Image.new("RGB", (tw * len(columns), (th + label_h) * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
-    for r, (row_name, images) in enumerate(rows):
-        for c, (image, column) in enumerate(zip(images, columns)):
-            y = r * (th + LABEL_HEIGHT)
-            grid.paste(Image.fromarray(to_uint8(image)).resize((tw, th)), (c * tw, y + LABEL_HEIGHT))
-            draw.text((c * tw + 3, y + 1), f"{row_name} | {column}"[: tw // 7], fill="black")
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            y = r * (th + label_h)
+            grid.paste(Image.fromarray(to_uint8(image)).resize((tw, th)), (c * tw, y + label_h))
+            for k, line in enumerate(labels[r][c].split("\n")):
+                draw.text((c * tw + 3, y + 1 + k * LABEL_HEIGHT), line[: tw // 7], fill="black")
     return png_bytes(grid)
+
+
+def published_style_embedder(predictor_path):
+    """Magenta's published style predictor as a `quality` embedder: images -> (N, 100) bottlenecks.
+
+    Each image is cropped as style images are (`style_crop`: short side to 256, centre crop) and
+    run alone (the file's batch is 1).
+    """
+    from training.data import style_crop
+    from training.magenta_import import run_tflite
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return np.concatenate([run_tflite(predictor_path, [style_crop(image, STYLE_EMBEDDING_SIZE)[None]]).reshape(1, -1)
+                               for image in images])
+
+    return embed
+
+
+def _measures_label(title: str, scores: dict) -> str:
+    return (f"{title}\nstyle distance {scores['style_distance']:.2f} ({scores['style_distance_relative']:.2f} of the photo's)"
+            f"\npalette {scores['palette_distance']:.3f}  structure {scores['structure_similarity']:.2f}")
+
+
+def _side_by_side(photo_name: str, images: dict[str, np.ndarray], scores: dict[str, dict]) -> bytes:
+    """One photo: a column per entry of `images`, each labelled with its measures (full size)."""
+    labels = [[_measures_label(f"{photo_name} | {column}", scores[column]) for column in images]]
+    return _grid([(photo_name, list(images.values()))], list(images), labels, tile=max(next(iter(images.values())).shape[:2]))
 
 
 def _latency_chart(rows: list[dict]) -> bytes:
@@ -107,7 +147,9 @@ def evaluate(cfg) -> dict:
 
     style_image = style_crop(load_image(style_image_path(manifest["style"], cfg.paths)), 256)
     bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))
-    photos = load_content(cfg.data).heldout_full[: int(ev.quality_photos)]
+    content = load_content(cfg.data)
+    photos = content.heldout_full[: int(ev.quality_photos)]
+    photo_names = content.heldout_names[: int(ev.quality_photos)]
     baked = {(a["format"], a["path"].rsplit("_", 1)[-1].split(".")[0]): a for a in manifest["artifacts"]
              if a["variant"] == "baked"}
     published_dir = Path(cfg.paths.published_dir)
@@ -196,6 +238,21 @@ def evaluate(cfg) -> dict:
                                     "psnr_db_vs_keras": None if name == PUBLISHED_NAME else psnr_db(out, outputs["keras"])}
     quality["style_loss_ours_vs_published"] = {
         "ours": quality["formats"]["keras"]["style_loss"], "published": quality["formats"][PUBLISHED_NAME]["style_loss"]}
+    # Measures independent of the training loss (evaluation/quality.py), the photo itself as the reference.
+    embed = published_style_embedder(published_dir / PUBLISHED_PREDICTOR_INT8.name)
+    scored = {IDENTITY_NAME: inputs, **outputs}
+    independent = {name: quality_lib.score(embed, out, inputs, style_image) for name, out in scored.items()}
+    for name, scores in independent.items():
+        entry = {m: scores[m] for m in quality_lib.MEASURES}
+        entry["per_photo"] = dict(zip(photo_names, scores["per_photo"]))
+        if name == IDENTITY_NAME:
+            quality[IDENTITY_NAME] = entry
+        else:
+            quality["formats"][name].update(entry)
+    quality_summary = {f"{name}.{m}": round(scores[m], 4) for name, scores in independent.items() for m in quality_lib.MEASURES}
+    side_by_side = {photo: _side_by_side(photo, {title: scored[key][i] for title, key in SIDE_BY_SIDE_COLUMNS.items()},
+                                         {title: independent[key]["per_photo"][i] for title, key in SIDE_BY_SIDE_COLUMNS.items()})
+                    for i, photo in enumerate(photo_names)}
 
     net = bake(transformer, bottleneck)
     models = [{"path": a["path"], "format": a["format"], "variant": a["variant"], "params": int(transformer.count_params()),
@@ -224,6 +281,8 @@ def evaluate(cfg) -> dict:
             mlflow.log_metric(f"latency_ms.{_row_key(row)}", row["median_ms"])
         for name, q in quality["formats"].items():
             mlflow.log_metrics({f"style_loss.{name}": q["style_loss"], f"content_loss.{name}": q["content_loss"]})
+        for name, scores in independent.items():
+            mlflow.log_metrics({f"{m}.{name}": scores[m] for m in quality_lib.MEASURES})
         atomic_write_bytes(out_dir / "latency.png", chart)
         atomic_write_bytes(out_dir / "stylized_grid.png", grid)
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -231,8 +290,16 @@ def evaluate(cfg) -> dict:
         atomic_write_text(out_dir / "latency_summary.json", json.dumps({_row_key(r): round(r["median_ms"], 2) for r in latency}, indent=2))
         atomic_write_text(out_dir / "latency_plot.json", json.dumps(
             [{"model": _row_key(r), "median_ms": round(r["median_ms"], 2)} for r in latency], indent=2))
+        atomic_write_text(out_dir / "quality_summary.json", json.dumps(quality_summary, indent=2))
+        side_dir = out_dir / SIDE_BY_SIDE_DIR
+        side_dir.mkdir(exist_ok=True)
+        for stale in side_dir.glob("*.png"):  # the folder holds this run's photos only
+            stale.unlink()
+        for name, png in side_by_side.items():
+            atomic_write_bytes(side_dir / f"{name}.png", png)
         for name in ("latency.png", "stylized_grid.png", "metrics.json"):
             mlflow.log_artifact(str(out_dir / name))
+        mlflow.log_artifacts(str(side_dir), artifact_path=SIDE_BY_SIDE_DIR)
     return metrics
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow
 import pytest
@@ -62,12 +63,27 @@ def test_evaluate_writes_latency_quality_chart_grid_and_mlflow(exported, tmp_pat
     assert {"keras", "magenta_published"} <= set(q) and q["keras"]["style_loss"] > 0
     for name in ("latency.png", "stylized_grid.png"):
         assert Image.open(out / name).size[0] > 200
+    # The measures independent of the training loss, for every format and the photo itself.
+    measures = ("style_distance", "style_distance_relative", "palette_distance", "structure_similarity")
+    identity = metrics["quality"]["identity"]
+    assert identity["style_distance_relative"] == pytest.approx(1.0) and identity["structure_similarity"] == pytest.approx(1.0)
+    photo = next(iter(identity["per_photo"]))
+    summary = json.loads((out / "quality_summary.json").read_text())
+    for name in ("identity", *q):
+        scores = identity if name == "identity" else q[name]
+        assert all(math.isfinite(scores[m]) and summary[f"{name}.{m}"] == pytest.approx(scores[m], abs=1e-4) for m in measures)
+        assert set(scores["per_photo"]) == {photo}
+    assert q["magenta_published"]["style_distance_relative"] < 1.0  # the published model styles the photo
+    side = Image.open(out / "side_by_side" / f"{photo}.png")
+    assert side.size[0] == 3 * 384 and side.size[1] > 384  # photo | published | ours, labelled above
     mlflow.set_tracking_uri(f"sqlite:///{exported / 'mlflow.db'}")
     run = mlflow.get_run(metrics["mlflow_run_id"])
     assert any(k.startswith("latency_ms.tflite_fp16.litert_xnnpack.t2.64x128") for k in run.data.metrics)
     assert any(k.startswith("latency_ms.iPhone_12.bender") for k in run.data.metrics)
+    assert {f"{m}.{name}" for m in measures for name in ("identity", *q)} <= set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"latency.png", "stylized_grid.png", "metrics.json"} <= artifacts
+    assert {"latency.png", "stylized_grid.png", "metrics.json", "side_by_side"} <= artifacts
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "side_by_side")} == {f"side_by_side/{photo}.png"}
 
 
 @pytest.mark.parametrize("change, message", [

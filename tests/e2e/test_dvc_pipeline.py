@@ -32,15 +32,17 @@ def test_dvc_repro_runs_every_stage_once_and_then_nothing(dvc_pipeline):
     summary = json.loads((root / "outputs/evaluate/latency_summary.json").read_text())
     tflite_keys = [k for k in summary if k.startswith("tflite_fp16.")]
     assert tflite_keys and all(summary[k] > 0 for k in tflite_keys)
-    for name in ("metrics.json", "latency.png", "stylized_grid.png", "latency_plot.json"):
+    for name in ("metrics.json", "latency.png", "stylized_grid.png", "latency_plot.json", "quality_summary.json"):
         assert (root / "outputs/evaluate" / name).stat().st_size > 0
+    assert list((root / "outputs/evaluate/side_by_side").glob("*.png"))
     # Outputs, the MLflow store and DVC's cache stay out of git: at most dvc.lock changed.
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
     assert {line[3:] for line in changed.splitlines()} <= {"dvc.lock"}, changed
 
-    # The latency metrics and plot are what DVC shows.
+    # The latency and quality metrics and the latency plot are what DVC shows.
     metrics = dvc_pipeline.dvc("metrics", "show").stdout
     assert "latency_summary.json" in metrics and tflite_keys[0] in metrics, metrics
+    assert "quality_summary.json" in metrics and "magenta_published.style_distance" in metrics, metrics
     plots = dvc_pipeline.dvc("plots", "show", "--json").stdout
     assert "latency_plot.json" in plots and "median_ms" in plots
 

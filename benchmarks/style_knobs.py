@@ -9,7 +9,8 @@ held-out photos are stylized and scored with the independent quality measures (e
 style distance to the painting by Magenta's published style predictor, palette distance, structure
 similarity), none of which is the training loss. Writes `style_knobs.png` (a row per setting, the
 published model's row first when the run starts from it) and `style_knobs.json` (the measures over
-steps), and prints the table. On a CPU add `trainer=smoke`; on a GPU the default profile.
+steps) and `stylized.npz` (the held-out photos and each setting's final images, uint8), and prints
+the table. On a CPU add `trainer=smoke`; on a GPU the default profile.
 
 `--init-weights FILE.npz` loads the starting weights from a file written by `--save-init-weights`
 (a machine without LiteRT, which reads Magenta's published TFLite files, can then start from them).
@@ -172,7 +173,7 @@ def main(argv=None) -> None:
         size = int(base.data.heldout_size)
         photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
         embed = published_embedder(base, args.init_weights)
-        curves, rows = {}, []
+        curves, rows, images = {}, [], {}
         for setting in args.settings:
             cfg = compose([*args.overrides, *setting.split()])
             validate_train_config(cfg)
@@ -182,6 +183,8 @@ def main(argv=None) -> None:
                 rows.append((f"start ({cfg.init.name}): style distance {first['style_distance_relative']:.3f}, "
                              f"structure {first['structure_similarity']:.3f}", list(start)))
             curves[setting] = curve
+            images[setting] = np.round(np.clip(stylized, 0, 1) * 255).astype(np.uint8)
+            images.setdefault("start", np.round(np.clip(start, 0, 1) * 255).astype(np.uint8))
             last = curve[-1]
             rows.append((f"{setting} ({args.steps} steps): style distance {last['style_distance_relative']:.3f}, "
                          f"structure {last['structure_similarity']:.3f}", list(stylized)))
@@ -192,6 +195,8 @@ def main(argv=None) -> None:
     header = ("photos | painting", [*photos, style_image])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "style_knobs.png").write_bytes(grid_png([header, *rows]))
+    np.savez_compressed(args.out / "stylized.npz", photos=np.round(np.stack(photos) * 255).astype(np.uint8),
+                        settings=np.array(list(images)), **{f"images_{i}": v for i, v in enumerate(images.values())})
     (args.out / "style_knobs.json").write_text(json.dumps({"overrides": args.overrides, "steps": args.steps,
                                                            "curves": curves}, indent=2))
     print(f"\n| setting | steps | train s | style distance (relative) | palette distance | structure similarity |")

@@ -438,7 +438,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
     # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
     # Synthetic batches give every example its own style image, as arbitrary-style training does.
     batches = pipeline_batches(cfg) if input_mode == "pipeline" else None
-    fixed = batches is not None and fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets)
+    fixed = batches is not None and fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets, batches.styles)
     key = f"{model} fixed style targets" if fixed else model
     if key not in cache:  # FLOPs per image depend on the model, the image size and whether style targets are fixed
         flops = step_flops(objective, image_size)

@@ -78,3 +78,21 @@ def test_the_benchmark_clock_times_only_executions_read_when_the_device_finished
     opened_at = dict(clock.times)[1]
     assert opened_at < recorder.dispatched_at[2]  # read before the next execution was dispatched
     assert window_s == pytest.approx(dict(clock.times)[5] - opened_at)
+
+
+def test_images_per_second_counts_the_fit_only():
+    """Work after the fit (saving the model, scoring held-out photos, the sample grid) does not lower images/s."""
+    import time
+
+    from training.train import TrainingProgress
+
+    progress = TrainingProgress(0, 100, checkpoints=None, optimizer=None, log_every=1000, checkpoint_every=1000,
+                                show_bar=False, mlflow_module=None)
+    for batch in range(4):  # steps 1-4: the first is the compile's and is not timed
+        progress.on_train_batch_end(batch, {"loss": 1.0})
+        time.sleep(0.05)
+    progress.on_train_end()
+    rate = progress.images_per_second(batch_size=8)
+    assert 0 < rate <= 3 * 8 / 0.15 * 1.01  # 3 timed steps of 8 images in at least 0.15 s
+    time.sleep(0.2)
+    assert progress.images_per_second(batch_size=8) == rate

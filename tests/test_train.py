@@ -249,17 +249,17 @@ def test_fit_reads_style_targets_from_the_fixed_table(tmp_path, monkeypatch):
     expected = float(objective.loss_terms(stylized, batch["content"], np.repeat(other, 2, axis=0))["style_loss"])
     assert from_table == pytest.approx(expected, rel=1e-5)
     assert abs(from_table - from_batch) > 0.05 * from_batch
-    objective.fix_style_targets(np.stack(batches.styles))  # the real targets: the batch's own losses again
+    objective.fix_style_targets(batches.styles)  # the real targets: the batch's own losses again
     assert style_loss(batches.training_input(0, 1, workers=1)) == pytest.approx(from_batch, rel=1e-5)
 
     size = sum(table.nbytes for table in objective.style_gram_table.values())
     assert size == objective.style_gram_table_bytes(len(batches.styles)) == 4 * (64**2 + 128**2 + 256**2 + 512**2)
     objective.style_gram_table = None
     monkeypatch.setattr(train_lib, "MAX_FIXED_STYLE_TARGET_BYTES", size - 1)  # one style over the cap
-    assert train_lib.fix_style_targets(objective, batches, enabled=True) is False
+    assert train_lib.fix_style_targets(objective, batches, enabled=True, textures=batches.styles) is False
     assert objective.style_gram_table is None
     monkeypatch.setattr(train_lib, "MAX_FIXED_STYLE_TARGET_BYTES", size)
-    assert train_lib.fix_style_targets(objective, batches, enabled=True) is True
+    assert train_lib.fix_style_targets(objective, batches, enabled=True, textures=batches.styles) is True
     assert objective.style_gram_table is not None
 
 

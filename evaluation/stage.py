@@ -210,11 +210,18 @@ def evaluate(cfg) -> dict:
     # Quality at 384x384 on held-out photos: each format's output vs Keras, and the training losses.
     qh, qw = (384, 384)
     # Scored by the training objective's own loss code (as training scores its held-out photos).
+    # With the style strength and texture size the model was trained with (its training metrics).
+    from export.stage import training_metadata
+    from training.data import resize_short_side
+
+    trained = training_metadata(Path(manifest["model"]).parent)
     loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)
-    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network)
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, trained.get("style_strength", 1.0))
+    painting = load_image(style_image_path(manifest["style"], cfg.paths))
+    style_targets = objective.style_targets([resize_short_side(painting, int(trained.get("texture_size", 256)))])
 
     def loss_terms(outputs, inputs):
-        terms = objective.loss_terms(np.asarray(outputs, np.float32), inputs, style_image[None])
+        terms = objective.loss_terms(np.asarray(outputs, np.float32), inputs, None, style_targets)
         return {name: float(value) for name, value in terms.items()}
 
     inputs = np.stack([fit_crop(p, qh, qw) for p in photos])
@@ -267,9 +274,7 @@ def evaluate(cfg) -> dict:
     chart = _latency_chart(latency)
     grid = _grid([(f"photo {i}", [inputs[i]] + [outputs[k][i] for k in outputs]) for i in range(len(inputs))],
                  ["input", *outputs])
-    from export.stage import training_metadata
-
-    parent = training_metadata(Path(manifest["model"]).parent).get("mlflow_run_id")
+    parent = trained.get("mlflow_run_id")
     model_name = manifest.get("model_name") or Path(manifest["model"]).parent.name
     run_name = cfg.run_name or f"evaluate-{manifest['style']}-{model_name}"
     tags = {"stage": "evaluate", "style": manifest["style"], "model": model_name}

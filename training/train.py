@@ -319,6 +319,8 @@ def train(cfg: DictConfig) -> dict:
             metrics = {
                 "model": cfg.model.name,  # names the export and evaluation runs of this model
                 "style": cfg.style.name,
+                "style_strength": float(cfg.style.strength),  # the objective's settings, for scoring the model later
+                "texture_size": int(cfg.style.texture_size),
                 "steps": total_steps,
                 "trained_steps": remaining,
                 "resumed_from_step": start_step,

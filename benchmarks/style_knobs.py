@@ -92,7 +92,7 @@ def run_setting(name, cfg, content, styles, embed, args, photos):
     initialise(objective.stylizer, cfg, args.init_weights)
     style_name, painting = next(iter(styles.items()))
     style_image = data_lib.style_crop(painting, cfg.data.style_size)
-    textures = [data_lib.resize_short_side(painting, int(cfg.style.texture_size))]
+    textures = [data_lib.texture_image(painting, int(cfg.style.texture_size))]
     batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size, seed=int(cfg.seed))
     fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets, textures)
 

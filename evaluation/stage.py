@@ -212,13 +212,13 @@ def evaluate(cfg) -> dict:
     # Scored by the training objective's own loss code (as training scores its held-out photos).
     # With the style strength and texture size the model was trained with (its training metrics).
     from export.stage import training_metadata
-    from training.data import resize_short_side
+    from training.data import texture_image
 
     trained = training_metadata(Path(manifest["model"]).parent)
     loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, trained.get("style_strength", 1.0))
     painting = load_image(style_image_path(manifest["style"], cfg.paths))
-    style_targets = objective.style_targets([resize_short_side(painting, int(trained.get("texture_size", 256)))])
+    style_targets = objective.style_targets([texture_image(painting, int(trained.get("texture_size", 256)))])
 
     def loss_terms(outputs, inputs):
         terms = objective.loss_terms(np.asarray(outputs, np.float32), inputs, None, style_targets)

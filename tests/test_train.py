@@ -40,12 +40,11 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
 
     reloaded = load_stylizer(train_dir / "model.keras")  # what the export stage does, in safe mode
     assert {"style_predictor", "transformer"} <= {layer.name for layer in reloaded.layers}
-    # The loss falls on real photos: held-out loss after 16 steps vs the same network untrained
-    # (same seed, same initial weights), and the style term over the logged training steps.
+    # The loss falls on real photos: held-out loss and its style term after 16 steps vs the same network
+    # untrained (same seed, same initial weights); every step is logged.
     assert metrics["heldout"]["loss"] < 0.85 * untrained["heldout"]["loss"], (metrics["heldout"], untrained["heldout"])
-    style = [h["style_loss"] for h in metrics["history"]]
-    assert len(style) == 16
-    assert sum(style[-4:]) < 0.8 * sum(style[:4]), style
+    assert metrics["heldout"]["style_loss"] < 0.8 * untrained["heldout"]["style_loss"], (metrics["heldout"], untrained["heldout"])
+    assert len(metrics["history"]) == 16
     assert metrics["images_per_second"] > 0
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)

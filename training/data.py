@@ -246,6 +246,12 @@ def style_crop(image: np.ndarray, size: int) -> np.ndarray:
     return center_crop(resize_short_side(image, size), size)
 
 
+def texture_image(painting: np.ndarray, texture_size: int) -> np.ndarray:
+    """The painting as its style (Gram) targets are measured: its centre square at `style.texture_size`.
+    At data.style_size it is the style crop the batches carry, so fixed and per-batch targets agree."""
+    return style_crop(painting, texture_size)
+
+
 def fit_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize so the image covers height x width, then centre crop to exactly that."""
     h, w = image.shape[:2]

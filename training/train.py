@@ -192,7 +192,7 @@ MAX_FIXED_STYLE_TARGET_BYTES = 64 << 20
 def fix_style_targets(objective, batches, enabled: bool, textures: list[np.ndarray]) -> bool:
     """Give `objective` the Gram targets of `batches`' styles when they are fixed crops (no augmentation).
 
-    textures: each style image as its targets are measured (`texture_images`), in the batches' order.
+    textures: each style image as its targets are measured (`training.data.texture_image`), in the batches' order.
 
     Returns whether it did. The losses are the same; VGG-16 no longer runs on each batch's copies.
     """
@@ -230,8 +230,7 @@ def train(cfg: DictConfig) -> dict:
 
     content = data_lib.load_content(cfg.data)
     styles, style_skips = data_lib.load_style_images(cfg.style, min_side=cfg.data.min_side, max_pixels=cfg.data.max_pixels)
-    # The painting as its style (Gram) targets are measured: the whole image at style.texture_size.
-    textures = [data_lib.resize_short_side(image, int(cfg.style.texture_size)) for image in styles.values()]
+    textures = [data_lib.texture_image(image, int(cfg.style.texture_size)) for image in styles.values()]
     skipped = content.skipped.merge(style_skips)
     if skipped.count():
         log.warning("skipped %d unusable file(s): %s", skipped.count(), skipped.summary())

@@ -3,7 +3,7 @@
 The real pipeline `python -m pipelines.train` reads (`TrainingBatches` on the shipped photos:
 decode, random scale and crop, flips, the style's augmentation, batching in `trainer.data_workers`
 threads, or processes with `--kinds processes`), read through Keras' PyDataset adapter as `fit` reads it. A GPU step consumes images at
-the rate in docs/benchmarks.md; the pipeline must make them faster on the training machine's CPUs.
+the rate in docs/performance.md; the pipeline must make them faster on the training machine's CPUs.
 
     python benchmarks/input_pipeline.py --workers 1 2 --dtypes float32 uint8
     python benchmarks/input_pipeline.py --workers 8 16 --dtypes uint8 --style all --kinds threads processes

@@ -9,8 +9,9 @@ lowered program it counts the optimization barriers the gradient's masks read th
     KERAS_BACKEND=jax python benchmarks/relu_fusion.py --out outputs/benchmarks/relu_fusion.json
 
 The ways: `autodiff` (Keras' ReLU), `output_mask_no_barrier` (`relu_gradient_from_output` with
-`training.vgg16._opaque` as the identity: session 12's code) and `output_mask` (the training code,
-`trainer.relu_gradient_from_output=true`). On a CPU there are no cuDNN convolutions to count.
+`training.vgg16._opaque` as the identity, whose mask XLA turns back into one on the input) and
+`output_mask` (the training code, `trainer.relu_gradient_from_output=true`). On a CPU there are no
+cuDNN convolutions to count.
 Writes JSON and prints a table.
 """
 

@@ -7,7 +7,7 @@ steps than ran: at 60 steps of 8, by 48 where 44 ran. This adds to each such row
 `*_restated` fields (step time, images/s, TFLOP/s, MFU, host wait) and an `erratum` to the file,
 keeping every original field. Rows already restated, or timed right, are left alone.
 
-    python benchmarks/restate_records.py docs/benchmarks/*.json
+    python benchmarks/restate_records.py RECORD.json ...   # records made before a6dd0b2 only
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-ERRATUM = ("Session 9: rows with steps not a multiple of steps_per_execution were timed over steps that never "
+ERRATUM = ("Rows with steps not a multiple of steps_per_execution were timed over steps that never "
            "ran (Keras reports a short last execution as ending past the last step; fixed in a6dd0b2). "
            "The *_restated fields hold step_ms * counted / ran (48/44 at 60 steps of 8); the original fields are kept.")
 

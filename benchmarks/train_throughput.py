@@ -9,7 +9,7 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
   with `feed=premade` makes all its batches before the timed fit and feeds them from memory: the same
   batches, without waiting for the workers (a fresh array per step, unlike synthetic batches).
   Worker processes start with each fit: its first steps wait while they are forked and make their first
-  batches (1.2-1.8 s on the H200, docs/benchmarks.md, session 17), which 96 steps do not leave behind.
+  batches (1.2-1.8 s on the H200, docs/performance.md), which 96 steps do not leave behind.
   Time a pipeline's steady rate over a long fit (a variant's `steps=1800`).
 
 FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
@@ -233,7 +233,7 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
     progress callback does (progress bar, NaN guard, checkpoints), one execution late
     (training/callbacks.py): the host waits for an execution while the device runs the next.
     loop=synced: the same callback in Keras' own list, which waits for each execution as soon as it is
-    dispatched, so the device idles while the host catches up (training's loop before session 11).
+    dispatched, so the device idles while the host catches up (training's loop before the lagged list).
     `steps=N`: this variant's timed fit runs N steps instead of --steps (a short fit against a long one).
     """
     tokens = text.split() if text.strip() not in ("", "base") else []
@@ -417,9 +417,9 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 
     keras.backend.clear_session()
     # Free the last configuration's models now, not in a collection during the next one's timed fit.
-    # A guess at why, in session 12, the second configuration of each process was perturbed (31-32 ms
+    # A guess at why, on an H200, the second configuration of each process was perturbed (31-32 ms
     # steps on a 26.9 ms device step, or a 29-30 ms device step under a 27.2 ms step). With it, second
-    # configurations were not, but a third was (16 steps per execution; docs/benchmarks.md, session 12).
+    # configurations were not, but a third was (16 steps per execution).
     gc.collect()
     label, overrides, loop = parse_variant(variant)
     cfg = compose(model, precision, batch_size, image_size, workers, devices, input_dtype, overrides)

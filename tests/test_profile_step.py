@@ -1,6 +1,6 @@
 """benchmarks/profile_step.py --annotate: a real XLA dump names a profile's instructions by layer.
 
-The profile itself needs a GPU trace (docs/benchmarks.md holds the H200 ones); the naming reads
+The profile itself needs a GPU trace (docs/performance.md sums up the H200's); the naming reads
 the optimized HLO that XLA writes on any backend, here the CPU's.
 """
 

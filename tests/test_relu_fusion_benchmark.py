@@ -1,7 +1,7 @@
 """benchmarks/relu_fusion.py on the CPU: the training code's ReLU masks read through a barrier, all three
 ways give one gradient.
 
-Whether cuDNN then takes the ReLUs needs a GPU (docs/benchmarks.md, session 13: 10 of 10 with the
+Whether cuDNN then takes the ReLUs needs a GPU (docs/performance.md: 10 of 10 with the
 barrier, 0 without); here the JAX program the GPU compiles is checked, on real VGG-16 shapes.
 """
 

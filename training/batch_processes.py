@@ -2,7 +2,7 @@
 
 Batch threads share one GIL: on a 16-core H200 host 8 threads made 1925 images/s of arbitrary-style
 batches (style=all, batch 64, uint8) and 12 or 16 made fewer, while the GPU step takes 2400
-(docs/benchmarks.md, session 14). Keras' own worker processes (`use_multiprocessing`) pickle each
+(docs/performance.md). Keras' own worker processes (`use_multiprocessing`) pickle each
 25 MB batch through a pipe and made no more (1596-1797). Here the workers are forked: they inherit the
 decoded photos without a copy, write each batch into a slot of one anonymous shared mapping, and
 send back only its number. The training thread copies the batch out of its slot and hands the slot

@@ -5,8 +5,7 @@ the host waits there for the device to finish, and the device then idles until t
 the callbacks and dispatched the next execution. `LaggedCallbackList` hands execution k's losses to
 the callbacks when `fit` has dispatched execution k+1: the host then waits only for work queued
 behind more work, and the device stays busy. On an H200 (lite model, batch 64, 8-step executions)
-the step inside `fit` went from 0.5 to 0.1 ms over the device's own step: 1.016x (docs/benchmarks.md,
-session 11).
+the step inside `fit` went from 0.5 to 0.1 ms over the device's own step: 1.016x (docs/performance.md).
 
 A callback that needs the model's current weights at a step (a checkpoint) says so through
 `needs_current_state(batch)`; that execution is handed over at once, as Keras would.

@@ -4,7 +4,7 @@ The host draws each style crop's three parameters with its crop (`draw`); the ob
 them to the batch (`jitter_colours`). Colour jitter is per-pixel arithmetic: in NumPy on the host it
 took most of a style crop's time, and arbitrary-style training on the real pipeline ran at 613
 images/s, a quarter of what one H200 consumes. Moved here, the pipeline made 2.7-2.9x more on 2 CPUs
-and the step is 0.2% slower (docs/benchmarks.md, session 14).
+and the step is 0.2% slower (docs/performance.md).
 """
 
 from __future__ import annotations

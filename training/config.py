@@ -25,11 +25,11 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 # More batch threads than this contend for the GIL: on a 16-CPU H200 host, 8 threads made more
-# images/s than 12 or 16 (docs/benchmarks.md, sessions 7 and 14).
+# images/s than 12 or 16 (docs/performance.md).
 MAX_AUTO_DATA_WORKERS = 8
 # Worker processes share no GIL: they scale to the cores, less these for the training thread and the
 # accelerator runtime's own threads (16-CPU H200 host: 8, 12 and 15 processes made 2762, 3812 and 4756
-# arbitrary-style images/s; docs/benchmarks.md, session 14).
+# arbitrary-style images/s; docs/performance.md).
 CORES_KEPT_FROM_DATA_PROCESSES = 2
 
 

@@ -224,7 +224,7 @@ def random_resized_crop_image(image: np.ndarray | Image.Image, short_side: int, 
 
     Only the crop is resampled (PIL's `box`), so the cost does not grow with the image. Given a
     PIL image, nothing is converted: the training cache keeps PIL images because converting an
-    array holds the GIL, which capped the pipeline's threads (docs/benchmarks.md).
+    array holds the GIL, which capped the pipeline's threads.
     """
     width, height = _short_side_size(image, short_side)
     top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))

@@ -2,11 +2,12 @@
 
 cuDNN ran MobileNetV2's first depthwise convolution (3x3, stride 1, 32 channels at 128x128; the lite
 model's style predictor) at about 140 GB/s: 0.48 ms of the lite model's 28.6 ms step at batch 64
-on an H200 (session 10's profile), for a few MFLOP. In session 11 the algorithm XLA's autotuner picks
-for the stride-2 `block_3_depthwise` varied by process: 0.041 ms in two processes, 0.55 ms in a third.
+on an H200 (a profile of the step), for a few MFLOP. The algorithm XLA's autotuner picks for the
+stride-2 `block_3_depthwise` varies by process: 0.041 ms in two processes, 0.55 ms in a third.
 The same convolution written as kh * kw shifted (and, for strides, subsampled), scaled copies of the
 padded input is elementwise work XLA fuses into one pass over the input, with no pick to vary.
-Session 12: the four stride-2 ones so ("strided") beat cuDNN by 0.3-0.7% of the step; all 17 lost 0.8-1.2%.
+On an H200 the four stride-2 ones so ("strided") beat cuDNN by 0.3-0.7% of the step; all 17 lost 0.8-1.2%
+(docs/performance.md).
 """
 
 from __future__ import annotations

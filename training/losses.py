@@ -38,7 +38,7 @@ def _jax_gram():
     """(B, N, C) -> float32 (B, C, C) F^T F with a one-product gradient F (G + G^T).
 
     Autodiff would differentiate each operand of F^T F on its own: two (B, N, C) products and
-    their sum, where the largest (conv1's 65536 x 64 per image) are memory-bound (docs/benchmarks.md).
+    their sum, where the largest (conv1's 65536 x 64 per image) are memory-bound.
     """
     import jax
     import jax.numpy as jnp
@@ -53,7 +53,7 @@ def _jax_gram():
     def backward(flat, cotangent):
         # In the features' dtype, accumulated in float32: bf16 features give a bf16 product on the tensor
         # cores, as autodiff of a bf16 product would. The float32 product's kernels took 1.05 ms of the lite
-        # model's step at batch 64 on an H200; the bf16 one trains it 1.02x faster (docs/benchmarks.md).
+        # model's step at batch 64 on an H200; the bf16 one trains it 1.02x faster.
         symmetric = (cotangent + jnp.swapaxes(cotangent, 1, 2)).astype(flat.dtype)
         return (jnp.einsum("bnc,bcd->bnd", flat, symmetric, preferred_element_type=jnp.float32).astype(flat.dtype),)
 

@@ -137,7 +137,7 @@ class ConditionalInstanceNorm(layers.Layer):
         the moments and for the backward pass's sums (about 2 ms of the lite model's 28.6 ms step at
         batch 64 on an H200). Over the folded axis the work is spread over G times as many blocks; the G
         partial means of each channel are then averaged in a small reduction. The lite model trains
-        1.10x faster (docs/benchmarks.md, session 10).
+        1.10x faster on an H200.
         """
         _, height, width, channels = x.shape
         groups = fold_groups(height * width, channels) if height and width else 1
@@ -183,7 +183,7 @@ class NearestUpsample(layers.Layer):
     Inference is written as an image resize, so exports get one RESIZE_NEAREST_NEIGHBOR
     (TFLite, constant size with static shapes) / upsample_nearest_neighbor (Core ML) op.
     Training repeats the pixels instead (the same values): its gradient is a sum over each
-    block, where the resize's is a scatter-add, slow on GPUs (docs/benchmarks.md).
+    block, where the resize's is a scatter-add, slow on GPUs.
     """
 
     def __init__(self, factor: int = 2, **kwargs):

@@ -2,7 +2,7 @@
 
 cuDNN runs a convolution with 3 or 8 channels far below the tensor cores' rate: on an H200 the
 transfer network's two 9x9 convolutions (3 -> 8 and 8 -> 3 channels at alpha 0.25) took about a
-third of the lite model's whole training step at 6 TFLOP/s (docs/benchmarks.md). The same
+third of the lite model's whole training step at 6 TFLOP/s. The same
 convolution on b x b pixel blocks has b*b times the channels: a 9x9 kernel over 3 channels is a
 3x3 kernel over 48 channels making 128 (b = 4). It does about 1.8x the multiply-adds, on shapes
 the tensor cores run well. The result is the same convolution (up to float summation order).
@@ -25,7 +25,7 @@ def block_for(kernel_size: int, in_channels: int) -> tuple[int, int]:
     9x9 -> 3x3 on 4x4 blocks; 3x3 -> 2x2 on 2x2 blocks, except over an image (<= 4 channels):
     1x4 blocks along the width, whose blocked output is the plain one reshaped, where 2x2 blocks
     need a transpose back to pixels of their wide output (VGG-16's block1_conv1: 0.3 ms per call
-    at batch 64 on an H200, docs/benchmarks.md).
+    at batch 64 on an H200).
     """
     if kernel_size >= 5:
         return 4, 4
@@ -74,7 +74,7 @@ def conv2d_space_to_depth(inputs, kernel, block, bias=None, activation=None):
     `block` is a side or (rows, columns). The bias and activation act on the blocked output, where
     XLA can fuse them into cuDNN's convolution; after the reshape back to pixels they were a pass of
     their own over the whole activation (VGG-16's block1_conv1: 0.33 ms per step at batch 64 on an
-    H200, docs/benchmarks.md).
+    H200).
     """
     kh, kw, cin, cout = kernel.shape
     bh, bw = _rows_columns(block)

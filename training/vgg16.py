@@ -95,7 +95,7 @@ def relu_gradient_from_output(x):
     image XLA cannot fuse the ReLU into cuDNN's convolution: it writes the pre-activation, and a pass
     of its own makes the output (six such passes, 0.78 ms of a 26.3 ms step at batch 64 on an H200).
     Masked by the output, read through `_opaque`, the convolution, bias and ReLU are one kernel and the
-    output is what is kept: 1.03x at batch 64 on an H200 (docs/benchmarks.md, session 13).
+    output is what is kept: 1.03x at batch 64 on an H200 (docs/performance.md).
     """
     y = ops.relu(x)
     kept = _opaque(y)

@@ -33,6 +33,10 @@ CASES = [
     ("train", "trainer.relu_gradient_from_output=maybe",
      "error: trainer.relu_gradient_from_output='maybe' is not allowed", "true or false"),
     ("train", "trainer.data_worker_processes=2", "error: trainer.data_worker_processes=2 is not allowed", "true or false"),
+    ("train", "style.strength=11", "error: style.strength=11 is not allowed", "from 1 (mostly the photo) to 10"),
+    ("train", "style.texture_size=2048", "error: style.texture_size=2048 is not allowed", "from 16 to 1024"),
+    ("train", "style.texture_size=512 trainer.fixed_style_targets=false", "error: style.texture_size=512 is not allowed",
+     "data.style_size (256) with trainer.fixed_style_targets=false"),
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
     ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
     ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),
@@ -44,7 +48,7 @@ def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts
     """Guards pipelines.cli.preflight and the validators: without them Hydra prints a multi-line
     block (unknown style) or the stage fails after creating outputs/ and importing TensorFlow."""
     start = time.perf_counter()
-    result = run_stage(stage, ["trainer=smoke", override] if stage == "train" else [override], tmp_path)
+    result = run_stage(stage, ["trainer=smoke", *override.split()] if stage == "train" else [override], tmp_path)
     elapsed = time.perf_counter() - start
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == error_lines(result.stderr), result.stderr  # nothing but the error

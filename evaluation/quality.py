@@ -186,18 +186,48 @@ def structure_similarity(stylized, photo, sigma: float | None = None) -> float:
     return ssim(_coarse(a, sigma), _coarse(b, sigma))
 
 
+# ---------------------------------------------------------------- feature statistics
+
+
+FeatureMaps = Callable[[np.ndarray], list]  # (1, H, W, 3) float32 in [0, 1] -> [(1, h, w, c), ...]
+
+
+def _statistics(features: FeatureMaps, image) -> list[tuple[np.ndarray, np.ndarray]]:
+    maps = features(_batch(image)[:1])
+    return [(np.asarray(m, np.float64).mean(axis=(0, 1, 2)), np.asarray(m, np.float64).std(axis=(0, 1, 2))) for m in maps]
+
+
+def statistics_distance(features: FeatureMaps, stylized, style_image) -> np.ndarray:
+    """(N,) distances between the per-channel means and standard deviations of each stylized image's
+    feature maps and the style image's, relative to the style image's, averaged over the maps:
+    mean over maps of (|mu - mu_s|^2 + |sd - sd_s|^2) / (|mu_s|^2 + |sd_s|^2). 0 = the same statistics.
+
+    The statistics of a frozen ImageNet network are a second view of style (the one AdaIN transfers):
+    unlike the style embedding, they are not the input of any transfer network.
+    """
+    target = _statistics(features, style_image)
+    out = []
+    for image in _batch(stylized):
+        ratios = [(np.sum((m - tm) ** 2) + np.sum((d - td) ** 2)) / (np.sum(tm**2) + np.sum(td**2))
+                  for (m, d), (tm, td) in zip(_statistics(features, image), target)]
+        out.append(float(np.mean(ratios)))
+    return np.asarray(out)
+
+
 # ---------------------------------------------------------------- a batch
 
 
 MEASURES = ("style_distance", "style_distance_relative", "palette_distance", "structure_similarity")
+STATISTICS_MEASURE = "style_statistics_distance"  # with `features`
 
 
-def score(embed: Embedder, stylized_batch, photo_batch, style_image) -> dict:
+def score(embed: Embedder, stylized_batch, photo_batch, style_image, features: FeatureMaps | None = None) -> dict:
     """Every measure for stylized images against their photos and the style image.
 
-    Returns {measure: mean over photos} for MEASURES, plus `photo_style_distance` (the photos' own
-    mean distance to the style, the relative distance's reference) and `per_photo` (a dict of
-    the same measures per photo, in order). The relative distance's mean is the mean of ratios.
+    Returns {measure: mean over photos} for MEASURES (and STATISTICS_MEASURE when `features` is given),
+    plus `photo_style_distance` (the photos' own mean distance to the style, the relative distance's
+    reference) and `per_photo` (a dict of the same measures per photo, in order). The relative
+    distance's mean is the mean of ratios.
     """
     stylized, photos = _batch(stylized_batch), _batch(photo_batch)
     if stylized.shape != photos.shape:
@@ -209,5 +239,10 @@ def score(embed: Embedder, stylized_batch, photo_batch, style_image) -> dict:
                   "palette_distance": palette_distance(s, style_image),
                   "structure_similarity": structure_similarity(s, photo)}
                  for d, p, s, photo in zip(distance, photo_distance, stylized, photos)]
-    means = {m: float(np.mean([row[m] for row in per_photo])) for m in MEASURES}
+    measures = MEASURES
+    if features is not None:
+        measures = (*MEASURES, STATISTICS_MEASURE)
+        for row, value in zip(per_photo, statistics_distance(features, stylized, style_image)):
+            row[STATISTICS_MEASURE] = float(value)
+    means = {m: float(np.mean([row[m] for row in per_photo])) for m in measures}
     return {**means, "photo_style_distance": float(photo_distance.mean()), "per_photo": per_photo}

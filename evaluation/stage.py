@@ -90,6 +90,27 @@ def published_style_embedder(predictor_path):
     return embed
 
 
+# MobileNetV2 layers whose statistics describe style, from edges and colours to textures and parts.
+STATISTICS_LAYERS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu")
+
+
+def published_feature_maps(published_dir, cache_dir):
+    """The frozen ImageNet MobileNetV2 of Magenta's published predictor as a `quality` feature extractor:
+    an image, cropped as style images are, -> its maps at STATISTICS_LAYERS (float32, Keras)."""
+    from training.data import style_crop
+    from training.magenta_import import published_predictor
+
+    backbone = published_predictor(published_dir, cache_dir).get_layer("backbone_mobilenet_v2")
+    net = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))  # fed [0, 1] as the predictor feeds it
+    maps = keras.Model(net.inputs, [net.get_layer(name).output for name in STATISTICS_LAYERS])
+
+    def features(images: np.ndarray) -> list[np.ndarray]:
+        crops = np.stack([style_crop(image, STYLE_EMBEDDING_SIZE) for image in images])
+        return [keras.ops.convert_to_numpy(m) for m in maps(crops, training=False)]
+
+    return features
+
+
 def _measures_label(title: str, scores: dict) -> str:
     return (f"{title}\nstyle distance {scores['style_distance']:.2f} ({scores['style_distance_relative']:.2f} of the photo's)"
             f"\npalette {scores['palette_distance']:.3f}  structure {scores['structure_similarity']:.2f}")
@@ -248,15 +269,17 @@ def evaluate(cfg) -> dict:
     # Measures independent of the training loss (evaluation/quality.py), the photo itself as the reference.
     embed = published_style_embedder(published_dir / PUBLISHED_PREDICTOR_INT8.name)
     scored = {IDENTITY_NAME: inputs, **outputs}
-    independent = {name: quality_lib.score(embed, out, inputs, style_image) for name, out in scored.items()}
+    features = published_feature_maps(published_dir, cfg.paths.cache_dir)
+    measures = (*quality_lib.MEASURES, quality_lib.STATISTICS_MEASURE)
+    independent = {name: quality_lib.score(embed, out, inputs, style_image, features) for name, out in scored.items()}
     for name, scores in independent.items():
-        entry = {m: scores[m] for m in quality_lib.MEASURES}
+        entry = {m: scores[m] for m in measures}
         entry["per_photo"] = dict(zip(photo_names, scores["per_photo"]))
         if name == IDENTITY_NAME:
             quality[IDENTITY_NAME] = entry
         else:
             quality["formats"][name].update(entry)
-    quality_summary = {f"{name}.{m}": round(scores[m], 4) for name, scores in independent.items() for m in quality_lib.MEASURES}
+    quality_summary = {f"{name}.{m}": round(scores[m], 4) for name, scores in independent.items() for m in measures}
     side_by_side = {photo: _side_by_side(photo, {title: scored[key][i] for title, key in SIDE_BY_SIDE_COLUMNS.items()},
                                          {title: independent[key]["per_photo"][i] for title, key in SIDE_BY_SIDE_COLUMNS.items()})
                     for i, photo in enumerate(photo_names)}
@@ -287,7 +310,7 @@ def evaluate(cfg) -> dict:
         for name, q in quality["formats"].items():
             mlflow.log_metrics({f"style_loss.{name}": q["style_loss"], f"content_loss.{name}": q["content_loss"]})
         for name, scores in independent.items():
-            mlflow.log_metrics({f"{m}.{name}": scores[m] for m in quality_lib.MEASURES})
+            mlflow.log_metrics({f"{m}.{name}": scores[m] for m in measures})
         atomic_write_bytes(out_dir / "latency.png", chart)
         atomic_write_bytes(out_dir / "stylized_grid.png", grid)
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))

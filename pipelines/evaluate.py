@@ -10,7 +10,7 @@ from pipelines.cli import preflight, run_stage
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from evaluation.quality import MEASURES
+    from evaluation.quality import MEASURES, STATISTICS_MEASURE
     from evaluation.stage import evaluate
 
     metrics = run_stage(evaluate, cfg)
@@ -22,10 +22,10 @@ def main(cfg: DictConfig) -> None:
     for s in metrics["skipped"]:
         print(f"skipped {s['format']} ({s['runtime']}) {s['height']}x{s['width']}: {s['reason']}")
     q = metrics["quality"]["style_loss_ours_vs_published"]
-    print(f"style loss on held-out photos ({metrics['quality']['style']}): ours {q['ours']:.1f} vs Magenta published {q['published']:.1f}")
+    print(f"style loss on held-out photos ({metrics['quality']['style']}): ours {q['ours']:.2f} vs Magenta published {q['published']:.2f}")
     ours, published = metrics["quality"]["formats"]["keras"], metrics["quality"]["formats"]["magenta_published"]
     print("without the training loss (docs/quality.md), ours vs Magenta published: "
-          + ", ".join(f"{m} {ours[m]:.3f} vs {published[m]:.3f}" for m in MEASURES))
+          + ", ".join(f"{m} {ours[m]:.3f} vs {published[m]:.3f}" for m in (*MEASURES, STATISTICS_MEASURE)))
 
 
 if __name__ == "__main__":

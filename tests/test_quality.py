@@ -194,3 +194,51 @@ def test_published_transfer_moves_a_heldout_photo_toward_the_painting(published_
     assert s["style_distance_relative"] < 0.6  # 0.21 when measured
     assert s["palette_distance"] < 0.5 * quality.palette_distance(photo, starry)
     assert 0.5 < s["structure_similarity"] < 1.0  # strokes over the photo's layout
+
+
+# ---------------------------------------------------------------- feature statistics
+
+
+def pixel_maps(images: np.ndarray) -> list[np.ndarray]:
+    """A stand-in feature extractor: the pixels themselves and their squares, two 'layers'."""
+    return [images, images**2]
+
+
+def test_statistics_distance_by_hand():
+    """Flat colours: std 0, so each map's ratio is |mu - mu_s|^2 / |mu_s|^2. Pixels 0.5 vs style 0.25 per channel:
+    (3 * 0.25^2) / (3 * 0.25^2) = 1 on the pixels; (0.25 - 0.0625)^2 / 0.0625^2 = 9 on the squares: mean 5."""
+    distance = quality.statistics_distance(pixel_maps, flat(0.5)[None], flat(0.25))
+    assert distance == pytest.approx([5.0])
+    assert quality.statistics_distance(pixel_maps, flat(0.25)[None], flat(0.25)) == pytest.approx([0.0])
+
+
+def test_statistics_distance_ignores_where_things_are(real_photo):
+    """Means and standard deviations do not move with the pixels: a mirrored image has the same statistics."""
+    image = real_photo[:64, :64]
+    assert quality.statistics_distance(pixel_maps, image[None, :, ::-1], image) == pytest.approx([0.0], abs=1e-12)
+    assert quality.statistics_distance(pixel_maps, flat(0.5)[None], image)[0] > 0
+
+
+def test_score_adds_the_statistics_measure_with_a_feature_extractor(real_photo):
+    photos = np.stack([real_photo[:64, :64]])
+    s = quality.score(channel_stats, photos, photos, flat(0.5), features=pixel_maps)
+    assert s[quality.STATISTICS_MEASURE] == pytest.approx(quality.statistics_distance(pixel_maps, photos, flat(0.5))[0])
+    assert quality.STATISTICS_MEASURE in s["per_photo"][0]
+    assert quality.STATISTICS_MEASURE not in quality.score(channel_stats, photos, photos, flat(0.5))
+
+
+def test_published_mobilenet_statistics_put_the_stylized_photo_nearer_the_painting(starry, real_photo):
+    """The published predictor's frozen MobileNetV2: Magenta's published model moves a held-out photo's
+    feature statistics toward the painting's."""
+    from evaluation.stage import published_feature_maps
+    from training.data import fit_crop
+    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+
+    features = published_feature_maps(PUBLISHED_DIR, REPO / ".cache" / "stylepipe")
+    photo = fit_crop(real_photo, 384, 384)
+    bottleneck = run_tflite(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name, [starry[None]])
+    stylized = run_tflite(PUBLISHED_DIR / PUBLISHED_TRANSFER_FP16.name, [photo[None], bottleneck])
+    to_photo, to_stylized = quality.statistics_distance(features, np.stack([photo, stylized[0]]), starry)
+    [to_painting] = quality.statistics_distance(features, starry, starry)
+    assert to_painting == pytest.approx(0.0, abs=1e-9)
+    assert to_stylized < 0.5 * to_photo

@@ -147,6 +147,18 @@ PUBLISHED_BACKBONE = {"name": "mobilenet_v2", "weights": None, "trainable": Fals
 PUBLISHED_ALPHA = 0.25
 
 
+def published_predictor(published_dir, cache_dir) -> keras.Model:
+    """Magenta's published style predictor on its own (frozen MobileNetV2 + bottleneck), weights imported."""
+    from omegaconf import OmegaConf
+
+    from training.backbones import build_backbone
+    from training.network import build_style_predictor
+
+    predictor = build_style_predictor(build_backbone(OmegaConf.create(PUBLISHED_BACKBONE), cache_dir), "mobilenet_v2")
+    import_predictor(predictor, verified_path(published_dir, PUBLISHED_PREDICTOR_INT8))
+    return predictor
+
+
 def load_published_into(stylizer: keras.Model, published_dir) -> dict[str, int]:
     """Import both published files into a stylizer built with alpha 0.25 and PUBLISHED_BACKBONE."""
     transfer = import_transfer(stylizer.get_layer("transformer"), verified_path(published_dir, PUBLISHED_TRANSFER_FP16))

@@ -102,7 +102,7 @@ def published_feature_maps(published_dir, cache_dir):
 
     backbone = published_predictor(published_dir, cache_dir).get_layer("backbone_mobilenet_v2")
     net = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))  # fed [0, 1] as the predictor feeds it
-    maps = keras.Model(net.inputs, [net.get_layer(name).output for name in STATISTICS_LAYERS])
+    maps = keras.Model(net.inputs[0], [net.get_layer(name).output for name in STATISTICS_LAYERS])
 
     def features(images: np.ndarray) -> list[np.ndarray]:
         crops = np.stack([style_crop(image, STYLE_EMBEDDING_SIZE) for image in images])

@@ -58,19 +58,25 @@ def initialise(stylizer, cfg, init_weights) -> None:
         load_published_into(stylizer, cfg.paths.published_dir)
 
 
+def built_stylizer(cfg, init_weights):
+    """The stylizer of `cfg`, its variables created, with its starting weights."""
+    from training.network import build_stylizer
+
+    stylizer = build_stylizer(cfg.model, cfg.backbone, cfg.paths.cache_dir)
+    stylizer({"content": np.zeros((1, 64, 64, 3), np.float32), "style": np.zeros((1, 64, 64, 3), np.float32)})
+    initialise(stylizer, cfg, init_weights)
+    return stylizer
+
+
 def published_embedder(cfg, init_weights):
     """Magenta's published style predictor (frozen, apart from any model trained here) as the embedder."""
     import keras
 
     from training.data import style_crop
-    from training.network import build_stylizer
 
     published = compose(["init=magenta_published", f"paths.cache_dir={cfg.paths.cache_dir}"])
     keras.mixed_precision.set_global_policy("float32")
-    stylizer = build_stylizer(published.model, published.backbone, cfg.paths.cache_dir)
-    stylizer({"content": np.zeros((1, 64, 64, 3), np.float32), "style": np.zeros((1, 64, 64, 3), np.float32)})
-    initialise(stylizer, published, init_weights)
-    predictor = stylizer.get_layer("style_predictor")
+    predictor = built_stylizer(published, init_weights).get_layer("style_predictor")
 
     def embed(images: np.ndarray) -> np.ndarray:
         crops = np.stack([style_crop(image, 256) for image in images])  # the predictor's input size
@@ -90,7 +96,7 @@ def run_setting(name, cfg, content, styles, embed, args, photos):
     objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
     _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
     initialise(objective.stylizer, cfg, args.init_weights)
-    style_name, painting = next(iter(styles.items()))
+    painting = next(iter(styles.values()))
     style_image = data_lib.style_crop(painting, cfg.data.style_size)
     textures = [data_lib.texture_image(painting, int(cfg.style.texture_size))]
     batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size, seed=int(cfg.seed))
@@ -158,12 +164,7 @@ def main(argv=None) -> None:
     try:
         validate_train_config(base)
         if args.save_init_weights:
-            from training.network import build_stylizer
-
-            stylizer = build_stylizer(base.model, base.backbone, base.paths.cache_dir)
-            stylizer({"content": np.zeros((1, 64, 64, 3), np.float32), "style": np.zeros((1, 64, 64, 3), np.float32)})
-            initialise(stylizer, base, None)
-            save_weights(stylizer, args.save_init_weights)
+            save_weights(built_stylizer(base, None), args.save_init_weights)
             print(f"wrote {args.save_init_weights}")
             return
         content = data_lib.load_content(base.data)

@@ -166,7 +166,8 @@ def evaluate(cfg) -> dict:
     transformer = stylizer.get_layer("transformer")
     from training.config import style_image_path
 
-    style_image = style_crop(load_image(style_image_path(manifest["style"], cfg.paths)), 256)
+    painting = load_image(style_image_path(manifest["style"], cfg.paths))
+    style_image = style_crop(painting, 256)
     bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(ev.quality_photos)]
@@ -238,7 +239,6 @@ def evaluate(cfg) -> dict:
     trained = training_metadata(Path(manifest["model"]).parent)
     loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, trained.get("style_strength", 1.0))
-    painting = load_image(style_image_path(manifest["style"], cfg.paths))
     style_targets = objective.style_targets([texture_image(painting, int(trained.get("texture_size", 256)))])
 
     def loss_terms(outputs, inputs):

@@ -151,7 +151,7 @@ def evaluate(cfg) -> dict:
     from export.baked import bake
     from export.tf_graph import constant_module, make_module, run_frozen_graph
     from export.tflite import convert
-    from training.data import fit_crop, load_content, load_image, style_crop
+    from training.data import fit_crop, load_content, load_painting, style_crop
     from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
     from training.network import load_stylizer
     from training.objective import StylizationObjective
@@ -166,7 +166,7 @@ def evaluate(cfg) -> dict:
     transformer = stylizer.get_layer("transformer")
     from training.config import style_image_path
 
-    painting = load_image(style_image_path(manifest["style"], cfg.paths))
+    painting = load_painting(style_image_path(manifest["style"], cfg.paths))
     style_image = style_crop(painting, 256)
     bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))
     content = load_content(cfg.data)

@@ -218,7 +218,7 @@ def _install(staging: Path, output_dir: Path, entries: list[dict]) -> None:
 
 def export(cfg) -> dict:
     """The export stage; returns the manifest."""
-    from training.data import load_content, load_image, style_crop
+    from training.data import load_content, load_painting, style_crop
     from training.network import load_stylizer
     from training.tracking import check_tracking_store, mlflow_run
 
@@ -229,7 +229,7 @@ def export(cfg) -> dict:
     stylizer = load_stylizer(e.model_path)
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(e.parity_photos)]
-    style_image = style_crop(load_image(style_path), 256)
+    style_image = style_crop(load_painting(style_path), 256)
     output_dir = Path(e.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
 

@@ -20,9 +20,11 @@ from training.data import (
     augment_style,
     load_content,
     load_image,
+    load_painting,
     load_style_images,
     random_resized_crop_image,
     style_crop,
+    trim_frame,
     unit_float32,
 )
 
@@ -527,3 +529,35 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
         for i in range(1, 12):
             feed[i]
     assert feed._pool is None
+
+
+def _framed_painting(border: int, frame_value: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    painting = rng.uniform(0.2, 0.9, (200, 300, 3)).astype(np.float32)
+    painting[:border] = painting[-border:] = frame_value
+    painting[:, :border] = painting[:, -border:] = frame_value
+    return painting
+
+
+@pytest.mark.parametrize("frame_value", [0.0, 1.0])
+def test_a_thin_flat_frame_is_trimmed_with_its_soft_edge(frame_value):
+    trimmed = trim_frame(_framed_painting(8, frame_value))
+    # 8 flat lines plus max(3, 1% of the side) for a scan's soft edge, on every side.
+    assert trimmed.shape == (200 - 2 * 11, 300 - 2 * 11, 3)
+    assert not (trimmed == frame_value).all(axis=-1).any()
+
+
+def test_paintings_without_a_frame_or_with_flat_content_are_kept():
+    rng = np.random.default_rng(1)
+    textured = rng.uniform(0, 1, (120, 160, 3)).astype(np.float32)
+    assert trim_frame(textured).shape == textured.shape
+    sky = textured.copy()
+    sky[:40] = 0.7  # a flat band a third of the height: part of the picture, not a frame
+    assert trim_frame(sky).shape == sky.shape
+
+
+def test_training_export_and_evaluate_see_the_painting_trimmed(tmp_path):
+    path = tmp_path / "framed.png"
+    Image.fromarray((_framed_painting(8) * 255).round().astype(np.uint8)).save(path)
+    styles, _ = load_style_images({"name": "framed", "images": {"framed": str(path)}})
+    assert styles["framed"].shape == load_painting(path).shape == (178, 278, 3)

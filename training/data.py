@@ -167,6 +167,39 @@ def load_image(path, min_side: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return _decode(Path(path), str(path), min_side, max_pixels)
 
 
+def load_painting(path, min_side: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A style image as every stage sees it: decoded, its flat frame or scan border trimmed."""
+    return trim_frame(load_image(path, min_side, max_pixels))
+
+
+FRAME_FLATNESS = 0.01    # a row or column whose pixels deviate less than this (in [0, 1]) is flat
+FRAME_MAX_FRACTION = 0.1  # a flat band wider than this fraction of the side is part of the picture, not a frame
+
+
+def _frame_width(lines: np.ndarray) -> int:
+    """How many of `lines` (edge first; each a line of luma values) are a thin flat border, plus its soft edge."""
+    limit = int(len(lines) * FRAME_MAX_FRACTION)
+    flat = 0
+    while flat <= limit and lines[flat].std() < FRAME_FLATNESS:
+        flat += 1
+    if not flat or flat > limit:  # none, or a flat sky or blank paper that belongs to the picture
+        return 0
+    # A scan's border fades into the paint over a few pixels: trim them too.
+    return min(limit, flat + max(3, round(0.01 * len(lines))))
+
+
+def trim_frame(image: np.ndarray) -> np.ndarray:
+    """Cut flat bands (a frame, a mount, a scanner's black edge) off each side of a painting.
+
+    Their straight dark edges would otherwise be part of the style: a network trained on them paints
+    dark lines along the borders of every photo. A painting without such bands is returned as it is.
+    """
+    gray = image[..., :3].mean(axis=-1)
+    top, bottom = _frame_width(gray), _frame_width(gray[::-1])
+    left, right = _frame_width(gray.T), _frame_width(gray.T[::-1])
+    return image[top : image.shape[0] - bottom, left : image.shape[1] - right]
+
+
 # ---------------------------------------------------------------- geometry
 
 
@@ -662,14 +695,14 @@ def load_style_images(style_cfg, min_side: int = 64,
             # Same stem twice (a.jpg, a.png or sub/a.jpg): the later one is named by its relative path.
             name = path.stem if path.stem not in styles else path.relative_to(style_dir).as_posix()
             try:
-                styles[name] = load_image(path, min_side, max_pixels)
+                styles[name] = load_painting(path, min_side, max_pixels)
             except DataError as err:
                 skipped.add(path, err.reason)
     check_style_image_paths(style_cfg)
     for name, path in (_get(style_cfg, "images", "style", None) or {}).items():
         key = f"style.images.{name}"
         try:
-            styles[name] = load_image(path, min_side, max_pixels)
+            styles[name] = load_painting(path, min_side, max_pixels)
         except DataError as err:  # an explicit style must work: say which config entry is broken
             raise DataError(f"{key}: {err}", err.reason, str(path)) from None
     if not styles:

@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "export_vs_plain_tflite.json"))
     args = parser.parse_args()
 
-    from evaluation.latency import summarize, time_calls, tflite_runner
+    from evaluation.latency import summarize, time_calls
+from training.tflite_runner import tflite_runner
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
     from training.data import fit_crop, load_image

@@ -17,10 +17,11 @@ import keras
 import numpy as np
 
 from evaluation import quality as quality_lib
-from evaluation.latency import summarize, time_calls, tflite_runner
-from evaluation.metrics import psnr_db
+from evaluation.latency import summarize, time_calls
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
+from training.parity import psnr_db
+from training.tflite_runner import tflite_runner
 
 log = logging.getLogger("stylepipe.evaluate")
 PUBLISHED_NAME = "magenta_published"

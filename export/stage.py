@@ -19,10 +19,10 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from evaluation.metrics import max_abs, psnr_db
 from training.config import style_image_path, validate_export_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
+from training.parity import max_abs, psnr_db
 
 log = logging.getLogger("stylepipe.export")
 

@@ -12,7 +12,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
-from evaluation.metrics import psnr_db  # noqa: E402
+from training.parity import psnr_db  # noqa: E402
 from export.mil_executor import (  # noqa: E402
     SUPPORTED_OPS,
     MILExecutionWarning,

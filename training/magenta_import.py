@@ -15,10 +15,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from evaluation.metrics import cosine, psnr_db
 from training.errors import StylepipeError
 from training.network import magenta_scope
+from training.parity import cosine, psnr_db
 from training.pretrained import sha256_of
+from training.tflite_runner import tflite_runner
 from training.tflite_weights import depthwise_to_keras, ohwi_to_hwio, read_constant_tensors
 
 
@@ -168,8 +169,6 @@ def load_published_into(stylizer: keras.Model, published_dir) -> dict[str, int]:
 
 def run_tflite(path, inputs: list[np.ndarray], num_threads: int = 2) -> np.ndarray:
     """Run a TFLite model with LiteRT once; inputs are matched to the model's inputs by shape."""
-    from evaluation.latency import tflite_runner
-
     call = tflite_runner(path, None, {str(i): x for i, x in enumerate(inputs)}, num_threads)
     return call()
 

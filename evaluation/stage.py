@@ -18,6 +18,7 @@ import numpy as np
 
 from evaluation import quality as quality_lib
 from evaluation.latency import summarize, time_calls
+from export.manifest import read_manifest, verified_files
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
 from training.parity import psnr_db
@@ -30,16 +31,6 @@ SIDE_BY_SIDE_DIR = "side_by_side"
 STYLE_EMBEDDING_SIZE = 256  # the published style predictor's input
 # Side-by-side columns: title -> entry of the scored outputs (the exported formats match Keras: see the grid).
 SIDE_BY_SIDE_COLUMNS = {"photo": IDENTITY_NAME, "Magenta published": PUBLISHED_NAME, "ours (keras)": "keras"}
-
-
-def read_manifest(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StylepipeError(f"{path}: no export manifest (run `python -m pipelines.export` first)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise StylepipeError(f"{path}: not a readable manifest ({err})") from None
 
 
 def conv_flops(net, height: int, width: int) -> int:
@@ -153,7 +144,7 @@ def evaluate(cfg) -> dict:
     from export.tf_graph import constant_module, make_module, run_frozen_graph
     from export.tflite import convert
     from training.data import fit_crop, load_content, load_painting, style_crop
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
     from training.network import load_stylizer
     from training.objective import StylizationObjective
     from training.tracking import mlflow_run
@@ -163,7 +154,8 @@ def evaluate(cfg) -> dict:
     external = device_lib.load(ev.device_results) if ev.get("device_results") else []  # validate before any work
     manifest = read_manifest(ev.manifest)
     export_dir = Path(ev.manifest).parent
-    stylizer = load_stylizer(manifest["model"])
+    verified = verified_files(manifest, export_dir)  # nothing is loaded or run that the export did not verify
+    stylizer = load_stylizer(verified["model"])
     transformer = stylizer.get_layer("transformer")
     from training.config import style_image_path
 
@@ -176,6 +168,8 @@ def evaluate(cfg) -> dict:
     baked = {(a["format"], a["path"].rsplit("_", 1)[-1].split(".")[0]): a for a in manifest["artifacts"]
              if a["variant"] == "baked"}
     published_dir = Path(cfg.paths.published_dir)
+    published_predictor_file = verified_path(published_dir, PUBLISHED_PREDICTOR_INT8)  # the pinned sha256
+    published_transfer_file = verified_path(published_dir, PUBLISHED_TRANSFER_FP16)
 
     latency, skipped = [], []
 
@@ -220,9 +214,9 @@ def evaluate(cfg) -> dict:
                 skipped.append({"format": "coreml", "runtime": "coreml", "height": height, "width": width,
                                 "reason": "Core ML runs only on macOS (this host is " + platform.system() + ")"})
         if (height, width) == (384, 384):  # the published transfer model's only size: the baseline row
-            published_bottleneck = run_tflite(published_dir / PUBLISHED_PREDICTOR_INT8.name, [style_image[None]])
+            published_bottleneck = run_tflite(published_predictor_file, [style_image[None]])
             for threads in ev.threads:
-                measure(tflite_runner(published_dir / PUBLISHED_TRANSFER_FP16.name, None,
+                measure(tflite_runner(published_transfer_file, None,
                                       {"content_image": x, "style_bottleneck": published_bottleneck}, threads),
                         format=f"{PUBLISHED_NAME}_tflite_fp16", variant="arbitrary", runtime="litert_xnnpack",
                         threads=threads, height=height, width=width)
@@ -258,8 +252,8 @@ def evaluate(cfg) -> dict:
         graph_def = tf.compat.v1.GraphDef.FromString((export_dir / baked[("frozen_graph", size)]["path"]).read_bytes())
         outputs["frozen_graph"] = np.concatenate([run_frozen_graph(graph_def, {"content_image": x[None]}, ["stylized_image"])
                                                   ["stylized_image"] for x in inputs])
-    published_bottleneck = run_tflite(published_dir / PUBLISHED_PREDICTOR_INT8.name, [style_image[None]])
-    outputs[PUBLISHED_NAME] = np.concatenate([run_tflite(published_dir / PUBLISHED_TRANSFER_FP16.name, [x[None], published_bottleneck])
+    published_bottleneck = run_tflite(published_predictor_file, [style_image[None]])
+    outputs[PUBLISHED_NAME] = np.concatenate([run_tflite(published_transfer_file, [x[None], published_bottleneck])
                                               for x in inputs])
     quality = {"style": manifest["style"], "size": [qh, qw], "photos": len(inputs), "formats": {}}
     for name, out in outputs.items():
@@ -268,7 +262,7 @@ def evaluate(cfg) -> dict:
     quality["style_loss_ours_vs_published"] = {
         "ours": quality["formats"]["keras"]["style_loss"], "published": quality["formats"][PUBLISHED_NAME]["style_loss"]}
     # Measures independent of the training loss (evaluation/quality.py), the photo itself as the reference.
-    embed = published_style_embedder(published_dir / PUBLISHED_PREDICTOR_INT8.name)
+    embed = published_style_embedder(published_predictor_file)
     scored = {IDENTITY_NAME: inputs, **outputs}
     features = published_feature_maps(published_dir, cfg.paths.cache_dir)
     measures = (*quality_lib.MEASURES, quality_lib.STATISTICS_MEASURE)

@@ -7,7 +7,6 @@ export leaves the previous artifacts and manifest as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
+from export.manifest import artifact_sha256
 from training.config import style_image_path, validate_export_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
@@ -29,14 +29,6 @@ log = logging.getLogger("stylepipe.export")
 
 class ExportParityError(StylepipeError):
     """An artifact does not reproduce the Keras model closely enough."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:  # an .mlpackage is a folder: hash its files in order
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
 
 
 def _size_bytes(path: Path) -> int:
@@ -213,7 +205,7 @@ def _install(staging: Path, output_dir: Path, entries: list[dict]) -> None:
     for entry in entries:
         path = output_dir / entry["path"]
         entry["bytes"] = _size_bytes(path)
-        entry["sha256"] = _sha256(path)
+        entry["sha256"] = artifact_sha256(path)
 
 
 def export(cfg) -> dict:
@@ -226,6 +218,7 @@ def export(cfg) -> dict:
     check_tracking_store(cfg.mlflow.tracking_uri)
     e = cfg.export
     style_path = style_image_path(e.style, cfg.paths)
+    model_sha256 = artifact_sha256(Path(e.model_path))  # before loading: the manifest names the file as it was read
     stylizer = load_stylizer(e.model_path)
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(e.parity_photos)]
@@ -251,7 +244,7 @@ def export(cfg) -> dict:
             if failures:
                 raise ExportParityError("export failed parity, previous artifacts left untouched: " + "; ".join(failures))
             _install(staging, output_dir, exporter.entries)
-        manifest = {"model": str(e.model_path), "model_name": model_name, "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
+        manifest = {"model": str(e.model_path), "model_sha256": model_sha256, "model_name": model_name, "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
                     "mlflow_run_id": run.info.run_id, "artifacts": exporter.entries}
         atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=2))
         mlflow.log_artifact(str(output_dir / "manifest.json"))

@@ -1,0 +1,74 @@
+"""The export manifest: what the export stage wrote and verified, and the check that a file is still that file.
+
+`manifest.json` names the Keras model the artifacts were made from and, for every artifact, its path,
+parity and sha256. Whatever reads an export (the evaluate stage) goes through `verified_files`, so a
+model swapped or edited after export (on a shared drive, a DVC remote) is refused before it is loaded
+or run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from training.errors import StylepipeError
+
+MANIFEST_NAME = "manifest.json"
+REQUIRED_KEYS = ("model", "model_sha256", "style", "artifacts")
+REEXPORT = "run `python -m pipelines.export` again"
+
+
+class ManifestError(StylepipeError):
+    """An export manifest, or a file it names, is not what the export stage wrote."""
+
+
+def artifact_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files in name order (an `.mlpackage` is a folder)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path) -> dict:
+    """The manifest at `path`, with the keys every reader relies on."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no export manifest (run `python -m pipelines.export` first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not a readable manifest ({err}); {REEXPORT}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ManifestError(f"{path}: not an export manifest (no {', '.join(missing)}); {REEXPORT}")
+    if not isinstance(manifest["artifacts"], list) or not all(
+            isinstance(a, dict) and {"path", "sha256", "format", "variant", "model"} <= a.keys() for a in manifest["artifacts"]):
+        raise ManifestError(f"{path}: its artifacts list is malformed; {REEXPORT}")
+    return manifest
+
+
+def _check(path: Path, expected: str, what: str) -> Path:
+    if not path.exists():
+        raise ManifestError(f"{path}: {what} named by the export manifest is missing; {REEXPORT}")
+    if artifact_sha256(path) != expected:
+        raise ManifestError(f"{path}: {what} differs from the one exported (sha256 does not match the manifest); "
+                            f"it was changed after export: {REEXPORT}")
+    return path
+
+
+def verified_files(manifest: dict, export_dir) -> dict:
+    """{"model": Path, (format, variant, model, path): Path} for the manifest's files, each checked
+    against its recorded sha256; ManifestError names the first that is missing or changed."""
+    export_dir = Path(export_dir)
+    files = {"model": _check(Path(manifest["model"]), manifest["model_sha256"], "the Keras model")}
+    for a in manifest["artifacts"]:
+        name = Path(a["path"])
+        if name.is_absolute() or ".." in name.parts:  # artifacts live in the export folder, nowhere else
+            raise ManifestError(f"{export_dir / MANIFEST_NAME}: artifact path {a['path']!r} leaves the export folder; {REEXPORT}")
+        files[(a["format"], a["variant"], a["model"], a["path"])] = _check(export_dir / name, a["sha256"], f"the {a['format']} artifact")
+    return files

@@ -1,8 +1,9 @@
 """`export(cfg) -> manifest`: write every format, check each against Keras, then install them.
 
-Everything is written to a staging folder first; only when every artifact meets its parity
-threshold are the files moved into `export.output_dir` and the manifest rewritten. A failed
-export leaves the previous artifacts and manifest as they were.
+Everything, the manifest included, is written to a staging folder first; only when every artifact
+meets its parity threshold does that folder replace `export.output_dir` as a whole. A failed export
+leaves the previous artifacts and manifest as they were; a kill at any moment leaves one complete
+export; no artifact of an earlier export (another style, other sizes) stays beside the new ones.
 """
 
 from __future__ import annotations
@@ -188,24 +189,56 @@ def _parity_failures(entries: list[dict], thresholds) -> list[str]:
     return failures
 
 
-def _install(staging: Path, output_dir: Path, entries: list[dict]) -> None:
-    """Move staged artifacts into place: files by atomic rename, .mlpackage folders by swap."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staging.iterdir()):
-        target = output_dir / item.name
-        if item.is_dir():
-            old = output_dir / f".{item.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if target.exists():
-                target.rename(old)
-            item.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+STAGING_PREFIX = ".export-staging-"
+
+
+def _previous(output_dir: Path) -> Path:
+    return output_dir.with_name(f".{output_dir.name}.previous")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_interrupted_install(output_dir: Path) -> list[str]:
+    """Undo what a killed export left: put back an export folder caught between the swap's two renames,
+    and remove the staging folders of exports that are no longer running. Returns what it did."""
+    done = []
+    previous = _previous(output_dir)
+    if previous.exists():
+        if output_dir.exists():  # the swap finished; only its cleanup was cut short
+            shutil.rmtree(previous, ignore_errors=True)
+            done.append(f"removed {previous.name}")
         else:
-            os.replace(item, target)
-    for entry in entries:
-        path = output_dir / entry["path"]
-        entry["bytes"] = _size_bytes(path)
-        entry["sha256"] = artifact_sha256(path)
+            previous.rename(output_dir)
+            done.append(f"restored {output_dir} from {previous.name}")
+    for staging in output_dir.parent.glob(f"{STAGING_PREFIX}*"):
+        pid = staging.name[len(STAGING_PREFIX):].split("-")[0]
+        if not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(staging, ignore_errors=True)
+            done.append(f"removed {staging.name}")
+    return done
+
+
+def _swap_in(staging: Path, output_dir: Path) -> None:
+    """Make the complete staging folder the export folder by two renames on one file system: a kill at
+    any moment leaves the old export or the new one (between the renames, the old one as
+    `.<name>.previous`, which `recover_interrupted_install` puts back). Earlier styles' artifacts go
+    with the old folder; its hidden entries (Hydra's run files of this export) move to the new one."""
+    previous = _previous(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    if output_dir.exists():
+        for hidden in output_dir.glob(".*"):
+            hidden.rename(staging / hidden.name)
+        output_dir.rename(previous)
+    staging.rename(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def export(cfg) -> dict:
@@ -225,6 +258,8 @@ def export(cfg) -> dict:
     style_image = style_crop(load_painting(style_path), 256)
     output_dir = Path(e.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    for note in recover_interrupted_install(output_dir):
+        log.info("%s (left by an interrupted export)", note)
 
     training = training_metadata(Path(e.model_path).parent)
     model_name = training.get("model") or Path(e.model_path).parent.name
@@ -233,8 +268,8 @@ def export(cfg) -> dict:
     with mlflow_run(cfg, run_name, tags=tags, parent_run_id=training.get("mlflow_run_id")) as run:
         import mlflow
 
-        with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=".export-staging-") as staging_dir:
-            staging = Path(staging_dir)
+        staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+        try:
             exporter = Exporter(cfg, stylizer, staging, photos, e.style, style_image)
             exporter.run()
             failures = _parity_failures(exporter.entries, e.thresholds)
@@ -243,10 +278,16 @@ def export(cfg) -> dict:
                 mlflow.log_metric(f"psnr_db.{key}", min(entry["parity"]["psnr_db"], 1e3))
             if failures:
                 raise ExportParityError("export failed parity, previous artifacts left untouched: " + "; ".join(failures))
-            _install(staging, output_dir, exporter.entries)
-        manifest = {"model": str(e.model_path), "model_sha256": model_sha256, "model_name": model_name, "style": e.style, "thresholds": OmegaConf.to_container(e.thresholds),
-                    "mlflow_run_id": run.info.run_id, "artifacts": exporter.entries}
-        atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=2))
+            for entry in exporter.entries:
+                entry["bytes"] = _size_bytes(staging / entry["path"])
+                entry["sha256"] = artifact_sha256(staging / entry["path"])
+            manifest = {"model": str(e.model_path), "model_sha256": model_sha256, "model_name": model_name, "style": e.style,
+                        "thresholds": OmegaConf.to_container(e.thresholds), "mlflow_run_id": run.info.run_id,
+                        "artifacts": exporter.entries}
+            atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
+            _swap_in(staging, output_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when installed
         mlflow.log_artifact(str(output_dir / "manifest.json"))
         for entry in exporter.entries:
             path = output_dir / entry["path"]

@@ -28,10 +28,17 @@ def tf_formats_only():
 def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, published_model_path):
     from export.stage import export
 
-    manifest = export(compose_export(tmp_path, published_model_path, tf_formats_only()))
     out = tmp_path / "outputs" / "export"
+    (out / ".hydra-run").mkdir(parents=True)  # Hydra's files of this export, written before the stage runs
+    (out / ".hydra-run" / "export.log").write_text("this run's log")
+    (out / "baked_oldstyle_64x64.tflite").write_bytes(b"an earlier style's model")
+    manifest = export(compose_export(tmp_path, published_model_path, tf_formats_only()))
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["artifacts"] == manifest["artifacts"]
+    # The new export replaced the folder: no earlier style's file beside it; Hydra's run files kept.
+    assert sorted(p.name for p in out.iterdir()) == sorted([".hydra-run", "manifest.json", *(a["path"] for a in manifest["artifacts"])])
+    assert (out / ".hydra-run" / "export.log").read_text().startswith("this run's log")
+    assert not list(out.parent.glob(".export*"))
     kinds = {(a["format"], a["variant"], a["model"], a["path"].rsplit("_", 1)[-1].split(".")[0]) for a in manifest["artifacts"]}
     for fmt in ("frozen_graph", "tflite_fp16"):
         for size in ("64x64", "64x128"):

@@ -8,6 +8,8 @@ the same through the CLI (one line, exit 1): test_truncated_model_is_a_one_line_
 
 from __future__ import annotations
 
+import os
+
 import keras
 import pytest
 
@@ -85,3 +87,22 @@ def test_truncated_model_is_a_one_line_cli_error(tmp_path, published_model_path)
     [line] = error_lines(result.stderr)
     assert line.startswith(f"error: {model}: not a readable Keras model file") and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs" / "export" / "manifest.json").exists()
+
+
+def test_an_export_killed_between_its_two_renames_is_put_back(tmp_path):
+    from export.stage import recover_interrupted_install
+
+    out = tmp_path / "outputs" / "export"
+    previous = out.with_name(".export.previous")  # the old export, renamed away; the new one not yet in place
+    previous.mkdir(parents=True)
+    (previous / "manifest.json").write_text("{}")
+    dead = tmp_path / "outputs" / ".export-staging-999999999-abc"  # no process has this pid
+    (dead / "x").mkdir(parents=True)
+    alive = tmp_path / "outputs" / f".export-staging-{os.getpid()}-abc"  # a running export's own staging
+    alive.mkdir()
+    done = recover_interrupted_install(out)
+    assert (out / "manifest.json").read_text() == "{}" and not previous.exists()
+    assert not dead.exists() and alive.exists()
+    assert done == [f"restored {out} from .export.previous", f"removed {dead.name}"]
+    previous.mkdir()  # the swap finished, its cleanup was cut short
+    assert recover_interrupted_install(out) == ["removed .export.previous"] and out.exists() and not previous.exists()

@@ -71,11 +71,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from evaluation.latency import summarize, time_calls
-from training.tflite_runner import tflite_runner
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
     from training.data import fit_crop, load_image
     from training.network import load_stylizer
+    from training.tflite_runner import tflite_runner
 
     height, width = args.size
     stylizer = load_stylizer(args.model)

@@ -141,7 +141,7 @@ def _latency_chart(rows: list[dict]) -> bytes:
 def evaluate(cfg) -> dict:
     from evaluation import device_results as device_lib
     from export.baked import bake
-    from export.tf_graph import constant_module, make_module, run_frozen_graph
+    from export.tf_graph import constant_module, load_frozen_graph, make_module, run_frozen_graph
     from export.tflite import convert
     from training.data import fit_crop, load_content, load_painting, style_crop
     from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
@@ -192,9 +192,7 @@ def evaluate(cfg) -> dict:
             measure(tflite_runner(fp32, "serve", feeds, threads), format="tflite_fp32", variant="baked",
                     runtime="litert_xnnpack", threads=threads, height=height, width=width)
         if ("frozen_graph", size) in baked:
-            import tensorflow as tf
-
-            graph_def = tf.compat.v1.GraphDef.FromString((export_dir / baked[("frozen_graph", size)]["path"]).read_bytes())
+            graph_def = load_frozen_graph(export_dir / baked[("frozen_graph", size)]["path"])
             measure(lambda: run_frozen_graph(graph_def, feeds, ["stylized_image"]), format="frozen_graph", variant="baked",
                     runtime="tensorflow", threads=None, height=height, width=width)
         measure(lambda: transformer([x, bottleneck], training=False), format="keras", variant="arbitrary",
@@ -247,9 +245,7 @@ def evaluate(cfg) -> dict:
         path = export_dir / baked[("tflite_fp16", size)]["path"]
         outputs["tflite_fp16"] = np.concatenate([tflite_runner_output(path, x[None]) for x in inputs])
     if ("frozen_graph", size) in baked:
-        import tensorflow as tf
-
-        graph_def = tf.compat.v1.GraphDef.FromString((export_dir / baked[("frozen_graph", size)]["path"]).read_bytes())
+        graph_def = load_frozen_graph(export_dir / baked[("frozen_graph", size)]["path"])
         outputs["frozen_graph"] = np.concatenate([run_frozen_graph(graph_def, {"content_image": x[None]}, ["stylized_image"])
                                                   ["stylized_image"] for x in inputs])
     published_bottleneck = run_tflite(published_predictor_file, [style_image[None]])

@@ -7,10 +7,22 @@ Names are the contract with apps: inputs `content_image` [1, H, W, 3] and `style
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from training.errors import StylepipeError
 from training.network import BOTTLENECK_DIM
 
+# The op types exported graphs are made of: tensors, arithmetic, convolutions, padding and resizing.
+# A graph with any other op (file or network I/O, py_func, control flow, variables) is refused before
+# TensorFlow imports it: importing and running a GraphDef runs whatever ops it holds.
+FROZEN_GRAPH_OPS = frozenset({
+    "Placeholder", "Const", "Identity", "NoOp", "StopGradient", "Reshape", "Squeeze", "ExpandDims", "ConcatV2",
+    "Add", "AddV2", "Sub", "Mul", "RealDiv", "Pow", "Square", "SquaredDifference", "Rsqrt", "Sqrt", "Mean",
+    "Maximum", "Minimum", "Relu", "Relu6", "Sigmoid", "Tanh", "BiasAdd", "Conv2D", "Conv2DBackpropInput",
+    "DepthwiseConv2dNative", "Pad", "MirrorPad", "ResizeNearestNeighbor", "ResizeBilinear",
+})
 TRAINING_OPS = {"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2", "Assign", "ApplyAdam",
                 "ResourceApplyAdam", "RandomUniform", "RandomStandardNormal", "StatefulPartitionedCall"}
 STYLE_IMAGE_SIZE = 256  # the predictor's input size (Magenta's published predictor: 256 x 256)
@@ -105,9 +117,40 @@ def check_frozen_graph(graph_def, inputs: list[str], outputs: list[str]) -> list
     return problems
 
 
-def run_frozen_graph(graph_def, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    """Execute a frozen GraphDef with TensorFlow, feeding placeholders by name."""
+class UnsafeGraphError(StylepipeError):
+    """A frozen graph that is not a readable GraphDef, or holds ops an exported stylizer never has."""
+
+
+def check_graph_ops(graph_def, source: str = "graph") -> None:
+    """Refuse a GraphDef with an op outside FROZEN_GRAPH_OPS, or with functions (which can hide ops)."""
+    unknown = sorted({n.op for n in graph_def.node} - FROZEN_GRAPH_OPS)
+    if unknown:
+        raise UnsafeGraphError(f"{source}: refused, it holds ops an exported stylizer never has: {', '.join(unknown[:8])}")
+    if len(graph_def.library.function):
+        raise UnsafeGraphError(f"{source}: refused, it holds {len(graph_def.library.function)} function(s); "
+                               "exported stylizers have none")
+
+
+def load_frozen_graph(path):
+    """Read a frozen GraphDef from `path` and check its ops before anything imports it."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph_def = tf.compat.v1.GraphDef.FromString(Path(path).read_bytes())
+    except (DecodeError, RuntimeWarning) as err:
+        raise UnsafeGraphError(f"{path}: not a readable frozen graph ({err})") from None
+    except OSError as err:
+        raise UnsafeGraphError(f"{path}: cannot be read ({err.strerror})") from None
+    check_graph_ops(graph_def, str(path))
+    return graph_def
+
+
+def run_frozen_graph(graph_def, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """Execute a frozen GraphDef with TensorFlow, feeding placeholders by name (its ops checked first)."""
+    import tensorflow as tf
+
+    check_graph_ops(graph_def)
 
     names = list(feeds)
 

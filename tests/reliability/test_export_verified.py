@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.manifest import ManifestError, artifact_sha256, read_manifest, verified_files
@@ -77,3 +78,40 @@ def test_evaluate_refuses_a_broken_manifest_in_one_line(tmp_path):
     assert errors and errors[0] == (f"error: {manifest}: not an export manifest (no model, model_sha256, style, artifacts); "
                                     "run `python -m pipelines.export` again"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def _graph_with(op: str):
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef()
+    node = graph.node.add()
+    node.name, node.op = "content_image", "Placeholder"
+    extra = graph.node.add()
+    extra.name, extra.op = "payload", op
+    return graph
+
+
+def test_a_frozen_graph_with_a_file_writing_op_is_refused_before_import(tmp_path):
+    from export.tf_graph import UnsafeGraphError, load_frozen_graph, run_frozen_graph
+
+    path = tmp_path / "baked_starry_64x64.pb"
+    path.write_bytes(_graph_with("WriteFile").SerializeToString())
+    with pytest.raises(UnsafeGraphError, match=f"{path}: refused, it holds ops an exported stylizer never has: WriteFile"):
+        load_frozen_graph(path)
+    with pytest.raises(UnsafeGraphError, match="PyFunc"):  # also when a graph is run without going through a file
+        run_frozen_graph(_graph_with("PyFunc"), {"content_image": np.zeros((1, 2, 2, 3))}, ["content_image"])
+    path.write_bytes(b"\xff\x00 not a protobuf")
+    with pytest.raises(UnsafeGraphError, match="not a readable frozen graph"):
+        load_frozen_graph(path)
+
+
+def test_the_exported_graphs_ops_are_all_allowed(tmp_path, published_model_path):
+    # The allow-list holds every op the exporter writes (real export of the published model, frozen graph only).
+    from export.stage import export
+    from export.tf_graph import load_frozen_graph
+    from test_export import compose_export
+
+    manifest = export(compose_export(tmp_path, published_model_path, [
+        "export.formats=[frozen_graph]", "export.arbitrary_formats=[frozen_graph]"]))
+    for a in manifest["artifacts"]:
+        load_frozen_graph(tmp_path / "outputs" / "export" / a["path"])

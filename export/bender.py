@@ -12,13 +12,12 @@ skipped silently and disconnects the network. This module
   layers, the instance-norm kernel's eps 1e-4 and +-10 clamp, MPS padding and edge modes);
 - `write_benderthon_weights`: the same weights as benderthon 0.3.0 `--only-weights` files.
 
-`python -m export.bender --measure` prints the parity of the Bender form with `reference_forward`
-on real photos (the table in docs/bender.md).
+`python -m benchmarks.bender_parity --measure` (from the repository root) prints the parity of the
+Bender form with `reference_forward` on real photos (the tables in docs/bender.md).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1241,15 +1240,6 @@ def run_bender_numpy(graph_def, image: np.ndarray, *, fp16: bool = True,
     return outputs[report.details[-1].id]
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
-    """PSNR for images in [0, 1]; border > 0 leaves out that many pixels on every side."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if border:
-        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-
-
 INTERIOR_BORDER = 16  # pixels left out by the "interior" PSNR (where edge clamping does not reach)
 
 
@@ -1298,189 +1288,3 @@ def write_benderthon_weights(net: BakedNetwork, out_dir, prefix: str, transpose_
         tmp.replace(path)
         files.append(path)
     return files
-
-
-# --------------------------------------------------------------------------------------------
-# 5. Measurement (`python -m export.bender --measure`)
-# --------------------------------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parents[1]
-PUBLISHED_MODEL = REPO / "outputs" / "magenta_published" / "model.keras"
-PUBLISHED_DIR = REPO / "models" / "magenta-published"
-
-
-def published_stylizer(model_path=PUBLISHED_MODEL, published_dir=PUBLISHED_DIR):
-    """Magenta's published stylizer (alpha 0.25): the import stage's model file when present,
-    otherwise a freshly built stylizer with the published TFLite weights loaded. Cached."""
-    return _published_stylizer(str(model_path), str(published_dir))
-
-
-@functools.lru_cache(maxsize=2)
-def _published_stylizer(model_path: str, published_dir: str):
-    if Path(model_path).is_file():
-        from training.network import load_stylizer
-
-        return load_stylizer(model_path)
-    import tempfile
-
-    from omegaconf import OmegaConf
-
-    from training.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
-    from training.network import build_stylizer
-
-    model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
-    stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
-    load_published_into(stylizer, published_dir)
-    return stylizer
-
-
-def published_baked_network(style_path=REPO / "data" / "samples" / "style" / "starry_night.jpg",
-                            model_path=PUBLISHED_MODEL, published_dir=PUBLISHED_DIR) -> BakedNetwork:
-    """Magenta's published weights (alpha 0.25) with the style of `style_path` baked in."""
-    import keras
-
-    from export.baked import bake
-    from training.data import load_image, style_crop
-
-    stylizer = published_stylizer(model_path, published_dir)
-    predictor = stylizer.get_layer("style_predictor")
-    bottleneck = keras.ops.convert_to_numpy(predictor(style_crop(load_image(style_path), 256)[None]))
-    return bake(stylizer.get_layer("transformer"), bottleneck)
-
-
-def fit_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale (bilinear) so the image covers height x width, then centre-crop: float32 in [0, 1]."""
-    from PIL import Image
-
-    from training.data import to_uint8
-
-    h, w = image.shape[:2]
-    scale = max(height / h, width / w)
-    size = (max(width, round(w * scale)), max(height, round(h * scale)))
-    resized = np.asarray(Image.fromarray(to_uint8(image)).resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0
-    top, left = (size[1] - height) // 2, (size[0] - width) // 2
-    return resized[top: top + height, left: left + width]
-
-
-MEASURE_VARIANTS = ("bender", "fp32", "clamp_padding", "clamp_padding_fp32", "no_clamp_guard", "fused_upsample")
-
-
-def measure(net: BakedNetwork, photos: dict[str, np.ndarray], sizes=((384, 384), (384, 768)),
-            variants=MEASURE_VARIANTS, style: str = "") -> list[dict]:
-    """Rows of (size, variant, photo, psnr_db, interior_psnr_db, max_abs) against reference_forward.
-
-    variants (Bender's numerics unless said): "bender" = the default graph (padding="concat");
-    "fp32" = the default graph in float32 with Magenta's eps and no clamp (the graph's own exactness);
-    "clamp_padding" = the pad_mode/edge-clamp graph; "clamp_padding_fp32" = that graph in float32
-    (its padding cost alone); "no_clamp_guard" = default graph with gamma/beta as they are (the
-    instance-norm clamp's cost); "fused_upsample" = default graph with the 4x4 ConvTranspose form.
-    """
-    from export.baked import reference_forward
-
-    fp32 = dict(fp16=False, eps=CIN_EPSILON, clamp=None)
-    plan = {  # variant: (graph options, executor options)
-        "bender": ({}, {}),
-        "fp32": ({}, fp32),
-        "clamp_padding": ({"padding": "clamp"}, {}),
-        "clamp_padding_fp32": ({"padding": "clamp"}, fp32),
-        "no_clamp_guard": ({"clamp_guard": False}, {}),
-        "fused_upsample": ({"upsample": "fused"}, {}),
-    }
-    unknown = set(variants) - set(plan)
-    if unknown:
-        raise BenderExportError(f"unknown variants {sorted(unknown)}; choose from {MEASURE_VARIANTS}")
-    rows = []
-    for height, width in sizes:
-        graphs, reports = {}, {}
-        for variant in variants:
-            key = tuple(sorted(plan[variant][0].items()))
-            if key not in graphs:
-                graphs[key] = build_bender_graph(net, height, width, **plan[variant][0])
-                reports[key] = check_bender_graph(graphs[key])
-        for name, photo in photos.items():
-            image = fit_crop(photo, height, width)
-            ref = reference_forward(net, image)
-            outputs = {}
-            for variant in variants:
-                key = tuple(sorted(plan[variant][0].items()))
-                outputs[variant] = run_bender_numpy(graphs[key], image, report=reports[key], **plan[variant][1])
-            for variant, out in outputs.items():
-                rows.append({"size": f"{height}x{width}", "variant": variant, "photo": name, "style": style,
-                             "psnr_db": psnr_db(out, ref), "interior_psnr_db": psnr_db(out, ref, INTERIOR_BORDER),
-                             "max_abs": float(np.abs(out - ref).max())})
-    return rows
-
-
-def _summarise(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["size"], r["variant"]), []).append(r)
-    return [{"size": size, "variant": variant, "runs": len(rs),
-             "min_psnr_db": min(r["psnr_db"] for r in rs),
-             "mean_psnr_db": float(np.mean([min(r["psnr_db"], 200.0) for r in rs])),
-             "min_interior_psnr_db": min(r["interior_psnr_db"] for r in rs),
-             "max_abs": max(r["max_abs"] for r in rs)} for (size, variant), rs in groups.items()]
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-
-    from training.data import load_image
-
-    parser = argparse.ArgumentParser(prog="python -m export.bender", description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", action="store_true", help="parity of the Bender form vs reference_forward")
-    parser.add_argument("--photos", default="chelsea,astronaut,coffee,rocket,magenta_golden_gate_sq,wood",
-                        help="comma-separated stems under data/samples/content")
-    parser.add_argument("--style", default="starry_night",
-                        help="stem(s) under data/samples/style, comma-separated, or 'all'")
-    parser.add_argument("--sizes", default="384x384,384x768", help="HxW list for --measure")
-    parser.add_argument("--variants", default=",".join(MEASURE_VARIANTS), help="subset of " + ",".join(MEASURE_VARIANTS))
-    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
-    parser.add_argument("--graph", type=Path, help="write the Bender .pb here (with --size)")
-    parser.add_argument("--weights", type=Path, help="write benderthon --only-weights files into this folder")
-    parser.add_argument("--size", default="384x768", help="HxW of the graph written by --graph")
-    args = parser.parse_args(argv)
-    style_dir = REPO / "data" / "samples" / "style"
-    styles = sorted(p.stem for p in style_dir.glob("*.jpg")) if args.style == "all" else args.style.split(",")
-    net = published_baked_network(style_dir / f"{styles[0]}.jpg")
-    if args.graph:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-        graph = build_bender_graph(net, h, w)
-        report = check_bender_graph(graph)
-        print(report.summary())
-        if not report.ok:
-            return 1
-        args.graph.parent.mkdir(parents=True, exist_ok=True)
-        args.graph.write_bytes(graph.SerializeToString())
-        print(f"wrote {args.graph} ({len(report.layers)} Bender layers, style {styles[0]})")
-    if args.weights:
-        files = write_benderthon_weights(net, args.weights, styles[0])
-        print(f"wrote {len(files)} benderthon weight files to {args.weights}")
-    if args.measure:
-        content = REPO / "data" / "samples" / "content"
-        photos = {stem: load_image(content / f"{stem}.jpg") for stem in args.photos.split(",") if stem}
-        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
-        variants = [v for v in args.variants.split(",") if v]
-        rows = []
-        for style in styles:
-            style_net = net if style == styles[0] else published_baked_network(style_dir / f"{style}.jpg")
-            rows += measure(style_net, photos, sizes, variants, style=style)
-        summary = _summarise(rows)
-        print(f"styles: {', '.join(styles)}; {len(photos)} photos: {', '.join(photos)}")
-        print(f"| size | variant | runs | min PSNR dB | mean PSNR dB | min interior PSNR dB ({INTERIOR_BORDER} px border "
-              "left out) | max-abs |")
-        print("|---|---|---|---|---|---|---|")
-        for s in summary:
-            print(f"| {s['size']} | {s['variant']} | {s['runs']} | {s['min_psnr_db']:.2f} | {s['mean_psnr_db']:.2f} | "
-                  f"{s['min_interior_psnr_db']:.2f} | {s['max_abs']:.4f} |")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    if not (args.measure or args.graph or args.weights):
-        parser.print_help()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,10 @@ import pytest
 
 from conftest import CONTENT_DIR, REPO, STYLE_DIR
 from export import bender as B
-from export.baked import CIN_EPSILON, reference_forward
+from export.baked import CIN_EPSILON, bake, reference_forward
+from training.data import fit_crop, load_image, style_crop
+from training.magenta_import import published_stylizer
+from training.parity import psnr_db
 
 RESIDUAL = ["Convolution", "InstanceNorm", "Neuron", "Convolution", "InstanceNorm", "Add"]
 UPSAMPLE = ["ConvTranspose", "Convolution", "InstanceNorm", "Neuron"]
@@ -23,13 +26,17 @@ SMALL = (128, 128)
 def net():
     """starry_night baked into Magenta's published network (import-stage model file, or the
     published TFLite weights loaded into a freshly built stylizer when that file is absent)."""
-    return B.published_baked_network(STYLE_DIR / "starry_night.jpg", published_dir=REPO / "models" / "magenta-published")
+    import keras
+
+    stylizer = published_stylizer(REPO / "models" / "magenta-published",
+                                  REPO / "outputs" / "magenta_published" / "model.keras")
+    style = style_crop(load_image(STYLE_DIR / "starry_night.jpg"), 256)
+    bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style[None]))
+    return bake(stylizer.get_layer("transformer"), bottleneck)
 
 
 @pytest.fixture(scope="module")
 def photos():
-    from training.data import load_image
-
     return {stem: load_image(CONTENT_DIR / f"{stem}.jpg") for stem in ("chelsea", "rocket", "smarties")}
 
 
@@ -168,12 +175,12 @@ def test_explicit_padding_form_is_also_mapped_and_identical(net, clamp_graph, ph
     convs = [layer for layer in report.details if layer.type == "Convolution"]
     assert [c.params["padding"] for c in convs[1:3]] == ["valid", "valid"]
     assert [c.params["paddings"] for c in convs[1:3]] == [[1, 1, 1, 1]] * 2
-    image = B.fit_crop(photos["chelsea"], *SMALL)
+    image = fit_crop(photos["chelsea"], *SMALL)
     fp32 = dict(fp16=False, eps=CIN_EPSILON, clamp=None)
     np.testing.assert_allclose(B.run_bender_numpy(explicit, image, **fp32), B.run_bender_numpy(clamp_graph, image, **fp32),
                                atol=1e-5)
     # in float16 only the summation order differs (3x3 vs 4x4 with zeros): rounding-level differences
-    assert B.psnr_db(B.run_bender_numpy(explicit, image), B.run_bender_numpy(clamp_graph, image)) > 60
+    assert psnr_db(B.run_bender_numpy(explicit, image), B.run_bender_numpy(clamp_graph, image)) > 60
 
 
 def test_plain_3x3_stride2_same_would_be_shifted_by_a_pixel(net):
@@ -218,7 +225,7 @@ def test_tensorflow_runs_the_graph_like_the_executor(form, small_graph, clamp_gr
     import tensorflow as tf
 
     graph_def = small_graph if form == "concat" else clamp_graph
-    image = B.fit_crop(photos["rocket"], *SMALL)
+    image = fit_crop(photos["rocket"], *SMALL)
     graph = tf.compat.v1.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(B.to_tensorflow_graph_def(graph_def), name="")
@@ -234,7 +241,7 @@ def test_graph_is_exact_up_to_precision(net, small_graph, small_report, clamp_gr
     clamp-padding graph does too once its edges are reflected (4x4 stride-2 kernels included)."""
     fp32 = dict(fp16=False, eps=CIN_EPSILON, clamp=None)
     for photo in photos.values():
-        image = B.fit_crop(photo, *SMALL)
+        image = fit_crop(photo, *SMALL)
         ref = reference_forward(net, image)
         assert np.abs(B.run_bender_numpy(small_graph, image, report=small_report, **fp32) - ref).max() < 1e-4
         out = B.run_bender_numpy(clamp_graph, image, edge_mode="reflect", report=clamp_report, **fp32)
@@ -268,7 +275,7 @@ def _edge_padded_forward(net, image):
 
 
 def test_edge_clamp_is_replicate_padding(net, clamp_graph, clamp_report, photos):
-    image = B.fit_crop(photos["smarties"], *SMALL)
+    image = fit_crop(photos["smarties"], *SMALL)
     ours = B.run_bender_numpy(clamp_graph, image, fp16=False, eps=CIN_EPSILON, clamp=None, report=clamp_report)
     assert np.abs(ours - _edge_padded_forward(net, image)).max() < 1e-4
 
@@ -356,26 +363,26 @@ def test_bender_numerics_on_real_photos_small(net, small_graph, small_report, cl
     documented threshold; so does the clamp-padding graph once its edges are reflected (its device
     output then differs only by the edge clamp, measured in docs/bender.md)."""
     for name, photo in photos.items():
-        image = B.fit_crop(photo, *SMALL)
+        image = fit_crop(photo, *SMALL)
         ref = reference_forward(net, image)
-        assert B.psnr_db(B.run_bender_numpy(small_graph, image, report=small_report), ref) >= B.BENDER_MIN_PSNR_DB, name
+        assert psnr_db(B.run_bender_numpy(small_graph, image, report=small_report), ref) >= B.BENDER_MIN_PSNR_DB, name
         reflected = B.run_bender_numpy(clamp_graph, image, edge_mode="reflect", report=clamp_report)
-        assert B.psnr_db(reflected, ref) >= B.BENDER_MIN_PSNR_DB, name
+        assert psnr_db(reflected, ref) >= B.BENDER_MIN_PSNR_DB, name
 
 
 def test_bender_numerics_on_a_real_photo_384(net, photos):
-    image = B.fit_crop(photos["chelsea"], 384, 384)
+    image = fit_crop(photos["chelsea"], 384, 384)
     ref = reference_forward(net, image)
     out = B.run_bender_numpy(B.build_bender_graph(net, 384, 384), image)
-    assert B.psnr_db(out, ref) >= B.BENDER_MIN_PSNR_DB
+    assert psnr_db(out, ref) >= B.BENDER_MIN_PSNR_DB
     clamped = B.run_bender_numpy(B.build_bender_graph(net, 384, 384, padding="clamp"), image)
-    assert B.psnr_db(clamped, ref) >= B.CLAMP_PADDING_MIN_PSNR_DB
-    assert B.psnr_db(clamped, ref, B.INTERIOR_BORDER) >= B.CLAMP_PADDING_MIN_INTERIOR_PSNR_DB
-    assert B.psnr_db(clamped, ref) < B.psnr_db(out, ref) - 10  # the edge clamp is the dominant cost
+    assert psnr_db(clamped, ref) >= B.CLAMP_PADDING_MIN_PSNR_DB
+    assert psnr_db(clamped, ref, border=B.INTERIOR_BORDER) >= B.CLAMP_PADDING_MIN_INTERIOR_PSNR_DB
+    assert psnr_db(clamped, ref) < psnr_db(out, ref) - 10  # the edge clamp is the dominant cost
 
 
 def test_executor_models_float16_and_the_clamp(net, small_graph, small_report, photos):
-    image = B.fit_crop(photos["chelsea"], *SMALL)
+    image = fit_crop(photos["chelsea"], *SMALL)
     bender = B.run_bender_numpy(small_graph, image, report=small_report)
     fp32 = B.run_bender_numpy(small_graph, image, fp16=False, eps=CIN_EPSILON, clamp=None, report=small_report)
     np.testing.assert_array_equal(bender, bender.astype(np.float16).astype(np.float32))  # float16 textures

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,31 @@ def load_published_into(stylizer: keras.Model, published_dir) -> dict[str, int]:
     transfer = import_transfer(stylizer.get_layer("transformer"), verified_path(published_dir, PUBLISHED_TRANSFER_FP16))
     predictor = import_predictor(stylizer.get_layer("style_predictor"), verified_path(published_dir, PUBLISHED_PREDICTOR_INT8))
     return {"transfer_tensors": len(transfer), "predictor_tensors": len(predictor)}
+
+
+def published_stylizer(published_dir, model_path=None) -> keras.Model:
+    """Magenta's published stylizer (alpha 0.25): the import stage's model file `model_path` when it
+    exists, otherwise a freshly built stylizer with the published TFLite files in `published_dir`
+    loaded. Cached: callers share one model per pair of paths."""
+    return _published_stylizer(str(published_dir), None if model_path is None else str(model_path))
+
+
+@functools.lru_cache(maxsize=2)
+def _published_stylizer(published_dir: str, model_path: str | None) -> keras.Model:
+    if model_path is not None and Path(model_path).is_file():
+        from training.network import load_stylizer
+
+        return load_stylizer(model_path)
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from training.network import build_stylizer
+
+    model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
+    stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
+    load_published_into(stylizer, published_dir)
+    return stylizer
 
 
 def run_tflite(path, inputs: list[np.ndarray], num_threads: int = 2) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import tempfile
@@ -101,27 +102,44 @@ def log_skipped_files(skipped) -> None:
         mlflow.log_text(scrub_path(skipped.summary(limit=skipped.count())), "data/skipped_files.txt")
 
 
+# An MLflow REST call every tracking server answers: 200, or 404 with MLflow's own error code.
+PROBE_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+
+
 def check_tracking_store(uri: str) -> None:
     """Fail in seconds, before any work, when the tracking store cannot be used.
 
     MLflow retries an unreachable server with back-off for minutes: probe it once, with a short
-    timeout. Any HTTP answer counts as reachable (MLflow reports what it thinks of the requests).
+    timeout, through MLflow's own REST API, so a server that is up but is not MLflow (or is failing)
+    is reported too.
     """
     if uri.startswith(("http://", "https://")):
         shown = scrub_path(uri)
+        local_store = "or use the local store mlflow.tracking_uri=sqlite:///mlflow.db"
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            return
+            urllib.request.urlopen(uri.rstrip("/") + PROBE_PATH, timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError as err:
+            if err.code == 404 and _mlflow_error_code(err) == "RESOURCE_DOES_NOT_EXIST":
+                return  # MLflow answering: it has no experiment of that name
+            raise TrackingStoreError(
+                f"mlflow.tracking_uri={shown}: the server answered HTTP {err.code} ({err.reason}) to MLflow's API: "
+                f"{'not an MLflow tracking server, or the wrong address' if err.code == 404 else 'it is failing'}; "
+                f"check the address and the server, {local_store}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", None) or err
             raise TrackingStoreError(
                 f"mlflow.tracking_uri={shown}: tracking server not reachable ({reason}). Start it "
-                "(mlflow server --host 127.0.0.1 --port PORT) or use the local store "
-                "mlflow.tracking_uri=sqlite:///mlflow.db") from None
+                f"(mlflow server --host 127.0.0.1 --port PORT) {local_store}") from None
     elif db := _sqlite_path(uri):
         if not db.parent.is_dir():
             raise TrackingStoreError(f"mlflow.tracking_uri={scrub_path(uri)}: folder {db.parent} does not exist")
+
+
+def _mlflow_error_code(err: urllib.error.HTTPError) -> str | None:
+    try:
+        return json.loads(err.read(4096).decode()).get("error_code")
+    except (ValueError, AttributeError, OSError):
+        return None
 
 
 def _sqlite_path(uri: str) -> Path | None:

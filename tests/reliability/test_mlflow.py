@@ -81,3 +81,66 @@ def test_two_runs_at_once_share_a_new_sqlite_store(tmp_path):
     assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in runs)
     recorded = {json.loads((tmp_path / n / "train" / "metrics.json").read_text())["mlflow_run_id"] for n in ("a", "b")}
     assert recorded == {r.info.run_id for r in runs}
+
+
+class _Answering:
+    """An HTTP server in a thread that answers every GET with one status (a proxy, another service)."""
+
+    def __init__(self, status: int):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"<html>not mlflow</html>")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status, what", [(404, "not an MLflow tracking server"), (503, "it is failing")])
+def test_a_server_that_is_not_mlflow_is_a_one_line_error_within_seconds(tmp_path, status, what):
+    with _Answering(status) as server:
+        start = time.perf_counter()
+        result = run_stage("train", [*TINY, f"mlflow.tracking_uri={server.uri}"], tmp_path, timeout=120)
+        elapsed = time.perf_counter() - start
+    assert result.returncode == 1, result.stderr[-2000:]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: mlflow.tracking_uri={server.uri}: the server answered HTTP {status}") and what in line
+    assert elapsed < 20, elapsed
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_real_mlflow_server_passes_the_probe(tmp_path):
+    from training.tracking import check_tracking_store
+
+    port = closed_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                check_tracking_store(f"http://127.0.0.1:{port}")
+                break
+            except Exception as err:  # noqa: BLE001 - the server is still starting
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError(f"the MLflow server never passed the probe: {err}") from None
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(30)

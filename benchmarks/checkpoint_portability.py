@@ -33,7 +33,7 @@ def build():
     from hydra import compose, initialize_config_dir
 
     from train_throughput import build_step
-    from training.train import _fingerprint
+    from training.runs import fingerprint
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -42,7 +42,7 @@ def build():
             "trainer.learning_rate=1e-3", f"paths.root_dir={REPO}",
         ])
     objective, optimizer = build_step(cfg)
-    return cfg, objective, optimizer, _fingerprint(cfg)
+    return cfg, objective, optimizer, fingerprint(cfg)
 
 
 def batches():

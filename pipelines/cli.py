@@ -20,8 +20,9 @@ def fail(message: str):
     sys.exit(1)
 
 
-def preflight(config_name: str, check: Callable | None = None, argv: list[str] | None = None) -> None:
-    """Compose the command line's config and check it before Hydra starts the stage.
+def preflight(config_name: str, check: Callable | None = None, argv: list[str] | None = None):
+    """Compose the command line's config and check it before Hydra starts the stage; returns the
+    config (None when Hydra's own flags are given).
 
     Hydra creates the run folder (and rewrites its .hydra/ files) before the stage runs; checking
     here first means a bad value or an unreachable tracking server ends in one line and leaves an
@@ -36,7 +37,7 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
 
     args = sys.argv[1:] if argv is None else argv
     if any(arg.startswith("-") for arg in args):
-        return
+        return None
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=args)
@@ -50,6 +51,12 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
         check_tracking_store(cfg.mlflow.tracking_uri)
     except StylepipeError as err:
         fail(str(err))
+    return cfg
+
+
+def hydra_quoted(value) -> str:
+    """`value` as a quoted Hydra override value (a path may hold spaces, commas or `=`)."""
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def _missing_option(err) -> str:

@@ -69,6 +69,82 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert second["trained_steps"] == 4
 
 
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and modification time."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_run_goes_to_its_own_folder_and_leaves_the_first_untouched(tmp_path):
+    """`dvc repro` leaves a finished run in outputs/train; a hand run with other data (or config) used
+    to fail on its checkpoints, or resume them and train 0 steps. It writes to its own folder instead,
+    Hydra's .hydra/ and train.log included, and a rerun of it resumes there."""
+    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
+    first = run_cli([*tiny, "trainer.steps=2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    train_dir = tmp_path / "outputs" / "train"
+    before = snapshot(train_dir)
+    assert {"model.keras", "metrics.json", "run.json", ".hydra/config.yaml", "train.log",
+            "checkpoints/ckpt-00000002.npz"} <= set(before)
+
+    photos = tmp_path / "photos"  # other data: three of the sample photos
+    photos.mkdir()
+    for photo in sorted((REPO / "data" / "samples" / "content").glob("*.jpg"))[:3]:
+        (photos / photo.name).write_bytes(photo.read_bytes())
+    other = [*tiny, f"data.content_dir={photos}"]
+    second = run_cli([*other, "trainer.steps=2"], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    [moved] = [line for line in second.stderr.splitlines() if "-> this run writes to" in line]
+    own = Path(moved.rsplit(" ", 1)[1])
+    assert moved == f"{train_dir} is taken by another run (differs in: data) -> this run writes to {own}"
+    assert own.parent == tmp_path / "outputs" / "runs" and own.name.startswith("train-starry-magenta_lite-")
+    assert json.loads((own / "metrics.json").read_text())["trained_steps"] == 2
+    assert f"content_dir: {photos}" in (own / ".hydra" / "config.yaml").read_text()
+    assert "resuming" not in (own / "train.log").read_text()
+    assert snapshot(train_dir) == before  # the first run's files, Hydra's included, as they were
+
+    third = run_cli([*other, "trainer.steps=3"], tmp_path)  # the same run, longer: resumed in its folder
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert moved in third.stderr.splitlines()  # the same folder
+    metrics = json.loads((own / "metrics.json").read_text())
+    assert (metrics["resumed_from_step"], metrics["trained_steps"]) == (2, 1)
+    assert snapshot(train_dir) == before
+    assert sorted(p.name for p in (tmp_path / "outputs" / "runs").iterdir()) == [own.name]
+
+
+def test_a_resumed_run_uses_the_configured_learning_rate(tmp_path, caplog):
+    """A checkpoint holds Adam's learning rate with its state; resuming with another trainer.learning_rate
+    used to train on at the old one."""
+    from training.train import train
+
+    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
+    train(compose_train([*tiny, "trainer.steps=1", "trainer.learning_rate=1e-3"], tmp_path))
+    with caplog.at_level("INFO", logger="stylepipe.train"):
+        resumed = train(compose_train([*tiny, "trainer.steps=2", "trainer.learning_rate=2e-4"], tmp_path))
+    assert resumed["resumed_from_step"] == 1
+    assert "learning rate 0.0002 (trainer.learning_rate), not the checkpoint's 0.001" in caplog.messages
+    with np.load(tmp_path / "outputs" / "train" / "checkpoints" / "ckpt-00000002.npz") as f:
+        # Adam's float scalars: its learning rate (the step count is an integer)
+        rates = [float(f[k]) for k in f.files if k.startswith("optimizer/") and f[k].ndim == 0 and f[k].dtype.kind == "f"]
+    assert rates == [pytest.approx(2e-4)]
+
+
+def test_checkpoints_are_also_written_by_wall_time(tmp_path):
+    """trainer.checkpoint_minutes: a run between step checkpoints still saves when that much time has
+    passed (here a few milliseconds: every step), so a kill loses at most that much work."""
+    from training.train import train
+
+    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1",
+            "trainer.steps=3", "trainer.checkpoint_every=1000", "trainer.keep_checkpoints=5"]
+    train(compose_train([*tiny, "trainer.checkpoint_minutes=1e-5"], tmp_path / "timed"))
+    train(compose_train([*tiny, "trainer.checkpoint_minutes=null"], tmp_path / "steps"))
+    def names(run):
+        return sorted(p.name for p in (tmp_path / run / "outputs" / "train" / "checkpoints").glob("ckpt-*.npz"))
+
+    assert names("timed") == ["ckpt-00000001.npz", "ckpt-00000002.npz", "ckpt-00000003.npz"]
+    assert names("steps") == ["ckpt-00000003.npz"]  # the last step's only
+
+
 def test_jax_backend_completes_a_smoke_run(tmp_path):
     result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]

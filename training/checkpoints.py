@@ -83,17 +83,12 @@ class CheckpointManager:
             differs = sorted(k for k in set(meta["fingerprint"]) | set(self.fingerprint)
                              if meta["fingerprint"].get(k) != self.fingerprint.get(k))
             raise CheckpointError(
-                f"{path.parent} holds checkpoints of another run (differs in: {', '.join(differs)}). "
-                "Set trainer.resume=false to start over (the old checkpoints are then deleted), "
-                "or use another paths.train_dir."
+                f"{path.parent} holds checkpoints of another run (differs in: {', '.join(differs)}), "
+                "though its run.json names this run; use another paths.train_dir (nothing was changed there)"
             )
         _assign(model.weights, model_arrays, path, "model")
         _assign(optimizer.variables, optimizer_arrays, path, "optimizer")
         return int(meta["step"])
-
-    def clear(self) -> None:
-        for _, path in self.checkpoints():
-            path.unlink()
 
     def remove_partial_saves(self) -> list[Path]:
         """Delete temporary files of saves that a kill interrupted (never under a final name)."""

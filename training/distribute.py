@@ -31,6 +31,24 @@ def visible_devices() -> list[str]:
     return []
 
 
+def accelerators() -> list[str]:
+    """The GPUs (or TPUs) the Keras backend sees; empty: training would run on the CPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform != "cpu"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")]
+    if backend == "torch":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return []
+
+
 def tensorflow_replicas() -> int:
     """Replicas of the active tf.distribute strategy (1 outside one, and on other backends)."""
     if keras.backend.backend() != "tensorflow":

@@ -19,6 +19,7 @@ from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
+from training.runs import fingerprint, run_folder, write_run_record
 
 log = logging.getLogger("stylepipe.train")
 
@@ -30,7 +31,8 @@ class TrainingDivergedError(StylepipeError):
 class TrainingProgress(keras.callbacks.Callback):
     """Progress bar (or log lines when not on a terminal), MLflow metrics, checkpoints, NaN guard."""
 
-    def __init__(self, start_step, total_steps, checkpoints, optimizer, log_every, checkpoint_every, show_bar, mlflow_module):
+    def __init__(self, start_step, total_steps, checkpoints, optimizer, log_every, checkpoint_every, show_bar, mlflow_module,
+                 checkpoint_minutes=None):
         super().__init__()
         self.step = start_step
         self.start_step = start_step
@@ -39,6 +41,9 @@ class TrainingProgress(keras.callbacks.Callback):
         self.optimizer_ref = optimizer
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
+        self.last_checkpoint_time = time.monotonic()
+        self.timed_checkpoint_step: int | None = None  # a step needs_current_state found due by wall time
         self.mlflow = mlflow_module
         self.history: list[dict] = []  # mean losses of each logging interval
         self.last_logs: dict = {}
@@ -59,12 +64,17 @@ class TrainingProgress(keras.callbacks.Callback):
         return min(self.start_step + batch + 1, self.total_steps)
 
     def _checkpoint_due(self, previous: int, step: int) -> bool:
-        return _crossed(previous, step, self.checkpoint_every) or step == self.total_steps
+        return (_crossed(previous, step, self.checkpoint_every) or step == self.total_steps
+                or step == self.timed_checkpoint_step)
 
     def needs_current_state(self, batch) -> bool:
         """Whether execution `batch` must be handled before the next is dispatched (LaggedCallbackList):
         a checkpoint saves the weights of the step it is named after."""
-        return self._checkpoint_due(self.step, self._step_after(batch))
+        step = self._step_after(batch)
+        # Wall time is read here only: the execution handed over at once is the one checkpointed.
+        if self.checkpoint_seconds is not None and time.monotonic() - self.last_checkpoint_time >= self.checkpoint_seconds:
+            self.timed_checkpoint_step = step
+        return self._checkpoint_due(self.step, step)
 
     def on_train_batch_end(self, batch, logs=None):
         # Called once per execution, one execution late unless needs_current_state (LaggedCallbackList).
@@ -100,6 +110,7 @@ class TrainingProgress(keras.callbacks.Callback):
         if self._checkpoint_due(previous, self.step):
             try:
                 self.checkpoints.save(self.step, self.model.stylizer, self.optimizer_ref)
+                self.last_checkpoint_time = time.monotonic()
             except NonFiniteWeightsError as err:  # a finite loss, but the update broke the weights
                 self.diverged_at = self.step
                 self.last_logs = {"weights": str(err)}
@@ -118,19 +129,6 @@ class TrainingProgress(keras.callbacks.Callback):
 def _crossed(previous: int, step: int, every: int) -> bool:
     """Whether steps previous+1 .. step include a multiple of `every`."""
     return step // every > previous // every
-
-
-def _fingerprint(cfg) -> dict:
-    """What must match for a checkpoint to be resumed by this run."""
-    return {
-        "model": cfg.model.name,
-        "alpha": float(cfg.model.alpha),
-        "backbone": cfg.backbone.name,
-        "style": cfg.style.name,
-        "init": cfg.init.name if cfg.get("init") else None,
-        "image_size": int(cfg.data.image_size),
-        "batch_size": int(cfg.trainer.batch_size),
-    }
 
 
 def stylize(stylizer: keras.Model, photos: list[np.ndarray], style: np.ndarray, batch_size: int = 4) -> list[np.ndarray]:
@@ -208,6 +206,14 @@ def fix_style_targets(objective, batches, enabled: bool, textures: list[np.ndarr
     return True
 
 
+def use_configured_learning_rate(optimizer, learning_rate: float) -> None:
+    """A checkpoint restores Adam's learning rate with its state: the configured one wins."""
+    restored = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    if not math.isclose(restored, learning_rate, rel_tol=1e-6):
+        optimizer.learning_rate.assign(learning_rate)
+        log.info("learning rate %g (trainer.learning_rate), not the checkpoint's %g", learning_rate, restored)
+
+
 def _build(objective, optimizer, image_size, style_size=None):
     """Create every variable (model and optimizer) so a checkpoint can be restored into them."""
     style_size = style_size or image_size
@@ -225,7 +231,10 @@ def train(cfg: DictConfig) -> dict:
     from training import data as data_lib
 
     keras.utils.set_random_seed(int(cfg.seed))
-    train_dir = Path(cfg.paths.train_dir)
+    # The CLI's preflight has chosen the folder already (Hydra's files are there); a direct call chooses here.
+    train_dir, moved = run_folder(cfg)
+    if moved:
+        log.warning("%s", moved)
     cache_dir = Path(cfg.paths.cache_dir)
 
     content = data_lib.load_content(cfg.data)
@@ -252,15 +261,17 @@ def train(cfg: DictConfig) -> dict:
 
             log.info("initialised from the TF Hub module %s: %s", cfg.init.handle, load_tfhub_into(stylizer, cfg.init.handle))
 
-        checkpoints = CheckpointManager(train_dir / "checkpoints", _fingerprint(cfg), keep=cfg.trainer.keep_checkpoints)
+        run_fingerprint = fingerprint(cfg)
+        checkpoints = CheckpointManager(train_dir / "checkpoints", run_fingerprint, keep=cfg.trainer.keep_checkpoints)
         start_step = 0
         for partial in checkpoints.remove_partial_saves():
             log.info("removed %s, left by a run killed while saving", partial.name)
-        if not cfg.trainer.resume:
-            checkpoints.clear()
-        elif (latest := checkpoints.latest()) is not None:
+        # run_folder gave a folder of this run or a free one: any checkpoint there is this run's.
+        if (latest := checkpoints.latest()) is not None:
             start_step = checkpoints.restore(latest[1], stylizer, optimizer)
             log.info("resuming from %s (step %d)", latest[1], start_step)
+            use_configured_learning_rate(optimizer, float(cfg.trainer.learning_rate))
+        write_run_record(train_dir, cfg.run_name, run_fingerprint)
         total_steps = int(cfg.trainer.steps)
         remaining = max(0, total_steps - start_step)
 
@@ -275,7 +286,7 @@ def train(cfg: DictConfig) -> dict:
 
             progress = TrainingProgress(
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
-                cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow,
+                cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow, cfg.trainer.checkpoint_minutes,
             )
             fixed_targets = False
             if remaining:

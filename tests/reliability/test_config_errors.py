@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import CACHE_DIR
 from helpers import error_lines, run_stage
 
 CASES = [
@@ -38,6 +39,8 @@ CASES = [
     ("train", "style.texture_size=512 trainer.fixed_style_targets=false", "error: style.texture_size=512 is not allowed",
      "data.style_size (256) with trainer.fixed_style_targets=false"),
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
+    ("train", "trainer.checkpoint_minutes=0", "error: trainer.checkpoint_minutes=0 is not allowed", "null for checkpoints by steps"),
+    ("train", "trainer.allow_cpu=maybe", "error: trainer.allow_cpu='maybe' is not allowed", "true or false"),
     ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
     ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),
 ]
@@ -56,3 +59,34 @@ def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts
     assert line.startswith(starts) and allowed in line, line
     assert not (tmp_path / "outputs").exists()  # Hydra's run folder included: an earlier run's .hydra/ is kept
     assert elapsed < 30, f"{elapsed:.1f} s: the check ran after start-up work"  # ~1 s; TensorFlow alone takes longer
+
+
+def test_gpu_profile_on_a_cpu_stops_before_any_work(tmp_path):
+    """Guards training.config.check_accelerator: the default (GPU) profile on this CPU-only machine used
+    to start a run of days; it says so in one line with an estimate and the command to run instead,
+    then stops in one error line, before Hydra creates the run folder."""
+    from training.distribute import accelerators
+
+    if accelerators():
+        pytest.skip("this machine has a GPU: the GPU profile runs")
+    result = run_stage("train", ["style=starry", "init=magenta_published"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    [line] = error_lines(result.stderr)
+    assert line == "error: no GPU here for the GPU profile: add trainer=smoke, or trainer.allow_cpu=true to run it anyway"
+    [warning] = [l for l in result.stderr.splitlines() if l.startswith("this is the GPU profile")]
+    assert "(mixed_bfloat16, batch 64, 2000 steps): about " in warning and " h on this machine's " in warning, warning
+    assert warning.endswith("for minutes instead: python -m pipelines.train " + " ".join(
+        [f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
+         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "style=starry", "init=magenta_published",
+         "trainer.progress=false", "trainer=smoke"])), warning
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_gpu_profile_runs_on_a_cpu_when_allowed(tmp_path):
+    """trainer.allow_cpu=true passes the guard: the run goes on to its data (a missing folder here,
+    so it ends in seconds with that error instead)."""
+    result = run_stage("train", ["style=starry", "trainer.allow_cpu=true", f"data.content_dir={tmp_path / 'none'}"],
+                       tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [f"error: data.content_dir={tmp_path / 'none'}: no such folder"]
+    assert "GPU profile" not in result.stderr

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from training.errors import StylepipeError
 
+log = logging.getLogger("stylepipe.tracking")
 MAX_PARAM_VALUE = 6000
 PARAMS_PER_BATCH = 100
 # MLflow retries an unreachable server for minutes; the probe before any work waits this long.
@@ -238,6 +241,38 @@ def _create_experiment(client, mlflow_cfg: DictConfig) -> None:
         client.create_experiment(mlflow_cfg.experiment, artifact_location=Path(artifact_dir).resolve().as_uri())
 
 
+HOST_TAG, PROCESS_TAG = "stylepipe.host", "stylepipe.process"  # which process on which machine runs a run
+
+
+def _process_id(pid: int) -> str | None:
+    """`<pid>-<start time>`: names one process, not a later one that reuses its pid; None if it is gone."""
+    import psutil
+
+    try:
+        return f"{pid}-{psutil.Process(pid).create_time():.3f}"
+    except psutil.Error:
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PROCESS_TAG: _process_id(os.getpid()) or str(os.getpid())}
+
+
+def close_killed_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of this machine still RUNNING whose process has ended (killed, or lost
+    power): MLflow would show them running forever. Runs of other machines are left alone."""
+    running = client.search_runs([experiment_id], filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"), max_results=200)
+    closed = []
+    for run in running:
+        process = run.data.tags.get(PROCESS_TAG, "")
+        pid = process.split("-")[0]
+        if pid.isdigit() and _process_id(int(pid)) != process:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_run_id: str | None = None):
     """Start an MLflow run on cfg.mlflow's store, logging the flattened config as params.
@@ -246,17 +281,26 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     """
     import mlflow
 
+    if env := os.environ.get("MLFLOW_TRACKING_URI"):
+        if env != cfg.mlflow.tracking_uri:
+            log.info("MLflow: mlflow.tracking_uri=%s from the config wins over MLFLOW_TRACKING_URI=%s",
+                     scrub_path(cfg.mlflow.tracking_uri), scrub_path(env))
+        else:
+            log.info("MLflow: tracking to %s (MLFLOW_TRACKING_URI)", scrub_path(env))
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     with _store_setup_lock(cfg.mlflow.tracking_uri):  # a new store's client migrates its schema
         client = mlflow.MlflowClient()
         _create_experiment(client, cfg.mlflow)
         experiment = mlflow.set_experiment(cfg.mlflow.experiment)
+    for run_id in close_killed_runs(client, experiment.experiment_id):
+        log.info("MLflow: run %s was left RUNNING by a process that no longer exists; marked KILLED", run_id)
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)
     if pipeline:
         client.update_run(pipeline, status="RUNNING")
     status = "FAILED"
     try:
-        with mlflow.start_run(run_name=run_name, tags=tags or {}, parent_run_id=pipeline or parent_run_id) as run:
+        with mlflow.start_run(run_name=run_name, tags={**(tags or {}), **process_tags()},
+                              parent_run_id=pipeline or parent_run_id) as run:
             params = flatten_config(cfg)
             items = sorted(params.items())
             for i in range(0, len(items), PARAMS_PER_BATCH):

@@ -18,6 +18,7 @@ import time
 
 import mlflow
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import CACHE_DIR, REPO
 from helpers import TINY, error_lines, run_stage
@@ -144,3 +145,46 @@ def test_a_real_mlflow_server_passes_the_probe(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _store_cfg(tmp_path, uri=None):
+    return OmegaConf.create({"mlflow": {"tracking_uri": uri or f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "stylepipe",
+                                        "artifact_dir": None}, "paths": {"root_dir": str(tmp_path)}})
+
+
+def test_a_run_killed_earlier_is_closed_as_killed_by_the_next_run(tmp_path, caplog):
+    from training.tracking import HOST_TAG, PROCESS_TAG, mlflow_run
+
+    cfg = _store_cfg(tmp_path)
+    doomed = subprocess.run([sys.executable, "-c", (
+        "import os, signal\nfrom omegaconf import OmegaConf\nfrom training.tracking import mlflow_run\n"
+        f"cfg = OmegaConf.create({OmegaConf.to_container(cfg)!r})\n"
+        "with mlflow_run(cfg, 'doomed') as run:\n    print(run.info.run_id, flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)\n")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert doomed.returncode == -9, doomed.stderr[-2000:]
+    killed_id = doomed.stdout.split()[-1]
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.get_run(killed_id).info.status == "RUNNING"  # what MLflow would show forever
+    experiment = client.get_experiment_by_name("stylepipe").experiment_id
+    elsewhere = client.create_run(experiment, tags={HOST_TAG: "another-machine", PROCESS_TAG: "1-0.000"}).info.run_id
+    with caplog.at_level("INFO", logger="stylepipe.tracking"), mlflow_run(cfg, "next"):
+        pass
+    assert client.get_run(killed_id).info.status == "KILLED"
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # another machine's run may still be alive
+    assert f"run {killed_id} was left RUNNING by a process that no longer exists; marked KILLED" in caplog.text
+
+
+def test_mlflow_tracking_uri_from_the_environment_and_the_config_wins(tmp_path, monkeypatch, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from training.tracking import mlflow_run
+
+    env_uri = f"sqlite:///{tmp_path / 'from_env.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        assert compose("train").mlflow.tracking_uri == env_uri  # no mlflow.tracking_uri given: the environment's
+    chosen = _store_cfg(tmp_path)  # mlflow.tracking_uri given: the config wins
+    with caplog.at_level("INFO", logger="stylepipe.tracking"), mlflow_run(chosen, "chosen"):
+        pass
+    assert f"mlflow.tracking_uri=sqlite:///$TMPDIR" in caplog.text and "wins over MLFLOW_TRACKING_URI" in caplog.text
+    assert (tmp_path / "mlflow.db").exists() and not (tmp_path / "from_env.db").exists()

@@ -49,6 +49,10 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_train_config(cfg) -> None:
     alpha = cfg.model.alpha
     _require(isinstance(alpha, (int, float)) and alpha > 0, "model.alpha", alpha, "a number > 0 (1.0 full, 0.25 lite)")
@@ -56,8 +60,11 @@ def validate_train_config(cfg) -> None:
     t = cfg.trainer
     _require(_is_int(t.steps) and t.steps >= 0, "trainer.steps", t.steps, "an integer >= 0")
     _require(_is_int(t.batch_size) and t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
-    _require(t.learning_rate is not None and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate, "a number > 0")
-    _require(t.clipnorm is None or t.clipnorm > 0, "trainer.clipnorm", t.clipnorm, "null or a number > 0")
+    _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
+    _require(_is_number(t.learning_rate) and 0 < t.learning_rate < 1, "trainer.learning_rate", t.learning_rate,
+             "a number between 0 and 1 (Adam's step size, e.g. 1e-3)")
+    _require(t.clipnorm is None or (_is_number(t.clipnorm) and t.clipnorm > 0), "trainer.clipnorm", t.clipnorm,
+             "null or a number > 0")
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
         _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
@@ -157,6 +164,9 @@ def style_image_path(name: str, paths_cfg) -> str:
 
 def validate_export_config(cfg) -> None:
     e = cfg.export
+    if not OmegaConf.is_list(e.sizes):
+        raise ConfigError(f"export.sizes={e.sizes!r} is not allowed: [[height, width], ...] with each side an integer "
+                          ">= 16 divisible by 4")
     for size in e.sizes:
         ok = len(size) == 2 and all(_is_int(d) and d >= 16 and d % 4 == 0 for d in size)
         if not ok:
@@ -166,6 +176,10 @@ def validate_export_config(cfg) -> None:
         unknown = set(e[key]) - set(EXPORT_FORMATS)
         if unknown:
             raise ConfigError(f"export.{key} has {sorted(unknown)}: allowed {sorted(EXPORT_FORMATS)}")
+    for fmt, threshold in e.thresholds.items():
+        _require(_is_number(threshold) and threshold > 0, f"export.thresholds.{fmt}", threshold,
+                 "a number > 0 (the minimum PSNR in dB against the Keras model)")
+    _require(_is_int(e.parity_photos) and e.parity_photos >= 1, "export.parity_photos", e.parity_photos, "an integer >= 1")
     if "bender" in e.arbitrary_formats:
         raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
     style_image_path(e.style, cfg.paths)

@@ -175,7 +175,7 @@ def _build_objective(cfg, cache_dir):
     if cfg.trainer.relu_gradient_from_output:
         use_relu_gradient_from_output(loss_network)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength)
-    optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, clipnorm=cfg.trainer.clipnorm)
+    optimizer = keras.optimizers.Adam(float(cfg.trainer.learning_rate), clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
     objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto",

@@ -41,6 +41,12 @@ CASES = [
     ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
     ("train", "trainer.checkpoint_minutes=0", "error: trainer.checkpoint_minutes=0 is not allowed", "null for checkpoints by steps"),
     ("train", "trainer.allow_cpu=maybe", "error: trainer.allow_cpu='maybe' is not allowed", "true or false"),
+    ("train", "trainer.learning_rate=abc", "error: trainer.learning_rate='abc' is not allowed", "between 0 and 1"),
+    ("train", "trainer.learning_rate=30", "error: trainer.learning_rate=30 is not allowed", "between 0 and 1"),
+    ("train", "seed=abc", "error: seed='abc' is not allowed", "an integer"),
+    ("export", "export.sizes=abc", "error: export.sizes='abc' is not allowed", "[[height, width], ...]"),
+    ("export", "export.thresholds.tflite_fp16=abc", "error: export.thresholds.tflite_fp16='abc' is not allowed", "dB"),
+    ("export", "export.parity_photos=0", "error: export.parity_photos=0 is not allowed", ">= 1"),
     ("export", "export.sizes=[[66,64]]", "error: export.sizes=[[66, 64]] is not allowed", "divisible by 4"),
     ("export", "export.style=nope", "error: export.style='nope' is not allowed", "starry"),
 ]

@@ -140,3 +140,23 @@ def test_instance_norm_in_float16_does_not_overflow_where_unscaled_squares_would
     flat = np.full((1, 32, 32, 1), 7.0, np.float16)
     out = keras.ops.convert_to_numpy(norm([flat, np.ones((1, 1, 1, 1), np.float16), np.zeros((1, 1, 1, 1), np.float16)]))
     assert np.isfinite(out).all() and np.abs(out).max() == 0.0
+
+
+def test_tflite_cost_counts_convolution_flops(stylizer):
+    """Analytic FLOPs per frame at 384x384: Magenta's published model and the realtime network's baked export."""
+    from export.tf_graph import constant_module, make_module
+    from export.tflite import convert, tflite_cost
+
+    conv = lambda side, k, cin, cout: 2 * side * side * k * k * cin * cout  # noqa: E731 - output side x side
+    published = (REPO / "models" / "magenta-published" / "style_transfer_f16_384.tflite").read_bytes()
+    magenta = (conv(384, 9, 3, 8) + conv(192, 3, 8, 16) + conv(96, 3, 16, 32) + 10 * conv(96, 3, 32, 32)
+               + conv(192, 3, 32, 16) + conv(384, 3, 16, 8) + conv(384, 9, 8, 3))
+    style_params = 2 * 2 * 100 * (10 * 32 + 16 + 8 + 3)  # the 26 gamma/beta 1x1 convs of the bottleneck
+    cost = tflite_cost(published)
+    assert cost.flops == magenta + style_params
+    assert cost.largest_activation_bytes == 386 * 386 * 16 * 4  # the reflect-padded full-resolution 16 channels of expand/conv2
+
+    realtime = (conv(192, 3, 3, 16) + conv(96, 3, 16, 48) + 10 * (2 * 96 * 96 * 9 * 48 + conv(96, 1, 48, 48))
+                + 2 * 96 * 96 * 48 * 4 * 24 + 2 * 192 * 192 * 24 * 4 * 3)  # two 2x2 stride-2 transposed convs
+    baked = convert(constant_module(make_module("baked", stylizer, 384, 384, bottleneck(0))), "serve", fp16=True)
+    assert tflite_cost(baked).flops == realtime

@@ -115,3 +115,52 @@ def run_signature(path, signature_key: str, inputs: dict[str, np.ndarray], num_t
 
     runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(signature_key)
     return runner(**{k: np.asarray(v, np.float32) for k, v in inputs.items()})
+
+
+@dataclass
+class TfliteCost:
+    """Per-frame work of a TFLite model: convolution/matmul FLOPs and activation bytes."""
+
+    flops: int  # 2 x multiply-adds of CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED
+    activation_bytes: int  # every op's output tensor, as float32 (DEQUANTIZE outputs are weights: left out)
+    largest_activation_bytes: int  # the largest of them, as float32
+
+
+def tflite_cost(flatbuffer: bytes) -> TfliteCost:
+    """FLOPs and activation sizes of a static-shape TFLite model, from its tensor shapes.
+
+    Element-wise work (norms, activations, padding, resizing) is not counted as FLOPs, as in the
+    usual convention; it shows in the activation bytes, the memory traffic a phone's GPU is bound by.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    flops = activations = largest = 0
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        shape = lambda index: [int(d) for d in graph.Tensors(index).ShapeAsNumpy()]  # noqa: E731
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            if name == "DEQUANTIZE":
+                continue
+            out = shape(op.Outputs(0))
+            out_elements = int(np.prod(out))
+            if name == "CONV_2D":  # filter [O, kh, kw, I]
+                _, kh, kw, cin = shape(op.Inputs(1))
+                flops += 2 * out_elements * kh * kw * cin
+            elif name == "DEPTHWISE_CONV_2D":  # filter [1, kh, kw, O]
+                _, kh, kw, _ = shape(op.Inputs(1))
+                flops += 2 * out_elements * kh * kw
+            elif name == "TRANSPOSE_CONV":  # inputs: output shape, filter [O, kh, kw, I], input
+                _, kh, kw, cin = shape(op.Inputs(1))
+                flops += 2 * int(np.prod(shape(op.Inputs(2)))) * kh * kw * out[-1]
+            elif name == "FULLY_CONNECTED":  # filter [O, I]
+                flops += 2 * out_elements * shape(op.Inputs(1))[-1]
+            for j in range(op.OutputsLength()):
+                size = int(np.prod(shape(op.Outputs(j)))) * 4
+                activations += size
+                largest = max(largest, size)
+    return TfliteCost(flops=flops, activation_bytes=activations, largest_activation_bytes=largest)

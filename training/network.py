@@ -347,16 +347,23 @@ def build_style_predictor(backbone: keras.Model, backbone_name: str, name: str =
 def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
     """The arbitrary stylization model: {content, style} images in [0, 1] -> stylized image.
 
-    Its sub-models `style_predictor` and `transformer` are what the export stage writes.
+    Its sub-models `style_predictor` and `transformer` are what the export stage writes. The transformer
+    is Magenta's (`model.architecture: magenta`, the default) or the fast one of
+    training/realtime_network.py (`model.architecture: realtime`).
     """
     from training.backbones import build_backbone  # keeps network.py free of weight loading
 
     predictor = build_style_predictor(build_backbone(backbone_cfg, cache_dir), backbone_cfg.name)
-    transformer = build_transfer_network(
-        alpha=model_cfg.alpha,
-        batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99),
-        freeze_batch_norm=model_cfg.get("freeze_batch_norm", False),
-    )
+    if model_cfg.get("architecture", "magenta") == "realtime":
+        from training.realtime_network import build_realtime_from_config
+
+        transformer = build_realtime_from_config(model_cfg)
+    else:
+        transformer = build_transfer_network(
+            alpha=model_cfg.alpha,
+            batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99),
+            freeze_batch_norm=model_cfg.get("freeze_batch_norm", False),
+        )
     content = keras.Input(shape=(None, None, 3), name="content")
     style = keras.Input(shape=(None, None, 3), name="style")
     stylized = transformer([content, predictor(style)])

@@ -1,7 +1,7 @@
 """Checkpoints move between devices and backends: write one here, resume it there, and back.
 
-    python benchmarks/checkpoint_portability.py write DIR    # 3 training steps, checkpoint, step 4's loss
-    python benchmarks/checkpoint_portability.py resume DIR   # restore DIR's checkpoint, run step 4, compare
+    python -m benchmarks.checkpoint_portability write DIR    # 3 training steps, checkpoint, step 4's loss
+    python -m benchmarks.checkpoint_portability resume DIR   # restore DIR's checkpoint, run step 4, compare
 
 `write` trains the lite model (random backbone and VGG-16: nothing to download) on fixed random
 batches with the project's checkpoint code (training/checkpoints.py), then records the loss of
@@ -21,7 +21,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +31,7 @@ STEPS, BATCH, SIZE = 3, 4, 64
 def build():
     from hydra import compose, initialize_config_dir
 
-    from train_throughput import build_step
+    from benchmarks.train_throughput import build_step
     from training.runs import fingerprint
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -95,7 +94,8 @@ def resume(directory: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.checkpoint_portability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["write", "resume"])
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()

@@ -10,9 +10,9 @@ backbone). With `--pad-to N` it times the same convolution again with input and 
 zero-padded to a multiple of N (grouped/depthwise ones excepted). That shows whether padding,
 inside training only, could move a layer onto faster kernels before the network is changed.
 
-    KERAS_BACKEND=jax python benchmarks/conv_channels.py --model magenta_lite --batch-size 64 --pad-to 16 32
-    KERAS_BACKEND=jax python benchmarks/conv_channels.py --parts "vgg16 stylized" --pad-to    # one part, no padding
-    KERAS_BACKEND=jax python benchmarks/conv_channels.py --parts transfer --variant trainer.space_to_depth_channels=8
+    KERAS_BACKEND=jax python -m benchmarks.conv_channels --model magenta_lite --batch-size 64 --pad-to 16 32
+    KERAS_BACKEND=jax python -m benchmarks.conv_channels --parts "vgg16 stylized" --pad-to    # one part, no padding
+    KERAS_BACKEND=jax python -m benchmarks.conv_channels --parts transfer --variant trainer.space_to_depth_channels=8
 
 Prints a table (slowest first, with TFLOP/s of the true FLOPs) and writes JSON.
 """
@@ -29,10 +29,8 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
 
-import train_throughput as throughput  # noqa: E402  (one definition of the benchmarked configuration)
+from benchmarks import train_throughput as throughput  # noqa: E402  (one definition of the benchmarked configuration)
 
 
 PARTS = ("transfer", "backbone", "vgg16 stylized", "vgg16 style target", "vgg16 content target")
@@ -174,7 +172,8 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.conv_channels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     throughput.add_configuration_arguments(parser)
     parser.add_argument("--pad-to", type=int, nargs="*", default=[16, 32])
     parser.add_argument("--repeats", type=int, default=20)
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
     cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1, overrides=overrides)
     objective, _ = throughput.build_step(cfg)
 
-    report = {"command": "KERAS_BACKEND=jax python benchmarks/conv_channels.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = {"command": "KERAS_BACKEND=jax python -m benchmarks.conv_channels " + " ".join(sys.argv[1:] if argv is None else argv),
               "device": str(jax.devices()[0].device_kind), "model": args.model, "precision": args.precision,
               "batch_size": args.batch_size, "image_size": args.image_size, "pad_to": args.pad_to, "variant": label,
               "parts": args.parts}

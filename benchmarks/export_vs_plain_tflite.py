@@ -3,7 +3,7 @@
 Both are timed in this one process, interleaved, on the same real photo, so their ratio is
 meaningful on any host. Writes JSON and prints a table.
 
-    python benchmarks/export_vs_plain_tflite.py [--model outputs/magenta_published/model.keras] [--runs 30]
+    python -m benchmarks.export_vs_plain_tflite [--model outputs/magenta_published/model.keras] [--runs 30]
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
@@ -62,7 +60,7 @@ def plain_runner(flatbuffer: bytes, photo, bottleneck, threads: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.export_vs_plain_tflite", description=__doc__)
     parser.add_argument("--model", default=str(REPO / "outputs" / "magenta_published" / "model.keras"))
     parser.add_argument("--size", type=int, nargs=2, default=[384, 384])
     parser.add_argument("--runs", type=int, default=30)

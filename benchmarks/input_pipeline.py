@@ -5,8 +5,8 @@ decode, random scale and crop, flips, the style's augmentation, batching in `tra
 threads, or processes with `--kinds processes`), read through Keras' PyDataset adapter as `fit` reads it. A GPU step consumes images at
 the rate in docs/performance.md; the pipeline must make them faster on the training machine's CPUs.
 
-    python benchmarks/input_pipeline.py --workers 1 2 --dtypes float32 uint8
-    python benchmarks/input_pipeline.py --workers 8 16 --dtypes uint8 --style all --kinds threads processes
+    python -m benchmarks.input_pipeline --workers 1 2 --dtypes float32 uint8
+    python -m benchmarks.input_pipeline --workers 8 16 --dtypes uint8 --style all --kinds threads processes
 
 Writes JSON and prints a table.
 """
@@ -23,14 +23,13 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
 
-import train_throughput as throughput  # noqa: E402  (one definition of the pipeline's timing)
+from benchmarks import train_throughput as throughput  # noqa: E402  (one definition of the pipeline's timing)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "uint8"], choices=["float32", "uint8"])
     parser.add_argument("--kinds", nargs="+", default=["threads"], choices=["threads", "processes"],
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed per row, after one batch of warm-up")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "input_pipeline.json")
     args = parser.parse_args(argv)
-    report = {"command": "python benchmarks/input_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = {"command": "python -m benchmarks.input_pipeline " + " ".join(sys.argv[1:] if argv is None else argv),
               "cpus": os.cpu_count(), "batch_size": args.batch_size, "image_size": args.image_size,
               "style": args.style, "rows": []}
     print(f"{'workers':>7} {'kind':>9} {'dtype':>8} {'images/s':>9}   ({os.cpu_count()} CPUs, batch {args.batch_size}, "

@@ -11,9 +11,9 @@ the GPU time summed by part: the transfer network, the style predictor, each VGG
 and backward, the Gram matrices, the optimizer. (A CUDA-graph command buffer's time is shared
 equally among its kernels: an estimate.) --annotate names an existing report from a dump.
 
-    KERAS_BACKEND=jax python benchmarks/profile_step.py --model magenta_lite --batch-size 64 \\
+    KERAS_BACKEND=jax python -m benchmarks.profile_step --model magenta_lite --batch-size 64 \\
         --hlo-dump outputs/benchmarks/hlo --out outputs/benchmarks/profile_magenta_lite_b64.json
-    python benchmarks/profile_step.py --annotate REPORT.json --hlo-dump DIR   # any machine
+    python -m benchmarks.profile_step --annotate REPORT.json --hlo-dump DIR   # any machine
 
 Writes JSON and prints a table.
 """
@@ -33,10 +33,8 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
 
-import train_throughput as throughput  # noqa: E402  (one definition of the benchmarked step)
+from benchmarks import train_throughput as throughput  # noqa: E402  (one definition of the benchmarked step)
 
 CATEGORIES = (  # first match wins; matched against the op name and its HLO text
     ("convolution", ("conv", "cudnn")),
@@ -140,7 +138,8 @@ def annotate(report: dict, dump_dir) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     throughput.add_configuration_arguments(parser)
     parser.add_argument("--input-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--variant", default="base",

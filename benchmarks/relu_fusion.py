@@ -6,7 +6,7 @@ the activation they carry (`kRelu`: fused; `kNone`: the input-gradient convoluti
 ones whose ReLU runs as a pass of its own) and those separate ReLU passes (`maximum` fusions). In the
 lowered program it counts the optimization barriers the gradient's masks read through.
 
-    KERAS_BACKEND=jax python benchmarks/relu_fusion.py --out outputs/benchmarks/relu_fusion.json
+    KERAS_BACKEND=jax python -m benchmarks.relu_fusion --out outputs/benchmarks/relu_fusion.json
 
 The ways: `autodiff` (Keras' ReLU), `output_mask_no_barrier` (`relu_gradient_from_output` with
 `training.vgg16._opaque` as the identity, whose mask XLA turns back into one on the input) and
@@ -28,7 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -91,12 +90,13 @@ def run(batch_size: int = 4, image_size: int = 64) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.relu_fusion", description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "relu_fusion.json")
     args = parser.parse_args()
-    report = {"command": "KERAS_BACKEND=jax python " + " ".join(sys.argv), **run(args.batch_size, args.image_size)}
+    report = {"command": "KERAS_BACKEND=jax python -m benchmarks.relu_fusion " + " ".join(sys.argv[1:]),
+              **run(args.batch_size, args.image_size)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"{report['device']} ({report['platform']}), VGG-16 conv1-conv4: {report['convolutions']} convolutions")

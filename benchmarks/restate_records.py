@@ -7,7 +7,7 @@ steps than ran: at 60 steps of 8, by 48 where 44 ran. This adds to each such row
 `*_restated` fields (step time, images/s, TFLOP/s, MFU, host wait) and an `erratum` to the file,
 keeping every original field. Rows already restated, or timed right, are left alone.
 
-    python benchmarks/restate_records.py RECORD.json ...   # records made before a6dd0b2 only
+    python -m benchmarks.restate_records RECORD.json ...   # records made before a6dd0b2 only
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def restate(record: dict) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.restate_records", description=__doc__.split("\n")[0])
     parser.add_argument("records", nargs="+", type=Path)
     for path in parser.parse_args(argv).records:
         record = json.loads(path.read_text())

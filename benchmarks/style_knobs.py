@@ -1,6 +1,6 @@
 """Train a small sweep of style settings and show their effect: one grid image and a table.
 
-    python benchmarks/style_knobs.py --settings "style.strength=2" "style.strength=5" "style.strength=9" \
+    python -m benchmarks.style_knobs --settings "style.strength=2" "style.strength=5" "style.strength=9" \
         --steps 600 --eval-every 100 --out outputs/style_knobs -- init=magenta_published
 
 Each setting is a list of Hydra overrides of the training config (after the shared overrides given
@@ -141,7 +141,7 @@ def grid_png(rows: list[tuple[str, list[np.ndarray]]]) -> bytes:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.style_knobs", description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="+", required=True, help="one quoted string of overrides per setting")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=100)

@@ -19,8 +19,8 @@ backward) and checked against the traced gradient step. MFU = FLOPs/s over the b
 The input pipeline alone is timed too (`pipeline_images_per_s`; with `--input pipeline`, each row's own,
 with that row's style): it must exceed the step's rate.
 
-    KERAS_BACKEND=jax python benchmarks/train_throughput.py --out outputs/benchmarks/train_throughput.json
-    KERAS_BACKEND=jax python benchmarks/train_throughput.py --models magenta_lite --batch-sizes 2 \\
+    KERAS_BACKEND=jax python -m benchmarks.train_throughput --out outputs/benchmarks/train_throughput.json
+    KERAS_BACKEND=jax python -m benchmarks.train_throughput --models magenta_lite --batch-sizes 2 \\
         --precisions float32 --image-size 64 --steps 2 --warmup 1     # a quick check on a CPU
 
 `step_ms` is the steady step time inside `fit` (from when each execution's losses reach the
@@ -47,7 +47,6 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -513,7 +512,8 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["magenta_lite", "magenta"], choices=sorted(BACKBONE_OF))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--precisions", nargs="+", default=["mixed_bfloat16", "float32"],
@@ -548,7 +548,7 @@ def main(argv=None) -> int:
 
     device = jax.devices()[0]
     report = {
-        "command": "KERAS_BACKEND=jax python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "KERAS_BACKEND=jax python -m benchmarks.train_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": getattr(device, "device_kind", str(device)), "platform": device.platform,
         "host": platform.node(), "cpus": os.cpu_count(), "jax": jax.__version__, "keras": keras.__version__,
         "peak_tflops": args.peak_tflops, "matmul_tflops": matmul_tflops(), "flops": {}, "results": [],

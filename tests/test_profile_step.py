@@ -44,7 +44,7 @@ def test_annotate_names_instructions_by_layer_and_sums_parts(tmp_path):
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(report))
 
-    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--annotate", str(path), "--hlo-dump", str(dump)],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--annotate", str(path), "--hlo-dump", str(dump)],
                             cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     annotated = json.loads(path.read_text())
@@ -56,7 +56,7 @@ def test_annotate_names_instructions_by_layer_and_sums_parts(tmp_path):
 
 
 def test_annotate_without_a_dump_is_a_usage_error(tmp_path):
-    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--annotate", str(tmp_path / "r.json")],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--annotate", str(tmp_path / "r.json")],
                             cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--annotate needs --hlo-dump DIR" in result.stderr
 
@@ -66,7 +66,7 @@ def test_annotate_from_a_folder_without_the_step_hlo_names_it(tmp_path):
     report.write_text(json.dumps({"gpu_busy_ms_per_step": 1.0, "top_hlo_ops": []}))
     empty = tmp_path / "not-a-dump"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--annotate", str(report), "--hlo-dump", str(empty)],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--annotate", str(report), "--hlo-dump", str(empty)],
                             cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert f"--hlo-dump {empty}: no *train_step*after_optimizations.txt there" in result.stderr

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 def test_output_masks_read_through_one_barrier_per_relu_with_the_same_gradient(tmp_path):
     out = tmp_path / "relu_fusion.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "benchmarks/relu_fusion.py", "--batch-size", "2", "--image-size", "32",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.relu_fusion", "--batch-size", "2", "--image-size", "32",
                              "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())

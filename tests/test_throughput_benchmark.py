@@ -20,7 +20,7 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     out = tmp_path / "throughput.json"
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
-        [sys.executable, "benchmarks/train_throughput.py", "--models", "magenta_lite", "--batch-sizes", "2",
+        [sys.executable, "-m", "benchmarks.train_throughput", "--models", "magenta_lite", "--batch-sizes", "2",
          "--precisions", "float32", "--image-size", "64", "--steps", "5", "--warmup", "1", "--input-dtypes", "uint8",
          "--variants", "trainer.space_to_depth_channels=8", "base", "loop=training trainer.steps_per_execution=2",
          "--out", str(out)],
@@ -61,7 +61,7 @@ def test_pipeline_rows_time_the_training_threads_reads_and_premade_batches_train
     out = tmp_path / "pipeline.json"
     live = "loop=training style=all trainer.data_worker_processes=true trainer.steps_per_execution=2 steps=6"
     result = subprocess.run(
-        [sys.executable, "benchmarks/train_throughput.py", "--models", "magenta_lite", "--batch-sizes", "2",
+        [sys.executable, "-m", "benchmarks.train_throughput", "--models", "magenta_lite", "--batch-sizes", "2",
          "--precisions", "float32", "--image-size", "64", "--steps", "4", "--warmup", "2", "--input-dtypes", "uint8",
          "--input", "pipeline", "--workers", "2", "--no-pipeline-rate", "--variants", live, f"{live} feed=premade",
          "--out", str(out)],
@@ -106,7 +106,7 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
     """benchmarks/conv_channels.py --list: the step's convolutions, by part, add up to flops.py's count."""
     out = tmp_path / "convolutions.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/conv_channels.py", "--model", "magenta_lite", "--batch-size", "2", "--image-size", "64",
+        [sys.executable, "-m", "benchmarks.conv_channels", "--model", "magenta_lite", "--batch-size", "2", "--image-size", "64",
          "--list", "--out", str(out)],
         cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,7 +133,7 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
 ], ids=["loop", "feed", "steps", "premade-synthetic"])
 def test_a_bad_variant_is_a_usage_error_before_any_work(tmp_path, arguments, message):
     out = tmp_path / "throughput.json"
-    result = subprocess.run([sys.executable, "benchmarks/train_throughput.py", *arguments, "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", *arguments, "--out", str(out)],
                             cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2
@@ -161,7 +161,7 @@ def test_restating_an_old_record_puts_its_steps_at_or_above_the_device_step(tmp_
     path = tmp_path / "record.json"
     path.write_text(json.dumps(record))
     for expected in ("2 rows restated", "0 rows restated"):  # a second pass changes nothing
-        result = subprocess.run([sys.executable, "benchmarks/restate_records.py", str(path)], cwd=REPO,
+        result = subprocess.run([sys.executable, "-m", "benchmarks.restate_records", str(path)], cwd=REPO,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0 and expected in result.stdout, result.stderr[-2000:]
     rows = json.loads(path.read_text())["results"]

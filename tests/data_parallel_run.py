@@ -13,11 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
 
-import keras  # noqa: E402
-
-from tests.conftest import compose_train  # noqa: E402
+from helpers import compose_train  # tests/helpers.py: a script's own folder is first on sys.path
 
 
 def split_tensorflow_cpu(count: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import CONTENT_DIR, REPO, STYLE_DIR
+from helpers import CONTENT_DIR, REPO, STYLE_DIR
 from export.baked import CIN_EPSILON, bake, reference_forward
 from export.bender.converter import BENDER_MAPPERS, check_bender_graph
 from export.bender.graph import (_same4_kernel, build_bender_graph, fused_upsample_filter,

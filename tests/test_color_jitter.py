@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, STYLE_DIR
+from helpers import REPO, STYLE_DIR
 from training.color_jitter import BRIGHTNESS_MAX_DELTA, HUE_MAX_DELTA, SATURATION_RANGE, draw, jitter_colours
 from training.data import load_image, style_crop
 

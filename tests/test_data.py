@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONTENT_DIR, STYLE_DIR, compose_train
+from helpers import CONTENT_DIR, STYLE_DIR, compose_train
 from training.config import ConfigError
 from training.data import (
     DataError,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from helpers import REPO
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
@@ -34,7 +34,7 @@ def test_two_device_steps_match_one_device(tmp_path, backend):
 
 
 def test_more_devices_than_visible_is_a_config_error(tmp_path):
-    from tests.conftest import compose_train
+    from helpers import compose_train
     from training.errors import ConfigError
     from training.train import train
 

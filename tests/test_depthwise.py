@@ -66,7 +66,7 @@ def test_mobilenet_style_predictor_gives_the_same_style_vector_with_shifted_sums
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from conftest import CACHE_DIR, STYLE_DIR
+    from helpers import CACHE_DIR, STYLE_DIR
     from training.backbones import build_backbone
     from training.network import build_style_predictor
 

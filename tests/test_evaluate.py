@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from PIL import Image
 
-from conftest import CACHE_DIR, REPO
+from helpers import CACHE_DIR, REPO
 
 SIZES = "[[64,64],[64,128]]"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import CACHE_DIR, REPO
+from helpers import CACHE_DIR, REPO
 from export.tflite import check_gpu_delegate_rules
 
 FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1"]

@@ -9,7 +9,7 @@ import sys
 import keras
 import numpy as np
 
-from tests.conftest import REPO
+from helpers import REPO
 from training import losses
 
 

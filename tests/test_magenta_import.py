@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, compose_train
+from helpers import CACHE_DIR, REPO, compose_train
 from training.magenta_import import (
     PUBLISHED_PREDICTOR_INT8,
     PUBLISHED_TRANSFER_FP16,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import CONTENT_DIR, REPO, STYLE_DIR
+from helpers import CONTENT_DIR, REPO, STYLE_DIR
 
 ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from conftest import REPO
+from helpers import REPO
 from training.network import (
     ConditionalInstanceNorm,
     ReflectPadConv2D,

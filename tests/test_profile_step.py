@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from helpers import REPO
 
 STEP = """
 import jax, jax.numpy as jnp

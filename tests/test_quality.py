@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REPO, STYLE_DIR
+from helpers import REPO, STYLE_DIR
 from evaluation import quality
 
 PUBLISHED_DIR = REPO / "models" / "magenta-published"

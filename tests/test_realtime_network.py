@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import CONTENT_DIR, REPO, compose_train
+from helpers import CONTENT_DIR, REPO, compose_train
 
 NO_WEIGHTS_BACKBONE = {"name": "mobilenet_v2", "weights": None, "trainable": False}
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from helpers import REPO
 
 
 def test_output_masks_read_through_one_barrier_per_relu_with_the_same_gradient(tmp_path):

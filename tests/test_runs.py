@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import compose_train
+from helpers import compose_train
 
 
 def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
@@ -43,7 +43,7 @@ def test_a_folder_of_outputs_without_a_record_is_another_runs(tmp_path):
 
 def test_the_fingerprint_covers_the_data(tmp_path):
     """Another data.content_dir used to resume the old run's finished checkpoint and train 0 steps."""
-    from conftest import CONTENT_DIR
+    from helpers import CONTENT_DIR
     from training.runs import fingerprint
 
     photos = tmp_path / "photos"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CACHE_DIR, REPO
+from helpers import CACHE_DIR, REPO
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from helpers import REPO
 
 
 def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):

@@ -10,7 +10,7 @@ import textwrap
 import mlflow
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 # A stage as the real ones open their run: mlflow_run with the composed config's mlflow and paths.
 STAGE = textwrap.dedent("""

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, TINY_TRAINING, compose_train
+from helpers import CACHE_DIR, REPO, TINY_TRAINING, compose_train
 
 pytestmark = pytest.mark.slow
 

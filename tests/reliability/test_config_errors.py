@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import CACHE_DIR
-from helpers import error_lines, run_stage
+from helpers import CACHE_DIR
+from reliability_helpers import error_lines, run_stage
 
 CASES = [
     # stage, override, start of the error line, something the line must list as allowed

@@ -19,8 +19,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import compose_train
-from helpers import BAD_FILES, ODD_GOOD_FILES, PHOTOS, TINY, error_lines, run_stage, write_bad_files, write_odd_good_files
+from helpers import compose_train
+from reliability_helpers import BAD_FILES, ODD_GOOD_FILES, PHOTOS, TINY, error_lines, run_stage, write_bad_files, write_odd_good_files
 from training.data import DataError, load_content, load_image
 
 

@@ -13,8 +13,8 @@ import os
 import keras
 import pytest
 
-from conftest import CACHE_DIR, REPO
-from helpers import error_lines, run_stage
+from helpers import CACHE_DIR, REPO
+from reliability_helpers import error_lines, run_stage
 from training.errors import StylepipeError
 
 FAST = ["export.sizes=[[64,64]]", "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from export.manifest import ManifestError, artifact_sha256, read_manifest, verified_files
-from helpers import error_lines, run_stage
+from reliability_helpers import error_lines, run_stage
 
 
 def write_export(folder: Path) -> dict:

@@ -23,8 +23,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, compose_train
-from helpers import TINY, run_stage
+from helpers import CACHE_DIR, REPO, compose_train
+from reliability_helpers import TINY, run_stage
 
 pytestmark = pytest.mark.slow
 EVERY = 2  # trainer.checkpoint_every

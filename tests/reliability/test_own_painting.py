@@ -5,7 +5,8 @@ records it (name, path, sha256, settings) in style.json beside model.keras:
 test_training_by_path_records_the_painting; a plain export bakes that painting and names it in the
 manifest, MLflow and the TFLite metadata: test_plain_export_bakes_the_trained_painting; an export of
 another style is refused: test_exporting_another_style_is_refused_in_one_line; a missing or
-undecodable `style.image`: test_bad_style_image_is_one_line.
+undecodable `style.image`: test_bad_style_image_is_one_line; evaluate scores against the exported
+painting: test_evaluate_scores_against_the_exported_painting.
 """
 
 from __future__ import annotations
@@ -161,3 +162,24 @@ def test_which_painting_an_export_bakes(trained, tmp_path):
     with pytest.raises(ConfigError, match=r"^export.style is not set and .* records no trained style .*export.style=NAME "
                                           r"\(one of .*starry.*\) or export.style_image=PATH$"):
         baked_style(compose_export(tmp_path, bare, ["export.style=null"]))
+
+
+def test_evaluate_scores_against_the_exported_painting(tmp_path):
+    """evaluation.stage.baked_style_image: the manifest's painting while it is the one exported; a
+    changed or missing one is refused; a manifest from before exports recorded it names a configs/style."""
+    from evaluation.stage import baked_style_image
+    from export.manifest import ManifestError
+    from test_export import compose_export
+
+    paths = compose_export(tmp_path, tmp_path / "model.keras").paths
+    painting = tmp_path / "mine.png"
+    Image.open(STYLE_DIR / "bricks.jpg").save(painting)
+    manifest = {"style": "mine", "style_image": str(painting), "style_sha256": sha256(painting)}
+    assert baked_style_image(manifest, paths) == painting
+    Image.open(STYLE_DIR / "bricks.jpg").rotate(180).save(painting)
+    with pytest.raises(ManifestError, match=f"^{painting}: the painting baked by the export has changed since the export"):
+        baked_style_image(manifest, paths)
+    painting.unlink()
+    with pytest.raises(ManifestError, match="is missing"):
+        baked_style_image(manifest, paths)
+    assert baked_style_image({"style": "starry"}, paths) == STYLE_DIR / "starry_night.jpg"

@@ -18,7 +18,7 @@ import numpy as np
 
 from evaluation import quality as quality_lib
 from evaluation.latency import summarize, time_calls
-from export.manifest import read_manifest, verified_files
+from export.manifest import REEXPORT, ManifestError, read_manifest, verified_files
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
 from training.parity import psnr_db
@@ -138,6 +138,20 @@ def _latency_chart(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+def baked_style_image(manifest: dict, paths_cfg) -> Path:
+    """The painting the export baked: the manifest's `style_image`, checked against its sha256 (a
+    manifest written before exports recorded it: the configs/style file of its `style`)."""
+    from training.config import style_image_path, style_image_sha256
+
+    if "style_image" not in manifest:
+        return Path(style_image_path(manifest["style"], paths_cfg))
+    path = Path(manifest["style_image"])
+    if not path.is_file() or style_image_sha256(path) != manifest.get("style_sha256"):
+        what = "is missing" if not path.is_file() else "has changed since the export (sha256 differs from the manifest)"
+        raise ManifestError(f"{path}: the painting baked by the export {what}; {REEXPORT}")
+    return path
+
+
 def evaluate(cfg) -> dict:
     from evaluation import device_results as device_lib
     from export.baked import bake
@@ -157,9 +171,7 @@ def evaluate(cfg) -> dict:
     verified = verified_files(manifest, export_dir)  # nothing is loaded or run that the export did not verify
     stylizer = load_stylizer(verified["model"])
     transformer = stylizer.get_layer("transformer")
-    from training.config import style_image_path
-
-    painting = load_painting(style_image_path(manifest["style"], cfg.paths))
+    painting = load_painting(baked_style_image(manifest, cfg.paths))
     style_image = style_crop(painting, 256)
     bottleneck = keras.ops.convert_to_numpy(stylizer.get_layer("style_predictor")(style_image[None], training=False))
     content = load_content(cfg.data)

@@ -20,7 +20,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from export.manifest import artifact_sha256
-from training.config import style_image_path, validate_export_config
+from export.style import baked_style, file_name
+from training.config import validate_export_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
 from training.parity import max_abs, psnr_db
@@ -39,10 +40,12 @@ def _size_bytes(path: Path) -> int:
 class Exporter:
     """Writes artifacts into a staging folder and records their manifest entries."""
 
-    def __init__(self, cfg, stylizer, staging: Path, photos: list[np.ndarray], style_name: str, style_image: np.ndarray):
+    def __init__(self, cfg, stylizer, staging: Path, photos: list[np.ndarray], style: dict, style_image: np.ndarray):
         self.cfg, self.stylizer, self.staging = cfg, stylizer, staging
         self.photos = photos
-        self.style_name = style_name
+        self.style = style  # export.style.baked_style
+        self.style_name = style["name"]
+        self.style_file_name = file_name(style["name"])
         self.style_image = style_image  # 256 x 256, [0, 1]
         self.transformer = stylizer.get_layer("transformer")
         self.predictor = stylizer.get_layer("style_predictor")
@@ -73,6 +76,12 @@ class Exporter:
         self.entries.append(entry)
         log.info("%-12s %-9s %-9s %-28s PSNR %.1f dB  max-abs %.2e", fmt, variant, model, path.name, min(psnrs), worst)
 
+    def metadata(self, variant, model) -> dict:
+        """What each artifact says about itself (TFLite metadata `stylepipe`, Core ML user metadata)."""
+        baked = variant == "baked"
+        return {"style": self.style_name if baked else "arbitrary", "style_sha256": self.style["sha256"] if baked else "",
+                "variant": variant, "model": model}
+
     # -- formats --
     def frozen_graph(self, variant, model, module, name, reference):
         from export.tf_graph import check_frozen_graph, freeze, run_frozen_graph
@@ -94,7 +103,9 @@ class Exporter:
         from export.tf_graph import constant_module
         from export.tflite import check_gpu_delegate_rules, convert, run_signature, signature_io
 
-        flatbuffer = convert(constant_module(module), "serve", fp16=True)
+        from export.tflite import with_metadata
+
+        flatbuffer = with_metadata(convert(constant_module(module), "serve", fp16=True), self.metadata(variant, model))
         report = check_gpu_delegate_rules(flatbuffer)
         if not report.ok:
             raise StylepipeError(f"TFLite {name} breaks the GPU delegate's rules: " + "; ".join(report.problems[:5]))
@@ -112,7 +123,7 @@ class Exporter:
         metadata = dict(OmegaConf.to_container(self.cfg.export.metadata, resolve=True))
         metadata["description"] = (f"stylepipe {variant} {model}" + (f", style {self.style_name}" if variant == "baked" else "")
                                    + f", {width}x{height}")
-        metadata["user"] = {"style": self.style_name if variant == "baked" else "arbitrary", "variant": variant}
+        metadata["user"] = self.metadata(variant, model)
         kind = "baked" if variant == "baked" else model  # coreml.convert: baked | transfer | predictor
         mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
         path = self.staging / name
@@ -143,9 +154,9 @@ class Exporter:
         io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
         out = [{"name": "stylized_image", "shape": [1, height, width, 3], "dtype": "float16"}]
         self.record("bender", "baked", "transfer", path, io, out, pairs)
-        weights_dir = self.staging / f"bender_weights_{self.style_name}"
+        weights_dir = self.staging / f"bender_weights_{self.style_file_name}"
         if not weights_dir.exists():
-            bender.write_benderthon_weights(net, weights_dir, f"stylepipe_{self.style_name}")
+            bender.write_benderthon_weights(net, weights_dir, f"stylepipe_{self.style_file_name}")
 
     def run(self):
         from export.tf_graph import STYLE_IMAGE_SIZE, make_module
@@ -157,7 +168,7 @@ class Exporter:
             baked_ref = [({"content_image": x}, y) for x, y in stylized]
             transfer_ref = [({"content_image": x, "style_bottleneck": self.bottleneck}, y) for x, y in stylized]
             for fmt in e.formats:
-                name = f"baked_{self.style_name}_{height}x{width}.{extension[fmt]}"
+                name = f"baked_{self.style_file_name}_{height}x{width}.{extension[fmt]}"
                 if fmt == "bender":
                     self.bender(name, baked_ref, height, width)
                     continue
@@ -250,12 +261,13 @@ def export(cfg) -> dict:
     validate_export_config(cfg)
     check_tracking_store(cfg.mlflow.tracking_uri)
     e = cfg.export
-    style_path = style_image_path(e.style, cfg.paths)
+    style = baked_style(cfg)  # the trained painting unless export.style / export.style_image name another
+    log.info("baking style %s (%s, from %s)", style["name"], style["image"], style["source"])
     model_sha256 = artifact_sha256(Path(e.model_path))  # before loading: the manifest names the file as it was read
     stylizer = load_stylizer(e.model_path)
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(e.parity_photos)]
-    style_image = style_crop(load_painting(style_path), 256)
+    style_image = style_crop(load_painting(style["image"]), 256)
     output_dir = Path(e.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     for note in recover_interrupted_install(output_dir):
@@ -263,14 +275,17 @@ def export(cfg) -> dict:
 
     training = training_metadata(Path(e.model_path).parent)
     model_name = training.get("model") or Path(e.model_path).parent.name
-    tags = {"stage": "export", "style": e.style, "model": model_name}
-    run_name = cfg.run_name or f"export-{e.style}-{model_name}"
+    tags = {"stage": "export", "style": style["name"], "model": model_name}
+    run_name = cfg.run_name or f"export-{style['name']}-{model_name}"
     with mlflow_run(cfg, run_name, tags=tags, parent_run_id=training.get("mlflow_run_id")) as run:
         import mlflow
 
+        mlflow.log_params({"style": style["name"], "style_image": style["image"], "style_sha256": style["sha256"],
+                           "style_source": style["source"], "trained_style": style["trained"] or "none"})
+
         staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         try:
-            exporter = Exporter(cfg, stylizer, staging, photos, e.style, style_image)
+            exporter = Exporter(cfg, stylizer, staging, photos, style, style_image)
             exporter.run()
             failures = _parity_failures(exporter.entries, e.thresholds)
             for entry in exporter.entries:
@@ -281,7 +296,10 @@ def export(cfg) -> dict:
             for entry in exporter.entries:
                 entry["bytes"] = _size_bytes(staging / entry["path"])
                 entry["sha256"] = artifact_sha256(staging / entry["path"])
-            manifest = {"model": str(e.model_path), "model_sha256": model_sha256, "model_name": model_name, "style": e.style,
+            manifest = {"model": str(e.model_path), "model_sha256": model_sha256, "model_name": model_name,
+                        "style": style["name"],  # baked into the `baked` artifacts; the painting and where it came from:
+                        "style_image": style["image"], "style_sha256": style["sha256"], "style_source": style["source"],
+                        "trained_style": style["trained"],  # the model's own (style.json); None: none recorded
                         "thresholds": OmegaConf.to_container(e.thresholds), "mlflow_run_id": run.info.run_id,
                         "artifacts": exporter.entries}
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))

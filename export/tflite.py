@@ -164,3 +164,39 @@ def tflite_cost(flatbuffer: bytes) -> TfliteCost:
                 activations += size
                 largest = max(largest, size)
     return TfliteCost(flops=flops, activation_bytes=activations, largest_activation_bytes=largest)
+
+
+METADATA_NAME = "stylepipe"  # the TFLite metadata entry naming an artifact's style
+
+
+def with_metadata(flatbuffer: bytes, values: dict, name: str = METADATA_NAME) -> bytes:
+    """`flatbuffer` with a metadata entry `name` holding `values` as JSON (the model's own metadata
+    table, as TFLite Support writes `TFLITE_METADATA`; interpreters ignore entries they do not know)."""
+    import json
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(values, sort_keys=True).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(path, name: str = METADATA_NAME) -> dict | None:
+    """The JSON metadata entry `name` of a .tflite file (`with_metadata`); None: it has none."""
+    import json
+    from pathlib import Path
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(Path(path).read_bytes()), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == name:
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return None

@@ -1,4 +1,5 @@
-"""python -m pipelines.export [export.style=starry] [export.sizes=[[384,384],[384,768]]]: the export stage."""
+"""python -m pipelines.export [export.style=starry | export.style_image=painting.jpg] [export.sizes=[[384,384]]]:
+the export stage; it bakes the model's trained style unless told otherwise (export/style.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ def main(cfg: DictConfig) -> None:
               f"{a['parity']['psnr_db']:>9.1f}{a['parity']['max_abs']:>10.2e}")
 
 
-if __name__ == "__main__":
+def check(cfg: DictConfig) -> None:
+    from export.style import baked_style
     from training.config import validate_export_config
 
-    preflight("export", validate_export_config)
+    validate_export_config(cfg)
+    baked_style(cfg)  # a mismatched or missing style ends here, before Hydra writes anything
+
+
+if __name__ == "__main__":
+    preflight("export", check)
     main()

@@ -29,7 +29,7 @@ def exported(tmp_path_factory, published_model_path):
 
     tmp_path = tmp_path_factory.mktemp("evaluate")
     export(compose("export", tmp_path, [f"export.model_path={published_model_path}", f"export.sizes={SIZES}",
-                                        "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",
+                                        "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]", "export.style=starry",
                                         "export.arbitrary_formats=[tflite_fp16]"]))
     return tmp_path
 

@@ -9,7 +9,8 @@ import pytest
 from helpers import CACHE_DIR, REPO
 from export.tflite import check_gpu_delegate_rules
 
-FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1"]
+FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1",
+        "export.style=starry"]  # Magenta's published model has no single trained style: name one
 
 
 def compose_export(tmp_path, model_path, overrides=()):
@@ -103,7 +104,8 @@ def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, publishe
     assert [f.type.WhichOneof("Type") for f in spec.description.output] == ["imageType"]
     assert spec.description.output[0].name == "stylized_image"
     assert baked.author == "stylepipe" and "Apache-2.0" in baked.license
-    assert baked.user_defined_metadata["style"] == "starry"
+    assert baked.user_defined_metadata["style"] == "starry" and "style starry" in baked.short_description
+    assert baked.user_defined_metadata["style_sha256"] == manifest["style_sha256"]
     assert "pixels 0..255" in baked.input_description["content_image"]
     from export.mil_executor import mil_ops_used
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -54,6 +55,7 @@ def _is_number(value) -> bool:
 
 
 def validate_train_config(cfg) -> None:
+    resolve_style(cfg)  # first: style.image / style.dir decide the style's name and paintings
     alpha = cfg.model.alpha
     _require(isinstance(alpha, (int, float)) and alpha > 0, "model.alpha", alpha, "a number > 0 (1.0 full, 0.25 lite)")
     _require(cfg.backbone.name in BACKBONES, "backbone.name", cfg.backbone.name, f"one of {', '.join(BACKBONES)}")
@@ -137,6 +139,47 @@ def check_accelerator(cfg, args: list[str]) -> None:
     raise ConfigError("no GPU here for the GPU profile: add trainer=smoke, or trainer.allow_cpu=true to run it anyway")
 
 
+def _readable_file(path) -> bool:
+    return path is not None and Path(path).is_file() and os.access(path, os.R_OK)
+
+
+def resolve_style(cfg) -> None:
+    """Make `cfg.style` name the paintings the command line asked for, in place (the one place that does).
+
+    `style.image=PATH`: that painting alone replaces the group's `images` and `dir`. `style.dir=FOLDER`
+    with a single-style group: every image in the folder replaces the group's painting. The name is the
+    file's stem (the folder's name), unless `style.name` is set to a name that is not one of
+    configs/style/. A group's own config (style=starry, style=all) is left as it is.
+    """
+    style = cfg.style
+    image, folder = style.get("image"), style.get("dir")
+    shipped = style.name in style_names() or style.name == "all"  # the group's own name: not chosen by the user
+    if image is not None:
+        if folder is not None and style.name != "all":
+            raise ConfigError(f"style.image={image} and style.dir={folder}: set one (a painting, or a folder of them)")
+        if not _readable_file(image):
+            what = "no such file" if not Path(image).exists() else "not a readable file"
+            raise ConfigError(f"style.image={image}: {what} (point it at a painting's image file, e.g. "
+                              "style.image=path/to/painting.jpg)")
+        name = Path(image).stem if shipped else style.name
+        style.name, style.dir, style.images = name, None, {name: str(Path(image).resolve())}
+    elif folder is not None:  # the group's own painting goes; other `images` entries stay beside the folder's
+        own = {k for k, v in (style.get("images") or {}).items()
+               if k in style_names() and str(v) == str(style_image_path(k, cfg.paths))}
+        style.images = {k: v for k, v in (style.get("images") or {}).items() if k not in own}
+        if style.name in style_names():
+            style.name = Path(folder).name
+
+
+def style_image_sha256(path) -> str:
+    """sha256 of a painting's file: what a trained model and an export record to name their style."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_style_image_paths(style_cfg) -> None:
     """Every explicit style image (`style.images.<name>`) must be a file: say which entry is not."""
     for name, path in (style_cfg.get("images") or {}).items():
@@ -182,4 +225,7 @@ def validate_export_config(cfg) -> None:
     _require(_is_int(e.parity_photos) and e.parity_photos >= 1, "export.parity_photos", e.parity_photos, "an integer >= 1")
     if "bender" in e.arbitrary_formats:
         raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
-    style_image_path(e.style, cfg.paths)
+    _require(isinstance(e.get("allow_style_mismatch"), bool), "export.allow_style_mismatch",
+             e.get("allow_style_mismatch"), "true or false")
+    if e.style is not None:  # null: the trained style (export/style.py)
+        style_image_path(e.style, cfg.paths)

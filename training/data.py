@@ -684,30 +684,46 @@ def load_content(data_cfg) -> ContentData:
 # ---------------------------------------------------------------- style images
 
 
-def load_style_images(style_cfg, min_side: int = 64,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, np.ndarray], SkipReport]:
-    """{name: image} for the configured styles (sorted by name): every image in `dir`, plus `images` entries."""
-    skipped = SkipReport()
-    styles: dict[str, np.ndarray] = {}
+def style_paths(style_cfg) -> tuple[dict[str, Path], dict[str, str]]:
+    """The configured paintings as ({name: path}, {name: config key}): every image in `style.dir` (named
+    after its file), then the `style.images` entries; `training.config.resolve_style` has already put
+    `style.image` (or a `style.dir` given for a single-style group) there."""
+    paths: dict[str, Path] = {}
+    keys: dict[str, str] = {}
     style_dir = _get(style_cfg, "dir", "style", None)
     if style_dir:
         for path in find_images(style_dir, "style.dir"):
             # Same stem twice (a.jpg, a.png or sub/a.jpg): the later one is named by its relative path.
-            name = path.stem if path.stem not in styles else path.relative_to(style_dir).as_posix()
-            try:
-                styles[name] = load_painting(path, min_side, max_pixels)
-            except DataError as err:
-                skipped.add(path, err.reason)
+            name = path.stem if path.stem not in paths else path.relative_to(style_dir).as_posix()
+            paths[name], keys[name] = path, "style.dir"
     check_style_image_paths(style_cfg)
+    by_image = _get(style_cfg, "image", "style", None) is not None
     for name, path in (_get(style_cfg, "images", "style", None) or {}).items():
-        key = f"style.images.{name}"
+        paths[name], keys[name] = Path(path), "style.image" if by_image else f"style.images.{name}"
+    return paths, keys
+
+
+def load_style_images(style_cfg, min_side: int = 64,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, np.ndarray], SkipReport]:
+    """{name: image} for the configured styles (`style_paths`, sorted by name); an unusable file of a
+    folder is skipped, an explicitly named one (`style.image`, `style.images`) is an error."""
+    skipped = SkipReport()
+    styles: dict[str, np.ndarray] = {}
+    paths, keys = style_paths(style_cfg)
+    for name, path in paths.items():
         try:
             styles[name] = load_painting(path, min_side, max_pixels)
-        except DataError as err:  # an explicit style must work: say which config entry is broken
+        except DataError as err:
+            if keys[name] == "style.dir":
+                skipped.add(path, err.reason)
+                continue
+            # an explicit style must work: say which config entry is broken
+            key = f"style.image={path}" if keys[name] == "style.image" else keys[name]
             raise DataError(f"{key}: {err}", err.reason, str(path)) from None
     if not styles:
         raise DataError(f"style {_get(style_cfg, 'name', 'style', '')!s}: no usable style image "
-                        f"(style.dir={style_dir}, style.images empty; {skipped.summary()})", "empty")
+                        f"(style.dir={_get(style_cfg, 'dir', 'style', None)}, style.images empty; {skipped.summary()})",
+                        "empty")
     return dict(sorted(styles.items())), skipped
 
 

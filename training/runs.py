@@ -115,3 +115,30 @@ def write_run_record(folder: Path, run_name: str, run_fingerprint: dict) -> None
     from training.fileio import atomic_write_text
 
     atomic_write_text(folder / RUN_RECORD, json.dumps({"run_name": run_name, "fingerprint": run_fingerprint}, indent=2))
+
+
+STYLE_RECORD = "style.json"  # beside model.keras: the style(s) the model was trained for
+
+
+def style_record(style_cfg, paths: dict[str, Path]) -> dict:
+    """What `STYLE_RECORD` holds: the style's name, its settings and each painting's path and sha256;
+    for a single-style model also `image` and `sha256`, the painting the export bakes by default."""
+    from training.config import style_image_sha256
+
+    images = [{"name": name, "path": str(Path(path).resolve()), "sha256": style_image_sha256(path)}
+              for name, path in paths.items()]
+    record = {"name": style_cfg.name, "strength": float(style_cfg.strength), "texture_size": int(style_cfg.texture_size),
+              "single": len(images) == 1, "images": images}
+    if len(images) == 1:
+        record.update(image=images[0]["path"], sha256=images[0]["sha256"])
+    return record
+
+
+def read_style_record(folder: Path) -> dict | None:
+    """The `STYLE_RECORD` of the training that wrote `folder`'s model; None: none (an imported model, or
+    one trained before models recorded their style)."""
+    try:
+        record = json.loads((Path(folder) / STYLE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "name" in record else None

@@ -19,7 +19,7 @@ from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective import LOSS_NAMES
-from training.runs import fingerprint, run_folder, write_run_record
+from training.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
 
 log = logging.getLogger("stylepipe.train")
 
@@ -240,6 +240,8 @@ def train(cfg: DictConfig) -> dict:
     content = data_lib.load_content(cfg.data)
     styles, style_skips = data_lib.load_style_images(cfg.style, min_side=cfg.data.min_side, max_pixels=cfg.data.max_pixels)
     textures = [data_lib.texture_image(image, int(cfg.style.texture_size)) for image in styles.values()]
+    style_files = data_lib.style_paths(cfg.style)[0]
+    trained_style = style_record(cfg.style, {name: style_files[name] for name in styles})
     skipped = content.skipped.merge(style_skips)
     if skipped.count():
         log.warning("skipped %d unusable file(s): %s", skipped.count(), skipped.summary())
@@ -280,7 +282,10 @@ def train(cfg: DictConfig) -> dict:
         tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
         with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
-                               "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
+                               "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin,
+                               "style_images": len(trained_style["images"]),
+                               **({"style_image": trained_style["image"], "style_sha256": trained_style["sha256"]}
+                                  if trained_style["single"] else {})})
             mlflow.log_metric("skipped_files", skipped.count())
             log_skipped_files(skipped)
 
@@ -311,6 +316,8 @@ def train(cfg: DictConfig) -> dict:
                 )
 
             model_path = save_keras_atomically(stylizer, train_dir / "model.keras")
+            # What the export bakes by default (export/style.py); written with the model it describes.
+            atomic_write_text(train_dir / STYLE_RECORD, json.dumps(trained_style, indent=2))
 
             # Scored as the evaluation and the published model see them: photos at data.heldout_size,
             # styles at data.style_size, whatever size the training crops had.
@@ -351,6 +358,8 @@ def train(cfg: DictConfig) -> dict:
                 mlflow.log_metric("images_per_second", metrics["images_per_second"])
             mlflow.log_artifact(str(grid_path), "samples")
             mlflow.log_artifact(str(train_dir / "metrics.json"))
+            mlflow.log_artifact(str(train_dir / STYLE_RECORD), "model")
             mlflow.log_artifact(str(model_path), "model")
-            log.info("wrote %s, %s and %s", model_path, grid_path, train_dir / "metrics.json")
+            log.info("wrote %s (style %s: %s), %s and %s", model_path, cfg.style.name, train_dir / STYLE_RECORD, grid_path,
+                     train_dir / "metrics.json")
     return metrics

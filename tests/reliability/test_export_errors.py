@@ -17,7 +17,7 @@ from helpers import CACHE_DIR, REPO
 from reliability_helpers import error_lines, run_stage
 from training.errors import StylepipeError
 
-FAST = ["export.sizes=[[64,64]]", "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",
+FAST = ["export.style=starry", "export.sizes=[[64,64]]", "export.parity_photos=1", "export.formats=[frozen_graph,tflite_fp16]",
         "export.arbitrary_formats=[]"]
 
 

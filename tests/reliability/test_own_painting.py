@@ -18,8 +18,8 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import STYLE_DIR
-from helpers import TINY, error_lines, run_stage
+from helpers import STYLE_DIR
+from reliability_helpers import TINY, error_lines, run_stage
 
 PAINTING_NAME = "harbour_at_dusk"  # not a configs/style/ name, not a shipped file
 
@@ -56,7 +56,7 @@ def test_training_by_path_records_the_painting(trained):
 def test_style_name_can_be_given(tmp_path):
     """style.name=... names the painting instead of its file's stem (config only: the same resolution
     training runs through)."""
-    from conftest import compose_train
+    from helpers import compose_train
     from training.config import resolve_style
     from training.data import style_paths
 

@@ -199,23 +199,23 @@ def _keras_model(cfg, path: Path) -> Model:
     from training.config import style_image_path
     from training.network import load_stylizer
 
+    painting, style_name = cfg.style.image, None
+    if painting is None:  # the style it was trained on, as the training stage recorded it
+        style_name = training_metadata(path.parent).get("style")
+        if not style_name:
+            raise StylizeError(f"{path}: the style it was trained on is not recorded (no metrics.json beside it); "
+                               "give the painting with style.image=path/to/painting.jpg")
+        try:
+            painting = style_image_path(style_name, cfg.paths)
+        except ConfigError:
+            raise StylizeError(f"{path}: it was trained on style {style_name!r}, which is not a single-painting config in "
+                               "configs/style/; give the painting with style.image=path/to/painting.jpg") from None
     stylizer = load_stylizer(path)
     predictor, transformer = stylizer.get_layer("style_predictor"), stylizer.get_layer("transformer")
     predict = lambda image: keras.ops.convert_to_numpy(predictor(image[None], training=False))  # noqa: E731
     transfer = lambda x, b: keras.ops.convert_to_numpy(transformer([x[None], b], training=False))[0]  # noqa: E731
-    model = Model(f"{path} (Keras)", "", (cfg.tile.size, cfg.tile.size), transfer, predict)
-    if cfg.style.image is not None:
-        return _with_painting(cfg, model)
-    trained = training_metadata(path.parent).get("style")
-    if not trained:
-        raise StylizeError(f"{path}: the style it was trained on is not recorded (no metrics.json beside it); "
-                           "give the painting with style.image=path/to/painting.jpg")
-    try:
-        painting = style_image_path(trained, cfg.paths)
-    except ConfigError:
-        raise StylizeError(f"{path}: it was trained on style {trained!r}, which is not a single-painting config in "
-                           "configs/style/; give the painting with style.image=path/to/painting.jpg") from None
-    return _with_painting(cfg, model, painting, trained)
+    return _with_painting(cfg, Model(f"{path} (Keras)", "", (cfg.tile.size, cfg.tile.size), transfer, predict),
+                          painting, style_name)
 
 
 def load_model(cfg) -> Model:

@@ -7,6 +7,7 @@ One real export of Magenta's published model (TFLite fp16, 128x128, baked and ar
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import av
 import numpy as np
@@ -150,6 +151,35 @@ def test_arbitrary_pair_and_keras_model_paint_what_the_baked_model_does(tmp_path
     assert reference.shape == (SIZE, SIZE, 3)
     assert psnr(read(tmp_path / "arbitrary.png"), reference) > 35
     assert psnr(read(tmp_path / "keras.png"), reference) > 35
+
+
+def test_a_keras_stylizer_uses_the_style_it_was_trained_on(tmp_path, export_dir, published_model_path):
+    from export.apply import StylizeError
+
+    trained = tmp_path / "train"
+    trained.mkdir()
+    shutil.copy(published_model_path, trained / "model.keras")
+    common = [f"input={CONTENT_DIR / 'chelsea.jpg'}", "size=model", f"tile.size={SIZE}", f"stylizer={trained / 'model.keras'}"]
+    with pytest.raises(StylizeError, match="the style it was trained on is not recorded .* style.image="):
+        stylize(tmp_path, export_dir, common)
+    (trained / "metrics.json").write_text('{"style": "starry"}')  # as the training stage writes it
+    summary = stylize(tmp_path, export_dir, [*common, f"output={tmp_path / 'trained.png'}"])
+    stylize(tmp_path, export_dir, [*common, f"style.image={STARRY}", f"output={tmp_path / 'given.png'}"])
+    assert summary["style"] == "starry"
+    assert np.array_equal(read(tmp_path / "trained.png"), read(tmp_path / "given.png"))
+
+
+def test_a_folder_skips_what_it_cannot_read_and_names_it(tmp_path, export_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "astronaut.png"):
+        Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB").resize((200, 150)).save(folder / name)
+    (folder / "broken.jpg").write_text("not a photo")
+    (folder / "notes.txt").write_text("not an input")
+    summary = stylize(tmp_path, export_dir, [f"input={folder}", f"output={tmp_path / 'styled'}"])
+    assert sorted(Path(p).name for p in summary["written"]) == ["astronaut_starry.png", "chelsea_starry.jpg"]
+    assert len(summary["skipped"]) == 1 and "broken.jpg: not an image" in summary["skipped"][0]
+    assert Image.open(tmp_path / "styled" / "astronaut_starry.png").size == (200, 150)
 
 
 def test_strength_mixes_the_paintings_style_with_the_photos_own(tmp_path, export_dir):

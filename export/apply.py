@@ -499,7 +499,7 @@ def stylize(cfg) -> dict:
                 image = load_image(job.source)
             except DataError as err:
                 if not folder:
-                    raise StylizeError(f"{err} (input= must be a readable photo)") from None
+                    raise StylizeError(f"{err}; input= takes a readable photo, a folder of photos or a video") from None
                 log.warning("skipped %s", err)
                 summary.skipped.append(str(err))
                 bar.update()

@@ -347,7 +347,10 @@ def _av_error(err: Exception) -> str:
 
 
 def stylize_video(source: Path, target: Path, model: Model, cfg) -> dict:
-    """Every frame stylized, at the same frame rate, encoded as H.264 in an mp4; audio copied or dropped."""
+    """Every frame stylized, at the same frame rate, encoded as H.264 in an mp4; audio copied or dropped.
+
+    A rotated video (a phone's display matrix) is stylized upright and written upright, with no rotation.
+    """
     import av
     from tqdm.auto import tqdm
 
@@ -386,6 +389,8 @@ def stylize_video(source: Path, target: Path, model: Model, cfg) -> dict:
                             continue
                         for frame in packet.decode():
                             rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+                            if turns := round((frame.rotation or 0) / 90) % 4:  # a phone's portrait video: upright pixels out
+                                rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))  # rotation is counter-clockwise
                             styled = stylize_image(rgb, model, cfg.size, cfg.tile.overlap, progress=False)
                             if encoder is None:
                                 encoder = _video_encoder(writer, rate, styled.shape, cfg.video.crf)

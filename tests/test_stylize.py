@@ -138,6 +138,27 @@ def test_an_mp4_keeps_its_frames_size_rate_and_sound(tmp_path, export_dir):
     assert all(np.abs(a.astype(float) - b).mean() > 15 for a, b in zip(frames, before))
 
 
+def test_a_phones_rotated_video_comes_out_upright(tmp_path, export_dir):
+    clip = tmp_path / "portrait.mp4"
+    stored = np.zeros((120, 160, 3), np.uint8)
+    stored[:60] = 255  # stored landscape, white on top: upright (turned clockwise) the white is on the right
+    with av.open(str(clip), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        video.set_display_rotation(-90)  # as phones store portrait video
+        for _ in range(3):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        out.mux(video.encode(None))
+    summary = stylize(tmp_path, export_dir, [f"input={clip}", f"output={tmp_path / 'upright.mp4'}"])
+    assert summary["videos"][str(tmp_path / "upright.mp4")]["audio"] == "none"
+    with av.open(str(tmp_path / "upright.mp4")) as styled:
+        frames = list(styled.decode(video=0))
+    assert len(frames) == 3 and all(f.rotation == 0 for f in frames)
+    image = frames[0].to_ndarray(format="rgb24").astype(float)
+    assert image.shape == (160, 120, 3)
+    assert image[:, 60:].mean() > image[:, :60].mean() + 10  # turned the wrong way, the left would be brighter
+
+
 def test_arbitrary_pair_and_keras_model_paint_what_the_baked_model_does(tmp_path, export_dir, published_model_path):
     photo = CONTENT_DIR / "chelsea.jpg"
     common = [f"input={photo}", "size=model"]

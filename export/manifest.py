@@ -64,11 +64,20 @@ def _check(path: Path, expected: str, what: str) -> Path:
 def verified_files(manifest: dict, export_dir) -> dict:
     """{"model": Path, (format, variant, model, path): Path} for the manifest's files, each checked
     against its recorded sha256; ManifestError names the first that is missing or changed."""
-    export_dir = Path(export_dir)
     files = {"model": _check(Path(manifest["model"]), manifest["model_sha256"], "the Keras model")}
     for a in manifest["artifacts"]:
-        name = Path(a["path"])
-        if name.is_absolute() or ".." in name.parts:  # artifacts live in the export folder, nowhere else
-            raise ManifestError(f"{export_dir / MANIFEST_NAME}: artifact path {a['path']!r} leaves the export folder; {REEXPORT}")
-        files[(a["format"], a["variant"], a["model"], a["path"])] = _check(export_dir / name, a["sha256"], f"the {a['format']} artifact")
+        files[(a["format"], a["variant"], a["model"], a["path"])] = verified_artifact(a, export_dir)
     return files
+
+
+def verified_artifact(artifact: dict, export_dir) -> Path:
+    """The path of one manifest artifact, checked against its recorded sha256 (ManifestError if missing or changed).
+
+    For readers that run only some artifacts (`pipelines.stylize`): the Keras model the export was made
+    from need not be at hand, the files run must be the files exported.
+    """
+    export_dir = Path(export_dir)
+    name = Path(artifact["path"])
+    if name.is_absolute() or ".." in name.parts:  # artifacts live in the export folder, nowhere else
+        raise ManifestError(f"{export_dir / MANIFEST_NAME}: artifact path {artifact['path']!r} leaves the export folder; {REEXPORT}")
+    return _check(export_dir / name, artifact["sha256"], f"the {artifact['format']} artifact")

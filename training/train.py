@@ -18,7 +18,7 @@ from training.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
-from training.objective import LOSS_NAMES
+from training.objective import DISTILL_LOSS, LOSS_NAMES
 from training.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
 
 log = logging.getLogger("stylepipe.train")
@@ -156,7 +156,9 @@ def heldout_losses(objective, stylized: list[list[np.ndarray]], photos: list[np.
     return {"loss": sum(totals.values()), **totals}
 
 
-def _build_objective(cfg, cache_dir):
+def _build_objective(cfg, cache_dir, style_images=()):
+    """The objective, its optimizer and the loss network's weights origin; style_images: each training
+    style at data.style_size in the batches' order, the teacher's styles when `teacher` is set."""
     from training.depthwise import use_shifted_sum_depthwise
     from training.network import build_stylizer, use_space_to_depth
     from training.objective import StylizationObjective
@@ -174,7 +176,15 @@ def _build_objective(cfg, cache_dir):
         log.info("depthwise convolutions as shifted sums (trainer.shifted_sum_depthwise): %s", ", ".join(shifted))
     if cfg.trainer.relu_gradient_from_output:
         use_relu_gradient_from_output(loss_network)
-    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength)
+    distillation = None
+    if cfg.get("teacher"):
+        from training.distillation import Distillation
+
+        distillation = Distillation.from_config_group(cfg.teacher, cfg.paths, list(style_images))
+        log.info("distillation from teacher %s (teacher.weight=%g, %s)", cfg.teacher.name, distillation.weight,
+                 distillation.loss)
+    objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength,
+                                                 distillation=distillation)
     optimizer = keras.optimizers.Adam(float(cfg.trainer.learning_rate), clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
@@ -251,7 +261,8 @@ def train(cfg: DictConfig) -> dict:
 
     # Everything that creates variables or runs steps happens under the data-parallel scope.
     with data_parallel(int(cfg.trainer.devices), int(cfg.trainer.batch_size)):
-        objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir)
+        style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
+        objective, optimizer, vgg_origin = _build_objective(cfg, cache_dir, style_crops.values())
         _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
         stylizer = objective.stylizer
         if cfg.get("init") and cfg.init.name == "magenta_published":
@@ -286,6 +297,9 @@ def train(cfg: DictConfig) -> dict:
                                "style_images": len(trained_style["images"]),
                                **({"style_image": trained_style["image"], "style_sha256": trained_style["sha256"]}
                                   if trained_style["single"] else {})})
+            if cfg.get("teacher"):
+                mlflow.log_params({"teacher": cfg.teacher.name, "teacher_weight": float(cfg.teacher.weight),
+                                   "teacher_loss": cfg.teacher.loss})
             mlflow.log_metric("skipped_files", skipped.count())
             log_skipped_files(skipped)
 
@@ -323,13 +337,18 @@ def train(cfg: DictConfig) -> dict:
             # styles at data.style_size, whatever size the training crops had.
             size = int(cfg.data.heldout_size)
             photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
-            style_crops = {name: data_lib.style_crop(image, cfg.data.style_size) for name, image in styles.items()}
             stylized = {name: stylize(stylizer, photos, crop) for name, crop in style_crops.items()}
             heldout = heldout_losses(objective, list(stylized.values()), photos, textures)
+            grid_styles, columns = styles, stylized
+            if objective.distillation is not None:  # beside the perceptual "loss", not in it: comparable across runs
+                from training.distillation import teacher_columns
+
+                heldout[DISTILL_LOSS], teacher_images = objective.distillation.heldout(photos, stylized)
+                grid_styles, columns = teacher_columns(styles, stylized, teacher_images)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
             from training.sample_grid import make_grid, png_bytes
 
-            grid = make_grid(photos, content.heldout_names, styles, stylized)
+            grid = make_grid(photos, content.heldout_names, grid_styles, columns)
             grid_path = train_dir / "samples.png"
             atomic_write_bytes(grid_path, png_bytes(grid))
 

@@ -2,7 +2,8 @@
 before any work: no outputs folder is created (Hydra's run folder included), no TensorFlow start-up.
 
 Issue #7 bullet -> test: unknown style name, missing style image path, alpha <= 0, negative steps,
-image size not divisible by 4, an export size the model cannot take: test_bad_value_is_one_line_before_any_work
+image size not divisible by 4, an export size the model cannot take, a bad distillation teacher or
+teacher.weight (issue 31): test_bad_value_is_one_line_before_any_work
 (in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
 """
 
@@ -44,6 +45,13 @@ CASES = [
     ("train", "trainer.learning_rate=abc", "error: trainer.learning_rate='abc' is not allowed", "between 0 and 1"),
     ("train", "trainer.learning_rate=30", "error: trainer.learning_rate=30 is not allowed", "between 0 and 1"),
     ("train", "seed=abc", "error: seed='abc' is not allowed", "an integer"),
+    ("train", "teacher=nope", "error: teacher=nope is not allowed: one of magenta_published, model", "configs/teacher/"),
+    ("train", "teacher=magenta_published teacher.weight=-1", "error: teacher.weight=-1 is not allowed", "a number >= 0"),
+    ("train", "teacher=magenta_published teacher.weight=abc", "error: teacher.weight='abc' is not allowed", ">= 0"),
+    ("train", "teacher=magenta_published teacher.loss=huber", "error: teacher.loss='huber' is not allowed", "l1, l2"),
+    ("train", "teacher=model", "error: teacher.model_path is required with teacher=model", "model.keras"),
+    ("train", "teacher=model teacher.model_path=/nonexistent/model.keras",
+     "error: teacher.model_path=/nonexistent/model.keras: no such file", "pipelines.train"),
     ("export", "export.sizes=abc", "error: export.sizes='abc' is not allowed", "[[height, width], ...]"),
     ("export", "export.thresholds.tflite_fp16=abc", "error: export.thresholds.tflite_fp16='abc' is not allowed", "dB"),
     ("export", "export.parity_photos=0", "error: export.parity_photos=0 is not allowed", ">= 1"),

@@ -1,0 +1,98 @@
+"""Distillation (training/distillation.py): the fast model trained against a frozen teacher."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from helpers import REPO, TINY_TRAINING, compose_train
+
+PUBLISHED_DIR = REPO / "models" / "magenta-published"
+# Tiny student runs (random loss network: nothing to download) distilling the published model; the
+# distillation term dominates so that a dozen steps move it.
+TINY_DISTILL = ["style=starry", "model=realtime", "teacher=magenta_published", "trainer=smoke", *TINY_TRAINING,
+                "loss_network.weights=null", "data.heldout_count=1", "teacher.weight=100",
+                "trainer.log_every=2", "trainer.checkpoint_every=6"]
+
+
+def _teacher_and_term(loss="l1"):
+    from training.distillation import Distillation, style_bottlenecks
+    from training.magenta_import import published_stylizer
+
+    teacher = published_stylizer(PUBLISHED_DIR)
+    rng = np.random.default_rng(0)
+    style = rng.random((64, 64, 3), dtype=np.float32)
+    return teacher, style, Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, loss=loss)
+
+
+def test_the_term_is_zero_on_the_teachers_own_images_and_weighted_otherwise():
+    """Guards Distillation's target: the teacher's transfer network with the bottleneck of the painting,
+    computed once by the teacher's predictor. Its own stylization scores 0; an image off by 0.1
+    everywhere scores weight x 0.1 (l1) or weight x 0.01 (l2)."""
+    from keras import ops
+
+    teacher, style, term = _teacher_and_term()
+    content = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    expected = ops.convert_to_numpy(teacher({"content": content, "style": np.repeat(style[None], 2, axis=0)}, training=False))
+    assert float(term(content, expected)) == pytest.approx(0.0, abs=1e-6)
+    shifted = expected - 0.1
+    assert float(term(content, shifted)) == pytest.approx(2.0 * 0.1, rel=1e-4)
+    _, _, squared = _teacher_and_term("l2")
+    assert float(squared(content, shifted)) == pytest.approx(2.0 * 0.01, rel=1e-3)
+    assert not term.teacher.trainable and not term.trainable_weights  # nothing of the teacher is trained
+    photos = list(content)
+    loss, teacher_images = term.heldout(photos, {"painting": list(expected)})
+    assert loss == pytest.approx(0.0, abs=1e-6) and np.allclose(teacher_images["painting"], expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path):
+    """Guards the wiring (objective, train, checkpoints, MLflow): a student trained 6 steps, then resumed
+    to 12 with the teacher rebuilt. The teacher's weights (moving statistics included) are as they were,
+    checkpoints hold the student and its optimizer only, and distill_loss is in metrics.json's history and
+    MLflow at every logged step, finite, and lower at the end than at the start; the held-out photos are
+scored against the teacher and the sample grid shows its column."""
+    from training.distillation import load_teacher
+    from training.network import load_stylizer
+    from training.train import train
+
+    first = compose_train([*TINY_DISTILL, "trainer.steps=6"], tmp_path)
+    teacher = load_teacher(first.teacher, first.paths)
+    assert teacher is load_teacher(first.teacher, first.paths)  # one shared object: the one train() uses
+    before = [w.copy() for w in teacher.get_weights()]
+
+    early = train(first)
+    resumed = train(compose_train([*TINY_DISTILL, "trainer.steps=12"], tmp_path))
+
+    after = teacher.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)) and len(before) == len(after)
+    assert resumed["resumed_from_step"] == 6
+    history = early["history"] + resumed["history"]
+    assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12]
+    distill = [h["distill_loss"] for h in history]
+    assert all(np.isfinite(distill)), distill
+    assert distill[-1] < distill[0], distill
+    train_dir = tmp_path / "outputs" / "train"
+    assert json.loads((train_dir / "metrics.json").read_text())["history"][-1]["distill_loss"] == distill[-1]
+
+    assert np.isfinite(resumed["heldout"]["distill_loss"])  # the held-out photos against the teacher's
+    from PIL import Image
+
+    assert Image.open(train_dir / "samples.png").width == 3 * 160  # photo | teacher | student
+
+    student = load_stylizer(train_dir / "model.keras")
+    with np.load(train_dir / "checkpoints" / "ckpt-00000012.npz") as stored:
+        model = [stored[k] for k in sorted(k for k in stored.files if k.startswith("model/"))]
+        optimizer = [stored[k] for k in sorted(k for k in stored.files if k.startswith("optimizer/"))]
+    assert [a.shape for a in model] == [tuple(w.shape) for w in student.weights]
+    trainable = sum(int(np.prod(w.shape)) for w in student.trainable_weights)
+    # Adam: two moments per trainable weight of the student, plus its step count and learning rate.
+    assert sum(a.size for a in optimizer) == 2 * trainable + 2
+
+    client = mlflow.MlflowClient(first.mlflow.tracking_uri)
+    points = client.get_metric_history(resumed["mlflow_run_id"], "distill_loss")
+    assert [p.step for p in points] == [8, 10, 12]
+    assert client.get_run(resumed["mlflow_run_id"]).data.params["teacher"] == "magenta_published"

@@ -1,0 +1,108 @@
+"""Distillation from a trained stylizer (the teacher) into the one being trained (the student).
+
+The term: the student's stylized batch against the teacher's stylization of the same content batch,
+a mean absolute (l1) or squared (l2) pixel error in [0, 1] units, times `teacher.weight`; the
+objective adds it to the perceptual loss (training/objective.py). The teacher is frozen and runs in
+inference mode: only its transfer network runs in the step, with the bottleneck of each training
+style computed once by its own style predictor. It is rebuilt from its file on every run, resumed
+or not, and never saved: checkpoints hold the student and its optimizer only.
+
+Teachers (`configs/teacher/`): Magenta's published arbitrary model (`magenta_published`, alpha 0.25,
+the import stage's model file or the published TFLite files) or one of ours (`model`: a
+`model.keras` written by `pipelines.train`).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+PIXEL_LOSSES = ("l1", "l2")  # teacher.loss (training/config.py checks the config's)
+
+
+def load_teacher(teacher_cfg, paths_cfg) -> keras.Model:
+    """The teacher stylizer a `configs/teacher/` config names (a StylepipeError, one line, if unusable)."""
+    if teacher_cfg.name == "magenta_published":
+        from training.magenta_import import published_stylizer
+
+        return published_stylizer(paths_cfg.published_dir, teacher_cfg.get("model_path"))
+    from training.network import load_stylizer
+
+    return load_stylizer(teacher_cfg.model_path)
+
+
+def style_bottlenecks(teacher: keras.Model, style_images: list[np.ndarray]) -> np.ndarray:
+    """(K, 1, 1, 100) float32: the teacher's bottleneck of each style image ((H, W, 3) in [0, 1]),
+    in inference mode, one image at a time."""
+    predictor = teacher.get_layer("style_predictor")
+    rows = [ops.convert_to_numpy(predictor(np.asarray(image, np.float32)[None], training=False)) for image in style_images]
+    return np.concatenate(rows).astype(np.float32)
+
+
+def pixel_error(stylized, target, kind: str):
+    """Mean absolute (l1) or squared (l2) error over every pixel and channel, float32."""
+    diff = ops.cast(stylized, "float32") - ops.cast(target, "float32")
+    return ops.mean(ops.abs(diff)) if kind == "l1" else ops.mean(ops.square(diff))
+
+
+class Distillation(keras.layers.Layer):
+    """`distillation(content, stylized, style_index)` -> weight * pixel error against the teacher.
+
+    Holds the teacher's transfer network, frozen (trainable=False: not in the optimizer's variables,
+    its batch norms in inference mode), and the bottleneck table of the training styles, a constant
+    of the compiled step like the objective's Gram targets. `style_index` picks each example's row
+    (the batches' order of styles); without it every example takes row 0 (one style).
+    """
+
+    def __init__(self, teacher: keras.Model, bottlenecks: np.ndarray, weight: float, loss: str = "l1", **kwargs):
+        # float32: the content and stylized images come in as they are (no cast to a bf16/fp16 compute dtype)
+        super().__init__(name="distillation", dtype="float32", **kwargs)
+        if loss not in PIXEL_LOSSES:
+            raise ValueError(f"loss={loss!r}: one of {', '.join(PIXEL_LOSSES)}")
+        self.teacher = teacher.get_layer("transformer")
+        self.teacher.trainable = False
+        self.bottlenecks = np.asarray(bottlenecks, np.float32)
+        self.weight = float(weight)
+        self.loss = loss
+
+    @classmethod
+    def from_config_group(cls, teacher_cfg, paths_cfg, style_images: list[np.ndarray]) -> "Distillation":
+        """The term a `configs/teacher/` config describes, for styles `style_images` (the batches' order)."""
+        teacher = load_teacher(teacher_cfg, paths_cfg)
+        return cls(teacher, style_bottlenecks(teacher, style_images), teacher_cfg.weight, teacher_cfg.loss)
+
+    def teacher_images(self, content, style_index=None):
+        """The teacher's stylization of `content` ([0, 1]), in inference mode and without gradients."""
+        if style_index is None:
+            style_index = ops.zeros_like(ops.cast(content[:, 0, 0, 0], "int32"))
+        bottleneck = ops.take(ops.convert_to_tensor(self.bottlenecks), style_index, axis=0)
+        return ops.stop_gradient(self.teacher([content, bottleneck], training=False))
+
+    def call(self, content, stylized, style_index=None):
+        return self.weight * pixel_error(stylized, self.teacher_images(content, style_index), self.loss)
+
+    def stylize(self, photos: list[np.ndarray], style_index: int, batch_size: int = 4) -> list[np.ndarray]:
+        """The teacher's stylization of photos (same size, [0, 1]) with training style `style_index`."""
+        out = []
+        for i in range(0, len(photos), batch_size):
+            chunk = np.stack(photos[i : i + batch_size]).astype(np.float32)
+            index = np.full((len(chunk),), style_index, np.int32)
+            out.extend(ops.convert_to_numpy(self.teacher_images(ops.convert_to_tensor(chunk), index)))
+        return out
+
+    def heldout(self, photos: list[np.ndarray], stylized: dict[str, list[np.ndarray]]) -> tuple[float, dict]:
+        """The term on held-out photos: (mean over styles of weight x pixel error, {style: teacher images}).
+        stylized: the student's images of `photos` per style, in the training styles' order."""
+        teacher = {name: self.stylize(photos, i) for i, name in enumerate(stylized)}
+        errors = [float(pixel_error(np.stack(stylized[name]), np.stack(teacher[name]), self.loss)) for name in stylized]
+        return self.weight * float(np.mean(errors)), teacher
+
+
+def teacher_columns(styles: dict[str, np.ndarray], stylized: dict, teacher: dict) -> tuple[dict, dict]:
+    """The sample grid's styles and columns with each style's teacher column before the student's."""
+    columns, tiles = {}, {}
+    for name in stylized:
+        columns[f"teacher {name}"], tiles[f"teacher {name}"] = teacher[name], styles[name]
+        columns[name], tiles[name] = stylized[name], styles[name]
+    return tiles, columns

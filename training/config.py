@@ -63,8 +63,8 @@ def validate_train_config(cfg) -> None:
     _require(_is_int(t.steps) and t.steps >= 0, "trainer.steps", t.steps, "an integer >= 0")
     _require(_is_int(t.batch_size) and t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
-    _require(_is_number(t.learning_rate) and 0 < t.learning_rate < 1, "trainer.learning_rate", t.learning_rate,
-             "a number between 0 and 1 (Adam's step size, e.g. 1e-3)")
+    _require(_is_number(t.learning_rate) and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate,
+             "a number > 0 (Adam's step size, e.g. 1e-3)")
     _require(t.clipnorm is None or (_is_number(t.clipnorm) and t.clipnorm > 0), "trainer.clipnorm", t.clipnorm,
              "null or a number > 0")
     _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CACHE_DIR, CONTENT_DIR, REPO, STYLE_DIR
-from reliability.helpers import error_lines, run_stage
+from helpers import CACHE_DIR, CONTENT_DIR, REPO, STYLE_DIR
+from reliability.reliability_helpers import error_lines, run_stage
 
 SIZE = 128
 STARRY = STYLE_DIR / "starry_night.jpg"

@@ -37,7 +37,7 @@ def export_dir(tmp_path_factory, published_model_path):
     export(compose("export", tmp, [f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
                                    f"export.model_path={published_model_path}", f"export.sizes=[[{SIZE},{SIZE}]]",
                                    "export.parity_photos=1", "export.formats=[tflite_fp16]",
-                                   "export.arbitrary_formats=[tflite_fp16]"]))
+                                   "export.arbitrary_formats=[tflite_fp16]", "export.style=starry"]))
     return tmp / "outputs" / "export"
 
 

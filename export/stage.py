@@ -256,7 +256,7 @@ def export(cfg) -> dict:
     """The export stage; returns the manifest."""
     from training.data import load_content, load_painting, style_crop
     from training.network import load_stylizer
-    from training.tracking import check_tracking_store, mlflow_run
+    from training.tracking import check_tracking_store, mlflow_run, scrub_path
 
     validate_export_config(cfg)
     check_tracking_store(cfg.mlflow.tracking_uri)
@@ -280,7 +280,7 @@ def export(cfg) -> dict:
     with mlflow_run(cfg, run_name, tags=tags, parent_run_id=training.get("mlflow_run_id")) as run:
         import mlflow
 
-        mlflow.log_params({"style": style["name"], "style_image": style["image"], "style_sha256": style["sha256"],
+        mlflow.log_params({"style": style["name"], "style_image": scrub_path(style["image"]), "style_sha256": style["sha256"],
                            "style_source": style["source"], "trained_style": style["trained"] or "none"})
 
         staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))

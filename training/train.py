@@ -235,7 +235,7 @@ def _build(objective, optimizer, image_size, style_size=None):
 def train(cfg: DictConfig) -> dict:
     """Train (or resume) the stylization network as configured; returns the final metrics."""
     validate_train_config(cfg)
-    from training.tracking import check_tracking_store, log_skipped_files, mlflow_run
+    from training.tracking import check_tracking_store, log_skipped_files, mlflow_run, scrub_path
 
     check_tracking_store(cfg.mlflow.tracking_uri)
     from training import data as data_lib
@@ -295,7 +295,7 @@ def train(cfg: DictConfig) -> dict:
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin,
                                "style_images": len(trained_style["images"]),
-                               **({"style_image": trained_style["image"], "style_sha256": trained_style["sha256"]}
+                               **({"style_image": scrub_path(trained_style["image"]), "style_sha256": trained_style["sha256"]}
                                   if trained_style["single"] else {})})
             if cfg.get("teacher"):
                 mlflow.log_params({"teacher": cfg.teacher.name, "teacher_weight": float(cfg.teacher.weight),

@@ -207,19 +207,11 @@ def _previous(output_dir: Path) -> Path:
     return output_dir.with_name(f".{output_dir.name}.previous")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def recover_interrupted_install(output_dir: Path) -> list[str]:
     """Undo what a killed export left: put back an export folder caught between the swap's two renames,
     and remove the staging folders of exports that are no longer running. Returns what it did."""
+    import psutil
+
     done = []
     previous = _previous(output_dir)
     if previous.exists():
@@ -231,7 +223,7 @@ def recover_interrupted_install(output_dir: Path) -> list[str]:
             done.append(f"restored {output_dir} from {previous.name}")
     for staging in output_dir.parent.glob(f"{STAGING_PREFIX}*"):
         pid = staging.name[len(STAGING_PREFIX):].split("-")[0]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
+        if not (pid.isdigit() and psutil.pid_exists(int(pid))):
             shutil.rmtree(staging, ignore_errors=True)
             done.append(f"removed {staging.name}")
     return done

@@ -6,8 +6,8 @@
 Each setting is a list of Hydra overrides of the training config (after the shared overrides given
 after `--`); each trains its own model for --steps from the same start. Every --eval-every steps the
 held-out photos are stylized and scored with the independent quality measures (evaluation/quality.py:
-style distance to the painting by Magenta's published style predictor, palette distance, structure
-similarity), none of which is the training loss. Writes `style_knobs.png` (a row per setting, the
+style distance to the painting by Magenta's published style predictor, style statistics distance
+by its ImageNet MobileNetV2, palette distance, structure similarity), none of which is the training loss. Writes `style_knobs.png` (a row per setting, the
 published model's row first when the run starts from it) and `style_knobs.json` (the measures over
 steps) and `stylized.npz` (the held-out photos and each setting's final images, uint8), and prints
 the table. On a CPU add `trainer=smoke`; on a GPU the default profile.
@@ -68,8 +68,10 @@ def built_stylizer(cfg, init_weights):
     return stylizer
 
 
-def published_embedder(cfg, init_weights):
-    """Magenta's published style predictor (frozen, apart from any model trained here) as the embedder."""
+def published_measures(cfg, init_weights):
+    """Magenta's published style predictor (frozen, apart from any model trained here) as the embedder,
+    and its ImageNet MobileNetV2's feature maps for the style statistics distance."""
+    from evaluation.stage import predictor_feature_maps
     import keras
 
     from training.data import style_crop
@@ -82,10 +84,10 @@ def published_embedder(cfg, init_weights):
         crops = np.stack([style_crop(image, 256) for image in images])  # the predictor's input size
         return keras.ops.convert_to_numpy(predictor(crops, training=False)).reshape(len(images), -1)
 
-    return embed
+    return embed, predictor_feature_maps(predictor)
 
 
-def run_setting(name, cfg, content, styles, embed, args, photos):
+def run_setting(name, cfg, content, styles, measures, args, photos):
     import keras
 
     from evaluation.quality import score
@@ -93,20 +95,20 @@ def run_setting(name, cfg, content, styles, embed, args, photos):
     from training.train import _build, _build_objective, fix_style_targets, stylize
 
     keras.utils.set_random_seed(int(cfg.seed))
-    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
-    _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
-    initialise(objective.stylizer, cfg, args.init_weights)
     painting = next(iter(styles.values()))
     style_image = data_lib.style_crop(painting, cfg.data.style_size)
+    objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir), [style_image])
+    _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
+    initialise(objective.stylizer, cfg, args.init_weights)
     textures = [data_lib.texture_image(painting, int(cfg.style.texture_size))]
     batches = data_lib.TrainingBatches(content, styles, cfg.data, cfg.style, cfg.trainer.batch_size, seed=int(cfg.seed))
     fix_style_targets(objective, batches, cfg.trainer.fixed_style_targets, textures)
 
     def measure(step, seconds):
         stylized = np.stack(stylize(objective.stylizer, photos, style_image))
-        scores = score(embed, stylized, np.stack(photos), style_image)
+        scores = score(measures[0], stylized, np.stack(photos), style_image, features=measures[1])
         row = {"setting": name, "step": step, "train_seconds": round(seconds, 1),
-               **{k: round(v, 4) for k, v in scores.items() if k != "per_photo"}}
+               **{k: round(v, 5) for k, v in scores.items() if k != "per_photo"}}
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         return row, stylized
 
@@ -173,21 +175,23 @@ def main(argv=None) -> None:
             parser.error("the sweep trains one style: pick one with style=NAME")
         size = int(base.data.heldout_size)
         photos = [data_lib.fit_crop(photo, size, size) for photo in content.heldout_full]
-        embed = published_embedder(base, args.init_weights)
+        measures = published_measures(base, args.init_weights)
         curves, rows, images = {}, [], {}
         for setting in args.settings:
             cfg = compose([*args.overrides, *setting.split()])
             validate_train_config(cfg)
-            curve, start, stylized = run_setting(setting, cfg, content, styles, embed, args, photos)
+            curve, start, stylized = run_setting(setting, cfg, content, styles, measures, args, photos)
             if not rows and cfg.get("init"):  # every setting starts from these weights: show where they start
                 first = curve[0]
                 rows.append((f"start ({cfg.init.name}): style distance {first['style_distance_relative']:.3f}, "
+                             f"statistics {first['style_statistics_distance']:.4f}, "
                              f"structure {first['structure_similarity']:.3f}", list(start)))
             curves[setting] = curve
             images[setting] = np.round(np.clip(stylized, 0, 1) * 255).astype(np.uint8)
             images.setdefault("start", np.round(np.clip(start, 0, 1) * 255).astype(np.uint8))
             last = curve[-1]
             rows.append((f"{setting} ({args.steps} steps): style distance {last['style_distance_relative']:.3f}, "
+                         f"statistics {last['style_statistics_distance']:.4f}, "
                          f"structure {last['structure_similarity']:.3f}", list(stylized)))
             keras.backend.clear_session()
     except StylepipeError as err:
@@ -200,12 +204,14 @@ def main(argv=None) -> None:
                         settings=np.array(list(images)), **{f"images_{i}": v for i, v in enumerate(images.values())})
     (args.out / "style_knobs.json").write_text(json.dumps({"overrides": args.overrides, "steps": args.steps,
                                                            "curves": curves}, indent=2))
-    print(f"\n| setting | steps | train s | style distance (relative) | palette distance | structure similarity |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| setting | steps | train s | style distance (relative) | style statistics distance | palette distance "
+          "| structure similarity |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for setting, curve in curves.items():
         for row in (curve[0], curve[-1]):
             print(f"| {setting} | {row['step']} | {row['train_seconds']} | {row['style_distance_relative']:.3f} | "
-                  f"{row['palette_distance']:.4f} | {row['structure_similarity']:.3f} |")
+                  f"{row['style_statistics_distance']:.4f} | {row['palette_distance']:.4f} | "
+                  f"{row['structure_similarity']:.3f} |")
     print(f"wrote {args.out / 'style_knobs.png'} and {args.out / 'style_knobs.json'}")
 
 

@@ -89,10 +89,16 @@ STATISTICS_LAYERS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expa
 def published_feature_maps(published_dir, cache_dir):
     """The frozen ImageNet MobileNetV2 of Magenta's published predictor as a `quality` feature extractor:
     an image, cropped as style images are, -> its maps at STATISTICS_LAYERS (float32, Keras)."""
-    from training.data import style_crop
     from training.magenta_import import published_predictor
 
-    backbone = published_predictor(published_dir, cache_dir).get_layer("backbone_mobilenet_v2")
+    return predictor_feature_maps(published_predictor(published_dir, cache_dir))
+
+
+def predictor_feature_maps(predictor):
+    """published_feature_maps for a style predictor already built with the published weights."""
+    from training.data import style_crop
+
+    backbone = predictor.get_layer("backbone_mobilenet_v2")
     net = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))  # fed [0, 1] as the predictor feeds it
     maps = keras.Model(net.inputs[0], [net.get_layer(name).output for name in STATISTICS_LAYERS])
 

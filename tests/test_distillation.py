@@ -96,3 +96,15 @@ scored against the teacher and the sample grid shows its column."""
     points = client.get_metric_history(resumed["mlflow_run_id"], "distill_loss")
     assert [p.step for p in points] == [8, 10, 12]
     assert client.get_run(resumed["mlflow_run_id"]).data.params["teacher"] == "magenta_published"
+
+
+def test_a_fine_tune_of_the_published_model_keeps_it_as_its_teacher(tmp_path):
+    """init=magenta_published brings the published model in as the teacher at init.teacher_weight (5),
+    so the fine-tune adds the painting's style to its rendering (docs/objective.md); `~teacher` trains
+    without it, teacher.weight= still sets it, and a realtime student keeps the teacher's own weight."""
+    fine_tune = compose_train(["style=starry", "init=magenta_published"], tmp_path)
+    assert (fine_tune.teacher.name, fine_tune.teacher.weight) == ("magenta_published", 5.0)
+    assert compose_train(["style=starry", "init=magenta_published", "~teacher"], tmp_path).get("teacher") is None
+    assert compose_train(["style=starry", "init=magenta_published", "teacher.weight=2"], tmp_path).teacher.weight == 2
+    student = compose_train(["style=starry", "model=realtime", "teacher=magenta_published"], tmp_path)
+    assert student.teacher.weight == 20

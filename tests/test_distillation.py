@@ -99,11 +99,13 @@ scored against the teacher and the sample grid shows its column."""
 
 
 def test_a_fine_tune_of_the_published_model_keeps_it_as_its_teacher(tmp_path):
-    """init=magenta_published brings the published model in as the teacher at init.teacher_weight (5),
-    so the fine-tune adds the painting's style to its rendering (docs/objective.md); `~teacher` trains
+    """init=magenta_published brings the published model in as the teacher at init.teacher_weight (5;
+    init.smoke_teacher_weight, 20, at trainer=smoke), so the fine-tune adds the painting's style to its rendering (docs/objective.md); `~teacher` trains
     without it, teacher.weight= still sets it, and a realtime student keeps the teacher's own weight."""
     fine_tune = compose_train(["style=starry", "init=magenta_published"], tmp_path)
     assert (fine_tune.teacher.name, fine_tune.teacher.weight) == ("magenta_published", 5.0)
+    smoke = compose_train(["style=starry", "init=magenta_published", "trainer=smoke"], tmp_path)
+    assert smoke.teacher.weight == 20  # 24 noisy steps of batch 4 need a firmer hold
     assert compose_train(["style=starry", "init=magenta_published", "~teacher"], tmp_path).get("teacher") is None
     assert compose_train(["style=starry", "init=magenta_published", "teacher.weight=2"], tmp_path).teacher.weight == 2
     student = compose_train(["style=starry", "model=realtime", "teacher=magenta_published"], tmp_path)

@@ -376,6 +376,7 @@ def test_bender_numerics_on_real_photos_small(net, small_graph, small_report, cl
         assert psnr_db(reflected, ref) >= BENDER_MIN_PSNR_DB, name
 
 
+@pytest.mark.slow
 def test_bender_numerics_on_a_real_photo_384(net, photos):
     image = fit_crop(photos["chelsea"], 384, 384)
     ref = reference_forward(net, image)

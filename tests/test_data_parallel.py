@@ -13,6 +13,7 @@ from helpers import REPO
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+@pytest.mark.slow
 def test_two_device_steps_match_one_device(tmp_path, backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = subprocess.run([sys.executable, str(REPO / "tests" / "data_parallel_run.py"), str(tmp_path), "1", "2"],

@@ -26,6 +26,7 @@ def tf_formats_only():
     return ["export.formats=[frozen_graph,tflite_fp16]", "export.arbitrary_formats=[frozen_graph,tflite_fp16]"]
 
 
+@pytest.mark.slow
 def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, published_model_path):
     from export.stage import export
 
@@ -86,6 +87,7 @@ def test_bad_export_config_is_a_clear_error(tmp_path, published_model_path, over
     assert not (tmp_path / "outputs" / "export").exists()
 
 
+@pytest.mark.slow
 def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, published_model_path):
     import coremltools as ct
 

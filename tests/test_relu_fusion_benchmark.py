@@ -12,9 +12,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_output_masks_read_through_one_barrier_per_relu_with_the_same_gradient(tmp_path):
     out = tmp_path / "relu_fusion.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

@@ -19,7 +19,7 @@ def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
     other = compose_train(["trainer=smoke", "style=starry", "init=magenta_published"], tmp_path)
     own, moved = run_folder(other)
     assert own.parent == tmp_path / "outputs" / "runs" and own.name.startswith(f"{other.run_name}-")
-    assert moved == f"{train_dir} is taken by another run (differs in: backbone, init) -> this run writes to {own}"
+    assert moved == f"{train_dir} is taken by another run (differs in: backbone, init, teacher) -> this run writes to {own}"
 
     write_run_record(own, other.run_name, fingerprint(other))
     assert run_folder(other)[0] == own  # resumed in its own folder

@@ -71,6 +71,7 @@ def seam_ratio(image: np.ndarray, tile: int, overlap: float) -> float:
     return max(ratios)
 
 
+@pytest.mark.slow
 def test_a_photo_through_the_cli_with_the_newest_baked_export(tmp_path, export_dir):
     photo = CONTENT_DIR / "chelsea.jpg"
     result = run_stage("stylize", [f"input={photo}", f"export_dir={export_dir}"], tmp_path)
@@ -82,6 +83,7 @@ def test_a_photo_through_the_cli_with_the_newest_baked_export(tmp_path, export_d
     assert np.abs(styled - original).mean() > 0.08  # painted, not copied
 
 
+@pytest.mark.slow
 def test_a_4032x3024_phone_photo_is_tiled_without_seams(tmp_path, export_dir):
     from export.apply import load_model, stylize_tiled
 
@@ -226,6 +228,7 @@ def test_strength_mixes_the_paintings_style_with_the_photos_own(tmp_path, export
     ("strength_baked", "strength=0.5 is not available for a baked model"),
     ("model_key", "stylize takes the model as stylizer=arbitrary"),
 ])
+@pytest.mark.slow
 def test_each_unusable_input_or_export_is_one_line(tmp_path, export_dir, case, expected):
     photo, folder = CONTENT_DIR / "chelsea.jpg", export_dir
     args = []

@@ -87,6 +87,7 @@ def test_magenta_names_and_shapes_of_the_full_model(hub_module):
     assert {l.get_config()["activation"] for l in inception.layers if isinstance(l, keras.layers.Activation)} == {"relu6"}
 
 
+@pytest.mark.slow
 def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp_path):
     import tensorflow_hub as hub
 
@@ -111,6 +112,7 @@ def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tfhub_init_refuses_a_module_whose_variables_differ(hub_module, tmp_path):
     from training.network import build_stylizer
     from training.tfhub_import import TfHubImportError, magenta_variables

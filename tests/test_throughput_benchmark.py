@@ -16,6 +16,7 @@ import pytest
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     out = tmp_path / "throughput.json"
     env = {**os.environ, "KERAS_BACKEND": "jax"}
@@ -55,6 +56,7 @@ def test_throughput_benchmark_measures_variants_side_by_side(tmp_path):
     assert "device ms" in result.stdout and "loop=training trainer.steps_per_execution=2" in result.stdout
 
 
+@pytest.mark.slow
 def test_pipeline_rows_time_the_training_threads_reads_and_premade_batches_train_alike(tmp_path):
     """--input pipeline with worker processes: the row records the training thread's reads of the workers'
     batches; feed=premade feeds the same batches from memory (the same loss), with no reads to time."""
@@ -102,6 +104,7 @@ def plain_transfer_flops(alpha: float, size: int) -> float:
     return sum(2 * np.prod(y.shape[1:]) * np.prod(l.kernel.shape[:3]) for l, y in zip(convs, outputs))
 
 
+@pytest.mark.slow
 def test_convolution_list_accounts_for_the_step_flops(tmp_path):
     """benchmarks/conv_channels.py --list: the step's convolutions, by part, add up to flops.py's count."""
     out = tmp_path / "convolutions.json"
@@ -131,6 +134,7 @@ def test_convolution_list_accounts_for_the_step_flops(tmp_path):
     (["--variants", "feed=premade"], "--variants 'feed=premade': feed=premade premakes the pipeline's batches: "
                                      "use --input pipeline"),
 ], ids=["loop", "feed", "steps", "premade-synthetic"])
+@pytest.mark.slow
 def test_a_bad_variant_is_a_usage_error_before_any_work(tmp_path, arguments, message):
     out = tmp_path / "throughput.json"
     result = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", *arguments, "--out", str(out)],

@@ -53,6 +53,7 @@ def _runs(tmp_path):
     return {r.info.run_name: r for r in runs}, runs
 
 
+@pytest.mark.slow
 def test_one_pipeline_run_per_dvc_repro_with_stage_runs_as_children(tmp_path):
     env = _project(tmp_path)
     subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True)
@@ -77,6 +78,7 @@ def test_one_pipeline_run_per_dvc_repro_with_stage_runs_as_children(tmp_path):
     assert "mlflow.parentRunId" not in alone.data.tags
 
 
+@pytest.mark.slow
 def test_failed_stage_marks_the_pipeline_run_failed_and_env_var_overrides(tmp_path):
     env = _project(tmp_path, second_cmd="fail")
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)

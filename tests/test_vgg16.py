@@ -87,6 +87,7 @@ print(float(np.abs(ours - autodiff).max() / np.abs(autodiff).max()), float(np.ab
 
 
 @pytest.mark.parametrize("backend, blocks", [("jax", 0), ("jax", 8), ("tensorflow", 0)])
+@pytest.mark.slow
 def test_loss_network_relus_take_their_gradient_from_their_output(backend, blocks):
     """The input gradient through real VGG-16 (a real photo, pixel blocks or not) is autodiff's ReLU gradient."""
     import os

@@ -9,7 +9,7 @@ import subprocess
 import mlflow
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STAGES = ["prepare", "import_magenta", "train", "export", "evaluate"]
 STAGE_RUNS = {"prepare-vgg16-samples", "import-arbitrary-magenta_lite", "train-starry-magenta_lite",

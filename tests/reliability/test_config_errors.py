@@ -61,6 +61,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("stage, override, starts, allowed", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.slow
 def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts, allowed):
     """Guards pipelines.cli.preflight and the validators: without them Hydra prints a multi-line
     block (unknown style) or the stage fails after creating outputs/ and importing TensorFlow."""

@@ -66,6 +66,7 @@ def test_odd_images_are_used(odd_dir):
     assert all(c.shape == (64, 64, 3) for c in crops)  # the 56x48 image is scaled up to the crop
 
 
+@pytest.mark.slow
 def test_training_skips_counts_and_names_bad_files(tmp_path, bad_dir, odd_dir):
     """Guards the training stage: a folder mixing every bad kind with real photos trains, and the run
     reports how many files were skipped, why, and which (metrics.json and the MLflow run)."""

@@ -62,6 +62,7 @@ def bad_model(kind, folder, published_model_path):
     ("other_keras_model", "not a stylepipe stylizer"),
     ("parity", "export failed parity, previous artifacts left untouched: .*tflite_fp16"),
 ])
+@pytest.mark.slow
 def test_failure_leaves_earlier_artifacts_untouched(exported, published_model_path, tmp_path, kind, match):
     """Guards load_stylizer's checks and the staging folder: each failure is a StylepipeError naming the
     problem, and the earlier export's files (artifacts and manifest) are unchanged, no staging left."""

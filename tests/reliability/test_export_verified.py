@@ -105,6 +105,7 @@ def test_a_frozen_graph_with_a_file_writing_op_is_refused_before_import(tmp_path
         load_frozen_graph(path)
 
 
+@pytest.mark.slow
 def test_the_exported_graphs_ops_are_all_allowed(tmp_path, published_model_path):
     # The allow-list holds every op the exporter writes (real export of the published model, frozen graph only).
     from export.stage import export

@@ -62,6 +62,7 @@ def test_silent_server_times_out_in_seconds(tmp_path):
     assert not (tmp_path / "outputs" / "train").exists()
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_share_a_new_sqlite_store(tmp_path):
     """Guards the store set-up lock: two processes creating the same new sqlite store race on its schema
     migrations and on creating the experiment (one fails without the lock); both must finish and be
@@ -125,6 +126,7 @@ def test_a_server_that_is_not_mlflow_is_a_one_line_error_within_seconds(tmp_path
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_a_real_mlflow_server_passes_the_probe(tmp_path):
     from training.tracking import check_tracking_store
 

@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
     return tmp, painting
 
 
+@pytest.mark.slow
 def test_training_by_path_records_the_painting(trained):
     tmp, painting = trained
     train_dir = tmp / "outputs" / "train"
@@ -99,6 +100,7 @@ EXPORT_FAST = ["export.formats=[tflite_fp16]", "export.arbitrary_formats=[]", "e
                "export.parity_photos=1"]
 
 
+@pytest.mark.slow
 def test_plain_export_bakes_the_trained_painting(trained):
     """`python -m pipelines.export` with no style named bakes the painting the model was trained for
     (it used to bake Starry Night into any model, exit 0), and every place that names a style names it."""

@@ -25,15 +25,15 @@ def test_each_stage_depends_on_exactly_the_modules_it_runs():
     assert not stale, f"{stale}: run python -m pipelines.stage_deps --write"
     # The evaluate stage runs the exporters and the training code beneath them, and they are its deps.
     evaluate = stage_deps.read_stages((ROOT / "dvc.yaml").read_text())["evaluate"]["deps"]
-    assert {"evaluation/stage.py", "export/tflite.py", "training/parity.py", "pipelines/cli.py"} <= set(evaluate)
+    assert {"evaluation/stage.py", "export/tflite.py", "training/weights/parity.py", "pipelines/cli.py"} <= set(evaluate)
 
 
 def test_write_restores_exact_deps_and_keeps_the_other_deps(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
-    stale = text.replace("      - training/parity.py\n", "").replace("      - pipelines/evaluate.py\n",
+    stale = text.replace("      - training/weights/parity.py\n", "").replace("      - pipelines/evaluate.py\n",
                                                                        "      - pipelines/evaluate.py\n      - training/gone.py\n")
     diff = stage_deps.differences(stale)
-    assert "training/parity.py" in diff["export"][0] and diff["evaluate"][1] == ["training/gone.py"]
+    assert "training/weights/parity.py" in diff["export"][0] and diff["evaluate"][1] == ["training/gone.py"]
     dvc_file = tmp_path / "dvc.yaml"
     dvc_file.write_text(stale)
     assert stage_deps.main(["--dvc-file", str(dvc_file)]) == 1

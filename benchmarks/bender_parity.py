@@ -24,9 +24,9 @@ import numpy as np
 from export.baked import CIN_EPSILON, BakedNetwork, bake, reference_forward
 from export.bender import (INTERIOR_BORDER, BenderExportError, build_bender_graph, check_bender_graph,
                            run_bender_numpy, write_benderthon_weights)
-from training.data import fit_crop, load_image, style_crop
-from training.magenta_import import published_stylizer
-from training.parity import psnr_db
+from training.data.datasets import fit_crop, load_image, style_crop
+from training.weights.magenta_import import published_stylizer
+from training.weights.parity import psnr_db
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURE_VARIANTS = ("bender", "fp32", "clamp_padding", "clamp_padding_fp32", "no_clamp_guard", "fused_upsample")

@@ -4,7 +4,7 @@
     python -m benchmarks.checkpoint_portability resume DIR   # restore DIR's checkpoint, run step 4, compare
 
 `write` trains the lite model (random backbone and VGG-16: nothing to download) on fixed random
-batches with the project's checkpoint code (training/checkpoints.py), then records the loss of
+batches with the project's checkpoint code (training/loop/checkpoints.py), then records the loss of
 the next step. `resume` builds a fresh model on whatever backend/device it runs on, restores the
 checkpoint (every model and optimizer variable must come back bit for bit) and runs that next
 step on the same batch: its loss must match the recorded one (tolerance for TF32/cuDNN vs CPU
@@ -32,7 +32,7 @@ def build():
     from hydra import compose, initialize_config_dir
 
     from benchmarks.train_throughput import build_step
-    from training.runs import fingerprint
+    from training.loop.runs import fingerprint
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -61,7 +61,7 @@ def device() -> str:
 
 
 def write(directory: Path) -> dict:
-    from training.checkpoints import CheckpointManager
+    from training.loop.checkpoints import CheckpointManager
 
     _, objective, optimizer, fingerprint = build()
     data = batches()
@@ -75,7 +75,7 @@ def write(directory: Path) -> dict:
 
 
 def resume(directory: Path) -> dict:
-    from training.checkpoints import CheckpointManager
+    from training.loop.checkpoints import CheckpointManager
 
     written = json.loads((directory / "written.json").read_text())
     _, objective, optimizer, fingerprint = build()

@@ -41,8 +41,8 @@ def step_convolutions(objective, batch_size: int, image_size: int) -> list[dict]
     import jax
     import jax.numpy as jnp
 
-    from training.flops import eqn_flops, iter_eqns
-    from training.vgg16 import vgg_features
+    from training.objective.flops import eqn_flops, iter_eqns
+    from training.network.vgg16 import vgg_features
 
     stylizer = objective.stylizer
     predictor = stylizer.get_layer("style_predictor")
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
 
     if keras.backend.backend() != "jax":
         parser.error("run with KERAS_BACKEND=jax (convolutions are read from the JAX trace)")
-    from training.flops import step_flops
+    from training.objective.flops import step_flops
 
     label, overrides, _ = throughput.parse_variant(args.variant)
     cfg = throughput.compose(args.model, args.precision, args.batch_size, args.image_size, workers=1, overrides=overrides)

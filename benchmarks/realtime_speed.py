@@ -43,7 +43,7 @@ def realtime_stylizer(overrides: dict):
     """A stylizer with the realtime transfer network (untrained) as configs/model/realtime.yaml sets it, plus overrides."""
     from omegaconf import OmegaConf
 
-    from training.network import build_stylizer
+    from training.network.network import build_stylizer
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml"), overrides)
     backbone = OmegaConf.create({"name": "mobilenet_v2", "weights": None, "trainable": False})
@@ -73,9 +73,9 @@ def main() -> None:
 
     from evaluation.latency import summarize, time_calls
     from export.tflite import check_gpu_delegate_rules, tflite_cost
-    from training.data import fit_crop, load_image
-    from training.magenta_import import published_stylizer
-    from training.tflite_runner import tflite_runner
+    from training.data.datasets import fit_crop, load_image
+    from training.weights.magenta_import import published_stylizer
+    from training.weights.tflite_runner import tflite_runner
 
     published_dir = REPO / "models" / "magenta-published"
     magenta = published_stylizer(published_dir)

@@ -9,7 +9,7 @@ lowered program it counts the optimization barriers the gradient's masks read th
     KERAS_BACKEND=jax python -m benchmarks.relu_fusion --out outputs/benchmarks/relu_fusion.json
 
 The ways: `autodiff` (Keras' ReLU), `output_mask_no_barrier` (`relu_gradient_from_output` with
-`training.vgg16._opaque` as the identity, whose mask XLA turns back into one on the input) and
+`training.network.vgg16._opaque` as the identity, whose mask XLA turns back into one on the input) and
 `output_mask` (the training code, `trainer.relu_gradient_from_output=true`). On a CPU there are no
 cuDNN convolutions to count.
 Writes JSON and prints a table.
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training import vgg16  # noqa: E402
+from training.network import vgg16  # noqa: E402
 
 WAYS = ("autodiff", "output_mask_no_barrier", "output_mask")
 

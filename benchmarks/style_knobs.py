@@ -53,14 +53,14 @@ def initialise(stylizer, cfg, init_weights) -> None:
     if init_weights:
         load_weights(stylizer, init_weights)
     elif cfg.get("init") and cfg.init.name == "magenta_published":
-        from training.magenta_import import load_published_into
+        from training.weights.magenta_import import load_published_into
 
         load_published_into(stylizer, cfg.paths.published_dir)
 
 
 def built_stylizer(cfg, init_weights):
     """The stylizer of `cfg`, its variables created, with its starting weights."""
-    from training.network import build_stylizer
+    from training.network.network import build_stylizer
 
     stylizer = build_stylizer(cfg.model, cfg.backbone, cfg.paths.cache_dir)
     stylizer({"content": np.zeros((1, 64, 64, 3), np.float32), "style": np.zeros((1, 64, 64, 3), np.float32)})
@@ -74,7 +74,7 @@ def published_measures(cfg, init_weights):
     from evaluation.stage import predictor_feature_maps
     import keras
 
-    from training.data import style_crop
+    from training.data.datasets import style_crop
 
     published = compose(["init=magenta_published", f"paths.cache_dir={cfg.paths.cache_dir}"])
     keras.mixed_precision.set_global_policy("float32")
@@ -91,8 +91,8 @@ def run_setting(name, cfg, content, styles, measures, args, photos):
     import keras
 
     from evaluation.quality import score
-    from training import data as data_lib
-    from training.train import _build, _build_objective, fix_style_targets, stylize
+    from training.data import datasets as data_lib
+    from training.loop.train import _build, _build_objective, fix_style_targets, stylize
 
     keras.utils.set_random_seed(int(cfg.seed))
     painting = next(iter(styles.values()))
@@ -129,7 +129,7 @@ def run_setting(name, cfg, content, styles, measures, args, photos):
 def grid_png(rows: list[tuple[str, list[np.ndarray]]]) -> bytes:
     from PIL import Image, ImageDraw
 
-    from training.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
+    from training.loop.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
 
     tile = 192
     grid = Image.new("RGB", (tile * max(len(images) for _, images in rows), (tile + LABEL_HEIGHT) * len(rows)), "white")
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
 
     import keras
 
-    from training import data as data_lib
+    from training.data import datasets as data_lib
     from training.config import validate_train_config
     from training.errors import StylepipeError
 

@@ -1,6 +1,6 @@
 """Training throughput: images/s and model FLOP utilisation (MFU) of the real training step.
 
-The step is the project's own (`training.train._build_objective`: stylizer + VGG-16 loss,
+The step is the project's own (`training.loop.train._build_objective`: stylizer + VGG-16 loss,
 Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
 
 - `--input synthetic`: a few random batches, made once and cycled (measures the step);
@@ -12,7 +12,7 @@ Adam, XLA-compiled `fit`), on JAX, fed from the host like training is:
   batches (1.2-1.8 s on the H200, docs/performance.md), which 96 steps do not leave behind.
   Time a pipeline's steady rate over a long fit (a variant's `steps=1800`).
 
-FLOPs per image are counted analytically (`training/flops.py`: every convolution and matrix
+FLOPs per image are counted analytically (`training/objective/flops.py`: every convolution and matrix
 product of the transfer network, style predictor, VGG-16 loss and Gram matrices, forward and
 backward) and checked against the traced gradient step. MFU = FLOPs/s over the bf16 dense peak
 (`--peak-tflops`: 989.4, the datasheet figure of the H100 SXM and the H200) and over a bf16 matrix product measured in the same run.
@@ -85,7 +85,7 @@ def add_configuration_arguments(parser) -> None:
 
 def build_step(cfg):
     """The training objective and optimizer of `cfg`, seeded and with every variable created."""
-    from training.train import _build, _build_objective
+    from training.loop.train import _build, _build_objective
 
     keras.utils.set_random_seed(0)
     objective, optimizer, _ = _build_objective(cfg, Path(cfg.paths.cache_dir))
@@ -98,14 +98,14 @@ class CycledBatches(keras.utils.PyDataset):
 
     As in arbitrary-style training, each example has its own style image; with `jitter` (a style config
     that augments, such as style=all), its own colour jitter too, applied on the device
-    (training/color_jitter.py).
+    (training/data/color_jitter.py).
     """
 
     def __init__(self, batch_size: int, image_size: int, steps: int, dtype: str = "float32", distinct: int = 4,
                  seed: int = 0, jitter: bool = False):
         super().__init__()
-        from training import color_jitter
-        from training.data import to_input_dtype
+        from training.data import color_jitter
+        from training.data.datasets import to_input_dtype
 
         rng = np.random.default_rng(seed)
         shape = (batch_size, image_size, image_size, 3)
@@ -123,7 +123,7 @@ class CycledBatches(keras.utils.PyDataset):
 
 
 def pipeline_batches(cfg):
-    from training import data as data_lib
+    from training.data import datasets as data_lib
 
     content = data_lib.load_content(cfg.data)
     styles, _ = data_lib.load_style_images(cfg.style)
@@ -230,7 +230,7 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], str]:
     loop=bare: `fit` with no callback (Keras reads the losses on a side thread, nothing waits).
     loop=training: a callback reads every execution's losses in the training thread, as training's
     progress callback does (progress bar, NaN guard, checkpoints), one execution late
-    (training/callbacks.py): the host waits for an execution while the device runs the next.
+    (training/loop/callbacks.py): the host waits for an execution while the device runs the next.
     loop=synced: the same callback in Keras' own list, which waits for each execution as soon as it is
     dispatched, so the device idles while the host catches up (training's loop before the lagged list).
     `steps=N`: this variant's timed fit runs N steps instead of --steps (a short fit against a long one).
@@ -403,7 +403,7 @@ class _TimedIterator:
 
 def timed_callbacks(loop: str, steps: int, objective) -> tuple[StepClock, list | keras.callbacks.CallbackList]:
     """(clock, fit's `callbacks`) for a fit of `steps` steps in `loop` (parse_variant)."""
-    from training.callbacks import lagged_callbacks
+    from training.loop.callbacks import lagged_callbacks
 
     clock = StepClock(sync=loop != "bare", steps=steps)
     return clock, lagged_callbacks([clock], objective) if loop == "training" else [clock]
@@ -430,8 +430,8 @@ def measure(model, precision, batch_size, image_size, steps, warmup, input_mode,
 
 def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input_mode, devices, cache, loop,
              time_pipeline=False, premade=False):
-    from training.flops import step_flops, training_step_flops_traced
-    from training.train import fix_style_targets
+    from training.objective.flops import step_flops, training_step_flops_traced
+    from training.loop.train import fix_style_targets
 
     objective, _ = build_step(cfg)
     # The pipeline feeds the step as training does, with fixed style targets where training fixes them.
@@ -506,7 +506,7 @@ def _measure(cfg, model, precision, batch_size, image_size, steps, warmup, input
         # The training thread per step in Keras' train function (HostClock): getting the batch (the read,
         # then on a GPU the device_put of the next one) and in all (with the step's dispatch).
         "host_batch_ms": host_ms["batch"], "host_train_function_ms": host_ms["train_function"],
-        "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/color_jitter.py)
+        "style_jitter": bool(cfg.style.augment),  # colour jitter in the step (training/data/color_jitter.py)
         "finite_loss": bool(np.isfinite(loss)),
     }
 

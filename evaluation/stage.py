@@ -21,8 +21,8 @@ from evaluation.latency import summarize, time_calls
 from export.manifest import REEXPORT, ManifestError, read_manifest, verified_files
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
-from training.parity import psnr_db
-from training.tflite_runner import tflite_runner
+from training.weights.parity import psnr_db
+from training.weights.tflite_runner import tflite_runner
 
 log = logging.getLogger("stylepipe.evaluate")
 PUBLISHED_NAME = "magenta_published"
@@ -47,7 +47,7 @@ def _grid(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], labels: 
           tile: int = 192) -> bytes:
     """Images in rows and columns, each under its label: `labels[row][column]` (lines split on
     newlines), or "row | column"; the longer side of a tile is `tile` px."""
-    from training.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
+    from training.loop.sample_grid import LABEL_HEIGHT, png_bytes, to_uint8
     from PIL import Image, ImageDraw
 
     labels = labels or [[f"{row_name} | {column}" for column in columns] for row_name, _ in rows]
@@ -72,8 +72,8 @@ def published_style_embedder(predictor_path):
     Each image is cropped as style images are (`style_crop`: short side to 256, centre crop) and
     run alone (the file's batch is 1).
     """
-    from training.data import style_crop
-    from training.magenta_import import run_tflite
+    from training.data.datasets import style_crop
+    from training.weights.magenta_import import run_tflite
 
     def embed(images: np.ndarray) -> np.ndarray:
         return np.concatenate([run_tflite(predictor_path, [style_crop(image, STYLE_EMBEDDING_SIZE)[None]]).reshape(1, -1)
@@ -89,14 +89,14 @@ STATISTICS_LAYERS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expa
 def published_feature_maps(published_dir, cache_dir):
     """The frozen ImageNet MobileNetV2 of Magenta's published predictor as a `quality` feature extractor:
     an image, cropped as style images are, -> its maps at STATISTICS_LAYERS (float32, Keras)."""
-    from training.magenta_import import published_predictor
+    from training.weights.magenta_import import published_predictor
 
     return predictor_feature_maps(published_predictor(published_dir, cache_dir))
 
 
 def predictor_feature_maps(predictor):
     """published_feature_maps for a style predictor already built with the published weights."""
-    from training.data import style_crop
+    from training.data.datasets import style_crop
 
     backbone = predictor.get_layer("backbone_mobilenet_v2")
     net = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))  # fed [0, 1] as the predictor feeds it
@@ -163,12 +163,12 @@ def evaluate(cfg) -> dict:
     from export.baked import bake
     from export.tf_graph import constant_module, load_frozen_graph, make_module, run_frozen_graph
     from export.tflite import convert
-    from training.data import fit_crop, load_content, load_painting, style_crop
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
-    from training.network import load_stylizer
-    from training.objective import StylizationObjective
+    from training.data.datasets import fit_crop, load_content, load_painting, style_crop
+    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
+    from training.network.network import load_stylizer
+    from training.objective.objective import StylizationObjective
     from training.tracking import mlflow_run
-    from training.vgg16 import build_loss_network
+    from training.network.vgg16 import build_loss_network
 
     ev = cfg.evaluate
     external = device_lib.load(ev.device_results) if ev.get("device_results") else []  # validate before any work
@@ -245,7 +245,7 @@ def evaluate(cfg) -> dict:
     # Scored by the training objective's own loss code (as training scores its held-out photos).
     # With the style strength and texture size the model was trained with (its training metrics).
     from export.stage import training_metadata
-    from training.data import texture_image
+    from training.data.datasets import texture_image
 
     trained = training_metadata(Path(manifest["model"]).parent)
     loss_network, _ = build_loss_network(cfg.loss_network.weights, cfg.paths.cache_dir)

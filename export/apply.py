@@ -35,7 +35,7 @@ from training.errors import ConfigError, StylepipeError
 
 log = logging.getLogger("stylepipe.stylize")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # as training/data.py reads
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # as training/data/datasets.py reads
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
 SIZE_MODES = ("auto", "model", "resize", "tile")
 AUDIO_MODES = ("copy", "drop")
@@ -115,7 +115,7 @@ class Model:
 
 
 def _style_input(image: np.ndarray) -> np.ndarray:
-    from training.data import style_crop
+    from training.data.datasets import style_crop
 
     return style_crop(image, STYLE_IMAGE_SIZE)
 
@@ -182,7 +182,7 @@ def _tflite_model(cfg, manifest: dict, entry: dict, export_dir: Path) -> Model:
 
 
 def _with_painting(cfg, model: Model, painting=None, style_name: str | None = None) -> Model:
-    from training.data import load_painting
+    from training.data.datasets import load_painting
 
     painting = painting or cfg.style.image
     image = load_painting(painting)
@@ -197,7 +197,7 @@ def _keras_model(cfg, path: Path) -> Model:
 
     from export.stage import training_metadata
     from training.config import style_image_path
-    from training.network import load_stylizer
+    from training.network.network import load_stylizer
 
     painting, style_name = cfg.style.image, None
     if painting is None:  # the style it was trained on, as the training stage recorded it
@@ -310,7 +310,7 @@ def stylize_tiled(image: np.ndarray, transfer: Callable[[np.ndarray], np.ndarray
 
 def stylize_image(image: np.ndarray, model: Model, size: str, overlap: float, progress: bool = True) -> np.ndarray:
     """One photo (H, W, 3) in [0, 1] stylized; the result has the photo's size except with size=model."""
-    from training.data import fit_crop
+    from training.data.datasets import fit_crop
 
     (h, w), (height, width) = model.size, image.shape[:2]
     transfer = model.transfer_for(image)
@@ -331,7 +331,7 @@ def stylize_image(image: np.ndarray, model: Model, size: str, overlap: float, pr
 def _save_photo(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    from training.data import to_uint8
+    from training.data.datasets import to_uint8
     from training.fileio import atomic_write_bytes
 
     buffer = io.BytesIO()
@@ -358,7 +358,7 @@ def stylize_video(source: Path, target: Path, model: Model, cfg) -> dict:
         reader = av.open(str(source))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise StylizeError(f"{source}: not a readable video ({_av_error(err)})") from None
-    import training.data  # noqa: F401 - imports TensorFlow: done before the first frame, so the frames/s bar is true
+    import training.data.datasets  # noqa: F401 - imports TensorFlow: done before the first frame, so the frames/s bar is true
 
     with reader:
         if not reader.streams.video:
@@ -415,7 +415,7 @@ def stylize_video(source: Path, target: Path, model: Model, cfg) -> dict:
 
 def _even(image: np.ndarray) -> np.ndarray:
     """uint8 frame cut to even sides (H.264 in 4:2:0 needs them)."""
-    from training.data import to_uint8
+    from training.data.datasets import to_uint8
 
     h, w = image.shape[:2]
     return np.ascontiguousarray(to_uint8(image[: h - h % 2, : w - w % 2]))
@@ -498,7 +498,7 @@ def stylize(cfg) -> dict:
     photos = [j for j in jobs if not j.video]
     with tqdm(total=len(photos), desc="photos", unit="photo", disable=len(photos) < 2) as bar:
         for job in photos:
-            from training.data import DataError, load_image  # TensorFlow comes with it: not before it is needed
+            from training.data.datasets import DataError, load_image  # TensorFlow comes with it: not before it is needed
 
             try:
                 image = load_image(job.source)

@@ -24,7 +24,7 @@ from export.style import baked_style, file_name
 from training.config import validate_export_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text
-from training.parity import max_abs, psnr_db
+from training.weights.parity import max_abs, psnr_db
 
 log = logging.getLogger("stylepipe.export")
 
@@ -54,7 +54,7 @@ class Exporter:
 
     # -- references --
     def keras_stylized(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        from training.data import fit_crop
+        from training.data.datasets import fit_crop
 
         pairs = []
         for photo in self.photos:
@@ -246,8 +246,8 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
 
 def export(cfg) -> dict:
     """The export stage; returns the manifest."""
-    from training.data import load_content, load_painting, style_crop
-    from training.network import load_stylizer
+    from training.data.datasets import load_content, load_painting, style_crop
+    from training.network.network import load_stylizer
     from training.tracking import check_tracking_store, mlflow_run, scrub_path
 
     validate_export_config(cfg)

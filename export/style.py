@@ -12,7 +12,7 @@ from pathlib import Path
 
 from training.config import style_image_path, style_image_sha256, style_names
 from training.errors import ConfigError, StylepipeError
-from training.runs import STYLE_RECORD, read_style_record
+from training.loop.runs import STYLE_RECORD, read_style_record
 
 OVERRIDE = "export.allow_style_mismatch=true"
 

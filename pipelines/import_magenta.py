@@ -10,7 +10,7 @@ from pipelines.cli import preflight, run_stage
 
 @hydra.main(config_path="../configs", config_name="import_magenta", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from training.magenta_import import import_magenta
+    from training.weights.magenta_import import import_magenta
 
     parity = run_stage(import_magenta, cfg)
     print(f"transfer PSNR >= {parity['min_transfer_psnr_db']:.1f} dB over {len(parity['transfer'])} photos; "

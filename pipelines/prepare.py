@@ -10,7 +10,7 @@ from pipelines.cli import preflight, run_stage
 
 @hydra.main(config_path="../configs", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from training.prepare import prepare
+    from training.loop.prepare import prepare
 
     report = run_stage(prepare, cfg)
     photos = report["content_photos"]

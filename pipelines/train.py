@@ -13,7 +13,7 @@ from pipelines.cli import hydra_quoted, preflight, run_stage
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from training.train import train
+    from training.loop.train import train
 
     run_stage(train, cfg)
 
@@ -26,7 +26,7 @@ def check(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from training.runs import run_folder
+    from training.loop.runs import run_folder
 
     if (cfg := preflight("train", check)) is not None:
         # Decided before Hydra starts, so its .hydra/ files and train.log go to this run's folder too.

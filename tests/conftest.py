@@ -28,8 +28,8 @@ def published_model_path(tmp_path_factory):
     """Magenta's published weights imported into our network, saved as a stylizer .keras file."""
     from omegaconf import OmegaConf
 
-    from training.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
-    from training.network import build_stylizer
+    from training.weights.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
+    from training.network.network import build_stylizer
 
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
     stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), CACHE_DIR)

@@ -28,7 +28,7 @@ def split_tensorflow_cpu(count: int) -> None:
 def main(out_dir: Path, device_counts: list[int]) -> None:
     if keras.backend.backend() == "tensorflow":
         split_tensorflow_cpu(max(device_counts))
-    from training.train import train
+    from training.loop.train import train
 
     results = {}
     for devices in device_counts:

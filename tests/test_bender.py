@@ -17,9 +17,9 @@ from export.bender.numerics import mps_conv, mps_conv_transpose, run_bender_nump
 from export.bender.spec import (BENDER_MIN_PSNR_DB, CLAMP_PADDING_MIN_INTERIOR_PSNR_DB, CLAMP_PADDING_MIN_PSNR_DB,
                                 INPUT_NAME, INTERIOR_BORDER, OUTPUT_NAME)
 from export.bender.weights import write_benderthon_weights
-from training.data import fit_crop, load_image, style_crop
-from training.magenta_import import published_stylizer
-from training.parity import psnr_db
+from training.data.datasets import fit_crop, load_image, style_crop
+from training.weights.magenta_import import published_stylizer
+from training.weights.parity import psnr_db
 
 RESIDUAL = ["Convolution", "InstanceNorm", "Neuron", "Convolution", "InstanceNorm", "Add"]
 UPSAMPLE = ["ConvTranspose", "Convolution", "InstanceNorm", "Neuron"]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.callbacks import lagged_callbacks
+from training.loop.callbacks import lagged_callbacks
 
 
 class Recorder(keras.callbacks.Callback):
@@ -84,7 +84,7 @@ def test_images_per_second_counts_the_fit_only():
     """Work after the fit (saving the model, scoring held-out photos, the sample grid) does not lower images/s."""
     import time
 
-    from training.train import TrainingProgress
+    from training.loop.train import TrainingProgress
 
     progress = TrainingProgress(0, 100, checkpoints=None, optimizer=None, log_every=1000, checkpoint_every=1000,
                                 show_bar=False, mlflow_module=None)

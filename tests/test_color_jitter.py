@@ -1,4 +1,4 @@
-"""Magenta's style colour augmentation on the device (training/color_jitter.py) against TensorFlow's image ops."""
+"""Magenta's style colour augmentation on the device (training/data/color_jitter.py) against TensorFlow's image ops."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import REPO, STYLE_DIR
-from training.color_jitter import BRIGHTNESS_MAX_DELTA, HUE_MAX_DELTA, SATURATION_RANGE, draw, jitter_colours
-from training.data import load_image, style_crop
+from training.data.color_jitter import BRIGHTNESS_MAX_DELTA, HUE_MAX_DELTA, SATURATION_RANGE, draw, jitter_colours
+from training.data.datasets import load_image, style_crop
 
 # Each row one example of the batch: the range's ends, and values in between.
 PARAMS = np.array([[0.3, 0.5, -0.2], [-0.5, 1.5, 0.2], [0.0, 1.1, 0.05], [0.8, 0.7, -0.13]], np.float32)
@@ -20,7 +20,7 @@ ON_JAX = """
 import sys
 import numpy as np
 from keras import ops
-from training.color_jitter import jitter_colours
+from training.data.color_jitter import jitter_colours
 images, params = np.load(sys.argv[1]), np.load(sys.argv[2])
 np.save(sys.argv[3], ops.convert_to_numpy(jitter_colours(images, params)))
 """
@@ -55,7 +55,7 @@ def test_uint8_crops_made_float_on_the_device_jitter_alike(crops):
     """What the objective does with uint8 batches: unit_float, then the jitter."""
     from keras import ops
 
-    from training.objective import unit_float
+    from training.objective.objective import unit_float
 
     quantised = np.round(crops * 255).astype(np.uint8)
     out = ops.convert_to_numpy(jitter_colours(unit_float(ops.convert_to_tensor(quantised)), PARAMS))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import CONTENT_DIR, STYLE_DIR, compose_train
 from training.config import ConfigError
-from training.data import (
+from training.data.datasets import (
     DataError,
     SkipReport,
     TrainingBatches,
@@ -356,7 +356,7 @@ def test_style_augmentation_changes_colours_and_keeps_size():
     """The host's crops and drawn jitter, applied as the objective applies them on the device."""
     from keras import ops
 
-    from training.color_jitter import jitter_colours
+    from training.data.color_jitter import jitter_colours
 
     image = Image.fromarray((load_image(STYLE_DIR / "starry_night.jpg") * 255).round().astype(np.uint8))
     rng = np.random.default_rng(0)
@@ -449,7 +449,7 @@ def _read_as_fit_does(feed) -> list[dict]:
 def test_worker_processes_make_the_batches_threads_make(folder_content, all_styles):
     """trainer.data_worker_processes: batches from forked processes through shared memory, read as fit
     reads them, are the threads' batches in the same order (batch i is a function of (seed, i))."""
-    from training.batch_processes import ProcessBatches
+    from training.data.batch_processes import ProcessBatches
 
     batches = TrainingBatches(folder_content, all_styles, data_cfg(CONTENT_DIR), {"augment": True}, 2, seed=0)
     threads = _read_as_fit_does(batches.training_input(3, 7, workers=2, dtype="uint8"))
@@ -493,8 +493,8 @@ def test_worker_process_errors_reach_the_training_thread(tmp_path, all_styles, m
     import shutil
     import signal
 
-    from training import batch_processes
-    from training.batch_processes import BatchWorkerError
+    from training.data import batch_processes
+    from training.data.batch_processes import BatchWorkerError
 
     photos = tmp_path / "photos"
     shutil.copytree(CONTENT_DIR, photos)

@@ -37,7 +37,7 @@ def test_two_device_steps_match_one_device(tmp_path, backend):
 def test_more_devices_than_visible_is_a_config_error(tmp_path):
     from helpers import compose_train
     from training.errors import ConfigError
-    from training.train import train
+    from training.loop.train import train
 
     cfg = compose_train(["trainer=smoke", "trainer.devices=64", "trainer.batch_size=64"], tmp_path)
     with pytest.raises(ConfigError, match=r"trainer.devices=64 is not allowed: \d+ device\(s\) visible"):

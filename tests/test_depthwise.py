@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.depthwise import use_shifted_sum_depthwise
+from training.network.depthwise import use_shifted_sum_depthwise
 
 
 @pytest.mark.parametrize("kernel, use_bias, activation, strides, padding", [
@@ -67,8 +67,8 @@ def test_mobilenet_style_predictor_gives_the_same_style_vector_with_shifted_sums
     from PIL import Image
 
     from helpers import CACHE_DIR, STYLE_DIR
-    from training.backbones import build_backbone
-    from training.network import build_style_predictor
+    from training.network.backbones import build_backbone
+    from training.network.network import build_style_predictor
 
     painting = Image.open(sorted(STYLE_DIR.glob("*.jpg"))[0]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
     style = np.asarray(painting, np.float32)[None] / 255.0

@@ -1,4 +1,4 @@
-"""Distillation (training/distillation.py): the fast model trained against a frozen teacher."""
+"""Distillation (training/objective/distillation.py): the fast model trained against a frozen teacher."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ TINY_DISTILL = ["style=starry", "model=realtime", "teacher=magenta_published", "
 
 
 def _teacher_and_term(loss="l1"):
-    from training.distillation import Distillation, style_bottlenecks
-    from training.magenta_import import published_stylizer
+    from training.objective.distillation import Distillation, style_bottlenecks
+    from training.weights.magenta_import import published_stylizer
 
     teacher = published_stylizer(PUBLISHED_DIR)
     rng = np.random.default_rng(0)
@@ -55,9 +55,9 @@ def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path
     checkpoints hold the student and its optimizer only, and distill_loss is in metrics.json's history and
     MLflow at every logged step, finite, and lower at the end than at the start; the held-out photos are
 scored against the teacher and the sample grid shows its column."""
-    from training.distillation import load_teacher
-    from training.network import load_stylizer
-    from training.train import train
+    from training.objective.distillation import load_teacher
+    from training.network.network import load_stylizer
+    from training.loop.train import train
 
     first = compose_train([*TINY_DISTILL, "trainer.steps=6"], tmp_path)
     teacher = load_teacher(first.teacher, first.paths)

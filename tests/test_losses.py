@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from helpers import REPO
-from training import losses
+from training.objective import losses
 
 
 def as_np(x):
@@ -77,7 +77,7 @@ def test_content_loss_is_relative_to_the_photo_features():
 
 
 def test_style_strength_multiplies_every_style_layer_weight():
-    from training.objective import StylizationObjective
+    from training.objective.objective import StylizationObjective
 
     objective = StylizationObjective(None, None, {"conv3": 1.0}, {"conv1": 0.1, "conv4": 0.2}, 10.0, style_strength=5)
     assert objective.style_weights == {"conv1": 0.5, "conv4": 1.0}
@@ -86,7 +86,7 @@ def test_style_strength_multiplies_every_style_layer_weight():
 
 BF16_GRAM = """
 import jax, jax.numpy as jnp, numpy as np
-from training.losses import gram_matrix
+from training.objective.losses import gram_matrix
 f = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 8)), jnp.bfloat16)
 gram = gram_matrix(f)
 flat = np.asarray(f, np.float64).reshape(2, 256, 8)

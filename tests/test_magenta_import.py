@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import CACHE_DIR, REPO, compose_train
-from training.magenta_import import (
+from training.weights.magenta_import import (
     PUBLISHED_PREDICTOR_INT8,
     PUBLISHED_TRANSFER_FP16,
     PUBLISHED_TRANSFER_INT8,
@@ -18,7 +18,7 @@ from training.magenta_import import (
     import_transfer,
     verified_path,
 )
-from training.network import build_transfer_network
+from training.network.network import build_transfer_network
 
 PUBLISHED = REPO / "models" / "magenta-published"
 
@@ -34,7 +34,7 @@ def compose_import(tmp_path, overrides=()):
 
 @pytest.mark.slow
 def test_import_matches_published_model_on_every_photo_and_style(tmp_path):
-    from training.magenta_import import import_magenta
+    from training.weights.magenta_import import import_magenta
 
     parity = import_magenta(compose_import(tmp_path))
     written = json.loads((tmp_path / "outputs" / "magenta_published" / "parity.json").read_text())
@@ -75,9 +75,9 @@ def test_style_strength_trades_the_photo_for_the_painting(tmp_path):
     """The `dvc repro` fine-tune at two strengths, judged by measures that are not the training loss:
     the stronger one's held-out photos take more of the painting's colours and keep less of the photo."""
     from evaluation.quality import palette_distance, structure_similarity
-    from training import data as data_lib
-    from training.network import load_stylizer
-    from training.train import stylize, train
+    from training.data import datasets as data_lib
+    from training.network.network import load_stylizer
+    from training.loop.train import stylize, train
 
     def fine_tune(strength):
         cfg = compose_train(["style=starry", "trainer=smoke", "init=magenta_published", f"style.strength={strength}"],

@@ -12,7 +12,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
-from training.parity import psnr_db  # noqa: E402
+from training.weights.parity import psnr_db  # noqa: E402
 from export.mil_executor import (  # noqa: E402
     SUPPORTED_OPS,
     MILExecutionWarning,
@@ -113,14 +113,14 @@ def test_tf_function_fp16_program_rounds_every_tensor_and_stays_close(tf_functio
 def published_transfer():
     from PIL import Image
 
-    from training.magenta_import import (
+    from training.weights.magenta_import import (
         PUBLISHED_PREDICTOR_INT8,
         PUBLISHED_TRANSFER_FP16,
         import_transfer,
         run_tflite,
         verified_path,
     )
-    from training.network import build_transfer_network
+    from training.network.network import build_transfer_network
 
     transfer = build_transfer_network(alpha=0.25)
     import_transfer(transfer, verified_path(PUBLISHED, PUBLISHED_TRANSFER_FP16))
@@ -177,7 +177,7 @@ def test_baked_transfer_network_with_image_io_matches_keras(published_transfer, 
 
 
 def test_keras_transfer_model_with_fp16_tensor_io_matches_keras(published_transfer):
-    from training.network import build_transfer_network
+    from training.network.network import build_transfer_network
 
     transfer, bottleneck = published_transfer
     size = 64

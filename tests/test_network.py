@@ -8,7 +8,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from helpers import REPO
-from training.network import (
+from training.network.network import (
     ConditionalInstanceNorm,
     ReflectPadConv2D,
     build_transfer_network,
@@ -153,7 +153,7 @@ def test_alpha_must_be_positive():
 
 
 def test_nearest_upsample_repeats_pixels(real_photo):
-    from training.network import NearestUpsample
+    from training.network.network import NearestUpsample
 
     x = real_photo[None, :24, :20]
     expected = x.repeat(2, axis=1).repeat(2, axis=2)

@@ -161,20 +161,20 @@ def test_score_refuses_batches_of_different_shapes():
 @pytest.fixture(scope="module")
 def published_embed():
     from evaluation.stage import published_style_embedder
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8
+    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8
 
     return published_style_embedder(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name)
 
 
 @pytest.fixture(scope="module")
 def starry():
-    from training.data import load_image, style_crop
+    from training.data.datasets import load_image, style_crop
 
     return style_crop(load_image(STYLE_DIR / "starry_night.jpg"), 256)
 
 
 def test_published_predictor_places_the_painting_nearer_itself_than_a_photo(published_embed, starry, real_photo):
-    from training.data import fit_crop
+    from training.data.datasets import fit_crop
 
     embedding = quality.style_embedding(published_embed, starry)
     assert embedding.shape == (1, 100)
@@ -184,8 +184,8 @@ def test_published_predictor_places_the_painting_nearer_itself_than_a_photo(publ
 
 
 def test_published_transfer_moves_a_heldout_photo_toward_the_painting(published_embed, starry, real_photo):
-    from training.data import fit_crop
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+    from training.data.datasets import fit_crop
+    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
 
     photo = fit_crop(real_photo, 384, 384)  # chelsea, one of the samples' held-out photos
     bottleneck = run_tflite(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name, [starry[None]])
@@ -231,8 +231,8 @@ def test_published_mobilenet_statistics_put_the_stylized_photo_nearer_the_painti
     """The published predictor's frozen MobileNetV2: Magenta's published model moves a held-out photo's
     feature statistics toward the painting's."""
     from evaluation.stage import published_feature_maps
-    from training.data import fit_crop
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+    from training.data.datasets import fit_crop
+    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
 
     features = published_feature_maps(PUBLISHED_DIR, REPO / ".cache" / "stylepipe")
     photo = fit_crop(real_photo, 384, 384)

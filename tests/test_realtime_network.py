@@ -11,7 +11,7 @@ NO_WEIGHTS_BACKBONE = {"name": "mobilenet_v2", "weights": None, "trainable": Fal
 
 
 def photo(height: int, width: int, name: str = "chelsea.jpg") -> np.ndarray:
-    from training.data import fit_crop, load_image
+    from training.data.datasets import fit_crop, load_image
 
     return fit_crop(load_image(CONTENT_DIR / name), height, width)[None]
 
@@ -26,7 +26,7 @@ def stylizer():
     import keras
     from omegaconf import OmegaConf
 
-    from training.network import build_stylizer
+    from training.network.network import build_stylizer
 
     keras.utils.set_random_seed(0)
     cfg = OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml")
@@ -65,7 +65,7 @@ def test_bottleneck_sets_the_style(stylizer):
 
 
 def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
-    from training.network import load_stylizer
+    from training.network.network import load_stylizer
 
     stylizer.save(tmp_path / "model.keras")
     loaded = load_stylizer(tmp_path / "model.keras").get_layer("transformer")
@@ -78,7 +78,7 @@ def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
 def test_tflite_fp16_export_meets_gpu_rules_and_matches_float32(stylizer, variant):
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
-    from training.tflite_runner import tflite_runner
+    from training.weights.tflite_runner import tflite_runner
 
     style = bottleneck(3)
     flatbuffer = convert(constant_module(make_module(variant, stylizer, 384, 384, style if variant == "baked" else None)),
@@ -99,7 +99,7 @@ def test_float16_network_is_finite_and_close_to_float32(stylizer):
     """The whole network computed in float16 (as a phone GPU does) on a real photo."""
     import keras
 
-    from training.realtime_network import build_realtime_network
+    from training.network.realtime_network import build_realtime_network
 
     transformer = stylizer.get_layer("transformer")
     half = build_realtime_network(dtype="float16")
@@ -117,7 +117,7 @@ def test_instance_norm_in_float16_does_not_overflow_where_unscaled_squares_would
     (65504) unless pre-scaled; E[x^2] overflows even sooner."""
     import keras
 
-    from training.realtime_network import PrescaledConditionalInstanceNorm
+    from training.network.realtime_network import PrescaledConditionalInstanceNorm
 
     image = photo(96, 96, "astronaut.jpg")[0]
     x = (image @ np.array([[600.0, -160.0], [240.0, 400.0], [-100.0, 300.0]], np.float32))[None] + 200.0  # (1, 96, 96, 2)

@@ -1,4 +1,4 @@
-"""training.runs: which folder a run writes to, from the run records real runs leave (no training here)."""
+"""training.loop.runs: which folder a run writes to, from the run records real runs leave (no training here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from helpers import compose_train
 
 
 def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
-    from training.runs import fingerprint, run_folder, write_run_record
+    from training.loop.runs import fingerprint, run_folder, write_run_record
 
     cfg = compose_train(["trainer=smoke", "style=starry"], tmp_path)
     train_dir = tmp_path / "outputs" / "train"
@@ -31,7 +31,7 @@ def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
 
 def test_a_folder_of_outputs_without_a_record_is_another_runs(tmp_path):
     """A model or checkpoints written before run records existed: never resumed, never overwritten."""
-    from training.runs import run_folder
+    from training.loop.runs import run_folder
 
     cfg = compose_train(["trainer=smoke", "style=starry"], tmp_path)
     train_dir = tmp_path / "outputs" / "train"
@@ -44,7 +44,7 @@ def test_a_folder_of_outputs_without_a_record_is_another_runs(tmp_path):
 def test_the_fingerprint_covers_the_data(tmp_path):
     """Another data.content_dir used to resume the old run's finished checkpoint and train 0 steps."""
     from helpers import CONTENT_DIR
-    from training.runs import fingerprint
+    from training.loop.runs import fingerprint
 
     photos = tmp_path / "photos"
     photos.mkdir()

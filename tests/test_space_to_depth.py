@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from training.network import ReflectPadConv2D, build_transfer_network, plain_convolutions, use_space_to_depth
-from training.space_to_depth import conv2d_space_to_depth
+from training.network.network import ReflectPadConv2D, build_transfer_network, plain_convolutions, use_space_to_depth
+from training.network.space_to_depth import conv2d_space_to_depth
 
 # (height, width, kernel, in, out, block): the transfer network's 9x9 and 3x3 cases, sizes that
 # leave partial blocks on both axes, and rectangular blocks (a side or (rows, columns)).
@@ -78,7 +78,7 @@ def test_transfer_network_on_blocks_gives_the_same_image_and_saves_plain(tmp_pat
 
 def test_vgg16_first_conv_on_blocks_gives_the_same_features(real_photo):
     """Zero ("same") padding made explicit: VGG-16's 3-channel first conv on 2x2 blocks, partial blocks included."""
-    from training.vgg16 import build_vgg16_features, set_seeded_random_weights, vgg_features
+    from training.network.vgg16 import build_vgg16_features, set_seeded_random_weights, vgg_features
 
     model = build_vgg16_features(last_block=2)
     set_seeded_random_weights(model)

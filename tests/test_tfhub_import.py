@@ -50,8 +50,8 @@ def save_hub_module(stylizer, path, variables: dict) -> None:
 
 @pytest.fixture(scope="module")
 def hub_module(tmp_path_factory):
-    from training.network import build_stylizer
-    from training.tfhub_import import magenta_variables
+    from training.network.network import build_stylizer
+    from training.weights.tfhub_import import magenta_variables
 
     cfg = compose_train(["init=tfhub", *SMALL], tmp_path_factory.mktemp("compose"))
     source = build_stylizer(cfg.model, cfg.backbone, CACHE_DIR)
@@ -62,7 +62,7 @@ def hub_module(tmp_path_factory):
 
 
 def test_magenta_names_and_shapes_of_the_full_model(hub_module):
-    from training.tfhub_import import magenta_variables
+    from training.weights.tfhub_import import magenta_variables
 
     names = {n: tuple(v.shape) for n, v in magenta_variables(hub_module[1]).items()}
     assert len(names) == 359  # 77 transfer network, 2 bottleneck, 70 InceptionV3 convs x (weights + 3 batch norm)
@@ -91,9 +91,9 @@ def test_magenta_names_and_shapes_of_the_full_model(hub_module):
 def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp_path):
     import tensorflow_hub as hub
 
-    from training.data import fit_crop, load_image, style_crop
-    from training.network import load_stylizer
-    from training.train import train
+    from training.data.datasets import fit_crop, load_image, style_crop
+    from training.network.network import load_stylizer
+    from training.loop.train import train
 
     path, source = hub_module
     cfg = compose_train(["init=tfhub", f"init.handle={path}", *SMALL], tmp_path)
@@ -114,9 +114,9 @@ def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp
 
 @pytest.mark.slow
 def test_tfhub_init_refuses_a_module_whose_variables_differ(hub_module, tmp_path):
-    from training.network import build_stylizer
-    from training.tfhub_import import TfHubImportError, magenta_variables
-    from training.train import train
+    from training.network.network import build_stylizer
+    from training.weights.tfhub_import import TfHubImportError, magenta_variables
+    from training.loop.train import train
 
     cfg = compose_train(["init=tfhub", *SMALL], tmp_path)
     stylizer = build_stylizer(cfg.model, cfg.backbone, CACHE_DIR)

@@ -26,7 +26,7 @@ def run_cli(args: list[str], tmp_path, env_extra: dict | None = None, **kwargs):
 
 
 def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
-    from training.train import train
+    from training.loop.train import train
 
     untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0", *TINY_TRAINING], tmp_path / "untrained"))
     cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1", *TINY_TRAINING], tmp_path)
@@ -36,7 +36,7 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     for name in ("model.keras", "metrics.json", "samples.png"):
         assert (train_dir / name).is_file(), name
     assert json.loads((train_dir / "metrics.json").read_text())["steps"] == 16
-    from training.network import load_stylizer
+    from training.network.network import load_stylizer
 
     reloaded = load_stylizer(train_dir / "model.keras")  # what the export stage does, in safe mode
     assert {"style_predictor", "transformer"} <= {layer.name for layer in reloaded.layers}
@@ -59,7 +59,7 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    from training.train import train
+    from training.loop.train import train
 
     first = train(compose_train(["trainer=smoke", "trainer.steps=6", *TINY_TRAINING], tmp_path))
     assert first["trained_steps"] == 6
@@ -115,7 +115,7 @@ def test_another_run_goes_to_its_own_folder_and_leaves_the_first_untouched(tmp_p
 def test_a_resumed_run_uses_the_configured_learning_rate(tmp_path, caplog):
     """A checkpoint holds Adam's learning rate with its state; resuming with another trainer.learning_rate
     used to train on at the old one."""
-    from training.train import train
+    from training.loop.train import train
 
     tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
     train(compose_train([*tiny, "trainer.steps=1", "trainer.learning_rate=1e-3"], tmp_path))
@@ -132,7 +132,7 @@ def test_a_resumed_run_uses_the_configured_learning_rate(tmp_path, caplog):
 def test_checkpoints_are_also_written_by_wall_time(tmp_path):
     """trainer.checkpoint_minutes: a run between step checkpoints still saves when that much time has
     passed (here a few milliseconds: every step), so a kill loses at most that much work."""
-    from training.train import train
+    from training.loop.train import train
 
     tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1",
             "trainer.steps=3", "trainer.checkpoint_every=1000", "trainer.keep_checkpoints=5"]
@@ -163,11 +163,11 @@ def test_non_default_backbone_completes_a_smoke_run(tmp_path):
 def test_uint8_input_trains_like_float32(tmp_path, monkeypatch):
     """Batches sent as uint8 (made [0, 1] floats on the device) give the float32 run's losses.
 
-    Crops are made in uint8 either way and become floats once (training/data.py unit_float32), on the
+    Crops are made in uint8 either way and become floats once (training/data/datasets.py unit_float32), on the
     host for float32 and on the device for uint8: the same floats, so the losses agree to rounding.
     What fit was fed is read from the real batches as they are made."""
-    from training import data as data_lib
-    from training.train import train
+    from training.data import datasets as data_lib
+    from training.loop.train import train
 
     made = []
     real_batch = data_lib.TrainingBatches.batch
@@ -198,7 +198,7 @@ def test_uint8_input_trains_like_float32(tmp_path, monkeypatch):
 
 def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...] = ()) -> None:
     """Two-step runs under each of two `settings` (name -> overrides) give the same losses."""
-    from training.train import train
+    from training.loop.train import train
 
     runs = [train(compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
                                  "loss_network.weights=null", "data.heldout_count=1", *common, *overrides],
@@ -218,7 +218,7 @@ def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...
 def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
     """trainer.space_to_depth_channels=32 (the GPU default) trains through fit with the plain run's losses,
     and the model it saves holds plain convolutions under Magenta's names."""
-    from training.network import ReflectPadConv2D, load_stylizer
+    from training.network.network import ReflectPadConv2D, load_stylizer
 
     train_alike(tmp_path, {"blocks0": ["trainer.space_to_depth_channels=0"],
                            "blocks32": ["trainer.space_to_depth_channels=32"]})
@@ -241,7 +241,7 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
 
     At one step per execution the callback reads steps 1 and 3 one execution late (LaggedCallbackList)
     and steps 2 and 4 at once, for their checkpoints: these hold the same weights in both runs."""
-    from training.train import train
+    from training.loop.train import train
 
     runs = {}
     for per_execution in (1, 2):
@@ -272,7 +272,7 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
 def test_fixed_style_targets_train_like_targets_from_every_batch(tmp_path):
     """trainer.fixed_style_targets: a style without augmentation gets its Gram targets once, with the
     losses of running VGG-16 on every batch's copies; two fixed styles each keep their own targets."""
-    from training.train import train
+    from training.loop.train import train
 
     runs = {}
     for styles in ("starry", "two"):
@@ -301,9 +301,9 @@ def test_fit_reads_style_targets_from_the_fixed_table(tmp_path, monkeypatch):
     """The batches `fit` reads carry style_index, and the objective then takes the fixed table's targets:
     fixed from another image, the style loss is that image's, not the batch's style crops'. A table
     over the size cap is refused before VGG-16 runs, from its size known in advance."""
-    from training import data as data_lib
-    from training import train as train_lib
-    from training.train import _build, _build_objective
+    from training.data import datasets as data_lib
+    from training.loop import train as train_lib
+    from training.loop.train import _build, _build_objective
 
     cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"], tmp_path)
     objective, optimizer, _ = _build_objective(cfg, CACHE_DIR)
@@ -343,9 +343,9 @@ def test_fit_applies_each_style_crops_colour_jitter(tmp_path):
     computes are those of the jittered crops, not of the crops as sent."""
     from keras import ops
 
-    from training import data as data_lib
-    from training.color_jitter import jitter_colours
-    from training.train import _build, _build_objective
+    from training.data import datasets as data_lib
+    from training.data.color_jitter import jitter_colours
+    from training.loop.train import _build, _build_objective
 
     cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "style=all", "loss_network.weights=null",
                          "data.heldout_count=1", "trainer.input_dtype=uint8"], tmp_path)

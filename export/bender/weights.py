@@ -20,7 +20,7 @@ def benderthon_variables(net: BakedNetwork, transpose_convs: bool = True) -> dic
 
     - `{scope}/weights:0` for every conv (contract ones with the batch norm folded in);
     - `{scope}/BatchNorm/beta:0` for the contract convs: the folded bias (batch norm as identity,
-      as training.magenta_import holds it);
+      as training.weights.magenta_import holds it);
     - `{scope}/StyleNorm/beta:0` and `/gamma:0`: this style's conditional instance-norm parameters,
       Magenta's style_params keys (tensors in Magenta, baked constants here).
     transpose_convs=True writes conv weights as benderthon's `--conv-vars` does (perm [3, 0, 1, 2],

@@ -21,7 +21,7 @@ import pytest
 
 from helpers import compose_train
 from reliability_helpers import BAD_FILES, ODD_GOOD_FILES, PHOTOS, TINY, error_lines, run_stage, write_bad_files, write_odd_good_files
-from training.data import DataError, load_content, load_image
+from training.data.datasets import DataError, load_content, load_image
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_odd_images_are_used(odd_dir):
 def test_training_skips_counts_and_names_bad_files(tmp_path, bad_dir, odd_dir):
     """Guards the training stage: a folder mixing every bad kind with real photos trains, and the run
     reports how many files were skipped, why, and which (metrics.json and the MLflow run)."""
-    from training.train import train
+    from training.loop.train import train
 
     photos = tmp_path / "photos"
     shutil.copytree(bad_dir, photos / "bad")

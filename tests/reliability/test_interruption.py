@@ -84,7 +84,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     """Guards the divergence check: a learning rate of 1e30 makes the loss NaN at step 2; the run
     stops there with TrainingDivergedError (no model.keras written, MLflow run FAILED) and the step-1
     checkpoint, with finite weights, is what a rerun would resume from."""
-    from training.train import TrainingDivergedError, train
+    from training.loop.train import TrainingDivergedError, train
 
     cfg = compose_train([*TINY, "trainer.steps=6", "trainer.checkpoint_every=1", "trainer.learning_rate=1e30"], tmp_path)
     with pytest.raises(TrainingDivergedError, match=r"diverged at step 2: loss or weights became NaN/Inf") as err:
@@ -103,7 +103,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
     """Guards CheckpointManager.save: weights broken by an update whose loss was still finite are refused,
     so the newest checkpoint on disk stays the last good one."""
-    from training.checkpoints import CheckpointManager, NonFiniteWeightsError
+    from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
     optimizer = keras.optimizers.Adam()

@@ -49,7 +49,7 @@ def test_silent_server_times_out_in_seconds(tmp_path):
     process, a firewall) is reported after PROBE_TIMEOUT_S, not waited on; in-process too (train())."""
     from helpers import compose_train
     from training.tracking import PROBE_TIMEOUT_S, TrackingStoreError
-    from training.train import train
+    from training.loop.train import train
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -59,7 +59,7 @@ def test_style_name_can_be_given(tmp_path):
     training runs through)."""
     from helpers import compose_train
     from training.config import resolve_style
-    from training.data import style_paths
+    from training.data.datasets import style_paths
 
     painting = tmp_path / "my painting.jpg"
     painting.write_bytes((STYLE_DIR / "bricks.jpg").read_bytes())

@@ -90,7 +90,7 @@ def test_weight_pickle_cannot_run_code(tmp_path):
 def test_keras_file_with_code_is_refused(tmp_path):
     """Guards load_stylizer's safe mode: a .keras file carrying Python bytecode (a Lambda layer) is a
     clear error, and the code never runs."""
-    from training.network import load_stylizer
+    from training.network.network import load_stylizer
 
     marker = tmp_path / "ran"
     inputs = keras.Input((4,))
@@ -135,7 +135,7 @@ def test_params_hold_no_secrets_or_machine_paths():
 
 def test_logged_run_holds_no_secrets_or_machine_paths(tmp_path):
     """Guards the training stage's MLflow run end to end: params and the composed config artifact."""
-    from training.train import train
+    from training.loop.train import train
 
     cfg = compose_train([*TINY, "trainer.steps=0", "+auth.api_token=s3cr3t-value"], tmp_path)
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(train(cfg)["mlflow_run_id"])

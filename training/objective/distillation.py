@@ -2,7 +2,7 @@
 
 The term: the student's stylized batch against the teacher's stylization of the same content batch,
 a mean absolute (l1) or squared (l2) pixel error in [0, 1] units, times `teacher.weight`; the
-objective adds it to the perceptual loss (training/objective.py). The teacher is frozen and runs in
+objective adds it to the perceptual loss (training/objective/objective.py). The teacher is frozen and runs in
 inference mode: only its transfer network runs in the step, with the bottleneck of each training
 style computed once by its own style predictor. It is rebuilt from its file on every run, resumed
 or not, and never saved: checkpoints hold the student and its optimizer only.
@@ -24,10 +24,10 @@ PIXEL_LOSSES = ("l1", "l2")  # teacher.loss (training/config.py checks the confi
 def load_teacher(teacher_cfg, paths_cfg) -> keras.Model:
     """The teacher stylizer a `configs/teacher/` config names (a StylepipeError, one line, if unusable)."""
     if teacher_cfg.name == "magenta_published":
-        from training.magenta_import import published_stylizer
+        from training.weights.magenta_import import published_stylizer
 
         return published_stylizer(paths_cfg.published_dir, teacher_cfg.get("model_path"))
-    from training.network import load_stylizer
+    from training.network.network import load_stylizer
 
     return load_stylizer(teacher_cfg.model_path)
 

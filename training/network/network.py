@@ -20,7 +20,7 @@ import keras
 from keras import layers, ops
 
 from training.distribute import tensorflow_replicas
-from training.space_to_depth import block_for, conv2d_space_to_depth
+from training.network.space_to_depth import block_for, conv2d_space_to_depth
 
 BOTTLENECK_DIM = 100
 PACKAGE = "stylepipe"
@@ -34,7 +34,7 @@ def magenta_scope(layer_or_name) -> str:
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class PixelBlockConv2D(layers.Conv2D):
-    """A Conv2D that training may compute on pixel blocks (training/space_to_depth.py).
+    """A Conv2D that training may compute on pixel blocks (training/network/space_to_depth.py).
 
     `space_to_depth_block` other than (1, 1) (set by `use_space_to_depth` for training, never
     saved) computes the same stride-1 convolution on pixel blocks, where it has channels enough for the
@@ -349,13 +349,13 @@ def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
 
     Its sub-models `style_predictor` and `transformer` are what the export stage writes. The transformer
     is Magenta's (`model.architecture: magenta`, the default) or the fast one of
-    training/realtime_network.py (`model.architecture: realtime`).
+    training/network/realtime_network.py (`model.architecture: realtime`).
     """
-    from training.backbones import build_backbone  # keeps network.py free of weight loading
+    from training.network.backbones import build_backbone  # keeps network.py free of weight loading
 
     predictor = build_style_predictor(build_backbone(backbone_cfg, cache_dir), backbone_cfg.name)
     if model_cfg.get("architecture", "magenta") == "realtime":
-        from training.realtime_network import build_realtime_from_config
+        from training.network.realtime_network import build_realtime_from_config
 
         transformer = build_realtime_from_config(model_cfg)
     else:
@@ -374,7 +374,7 @@ def load_stylizer(path) -> keras.Model:
     """Load a stylizer written by the training or import stage (safe mode), or explain why not."""
     from pathlib import Path
 
-    from training import vgg16  # noqa: F401 - registers VGGPreprocess, used by the vgg16 backbone
+    from training.network import vgg16  # noqa: F401 - registers VGGPreprocess, used by the vgg16 backbone
     from training.errors import StylepipeError
 
     path = Path(path)

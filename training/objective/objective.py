@@ -11,9 +11,9 @@ import numpy as np
 from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # not exported by keras 3.15
 
-from training import losses
-from training.color_jitter import jitter_colours
-from training.vgg16 import ENDPOINTS, vgg_features
+from training.objective import losses
+from training.data.color_jitter import jitter_colours
+from training.network.vgg16 import ENDPOINTS, vgg_features
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
 DISTILL_LOSS = "distill_loss"  # teacher.weight x the error against the teacher's images (with a teacher only)
@@ -44,7 +44,7 @@ class StylizationObjective(keras.Model):
         # style.strength scales every style layer's weight: the one knob between the painting and the photo.
         self.style_weights = {k: float(w) * float(style_strength) for k, w in style_weights.items()}
         self.tv_weight = float(tv_weight)
-        # training/distillation.py's term against a frozen teacher, added to the perceptual loss (None: none).
+        # training/objective/distillation.py's term against a frozen teacher, added to the perceptual loss (None: none).
         self.distillation = distillation
         self.loss_names = LOSS_NAMES + ((DISTILL_LOSS,) if distillation is not None else ())
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
@@ -54,7 +54,7 @@ class StylizationObjective(keras.Model):
     def from_config(cls, stylizer, loss_network, loss_cfg, style_strength: float = 1.0,
                     distillation=None) -> "StylizationObjective":
         """The objective with the loss weights of a `loss_network` config group and a style strength
-        (and a distillation term, training/distillation.py)."""
+        (and a distillation term, training/objective/distillation.py)."""
         return cls(stylizer, loss_network, content_weights=loss_cfg.content_weights, style_weights=loss_cfg.style_weights,
                    tv_weight=loss_cfg.total_variation_weight, style_strength=style_strength, distillation=distillation)
 

@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageOps
 
-from training import color_jitter
+from training.data import color_jitter
 from training.config import check_style_image_paths
 from training.errors import StylepipeError
 
@@ -306,7 +306,7 @@ def augment_style(image: np.ndarray | Image.Image, rng: np.random.Generator, siz
     """Magenta's style augmentation: a uint8 crop at a random scale, flipped at random, and its colour jitter.
 
     Returns the crop and its `color_jitter.draw` parameters; the objective applies the jitter on the
-    device (`training/color_jitter.py`). Magenta jitters colours before resizing; colour ops are per
+    device (`training/data/color_jitter.py`). Magenta jitters colours before resizing; colour ops are per
     pixel, so doing them after the crop gives the same distribution (they differ only by resampling
     of clipped values).
     """
@@ -732,7 +732,7 @@ def load_style_images(style_cfg, min_side: int = 64,
 
 class TrainingBatches:
     """Endless batches {content, style, style_index}, deterministic for a seed; with `style.augment`, also
-    style_jitter, each style crop's colour jitter for the objective to apply (training/color_jitter.py)."""
+    style_jitter, each style crop's colour jitter for the objective to apply (training/data/color_jitter.py)."""
 
     def __init__(self, content: ContentData, styles: dict[str, np.ndarray], data_cfg, style_cfg,
                  batch_size: int, seed: int):
@@ -765,7 +765,7 @@ class TrainingBatches:
         content = np.stack([self.content.sample_uint8(rng) for _ in range(self.batch_size)])
         index = rng.integers(len(self.styles), size=self.batch_size).astype(np.int32)
         extra = {}
-        if self.augment:  # uint8 crops here; their colour jitter is applied on the device (training/color_jitter.py)
+        if self.augment:  # uint8 crops here; their colour jitter is applied on the device (training/data/color_jitter.py)
             crops, jitter = zip(*(augment_style(self.styles[i], rng, self.style_size) for i in index))
             style, extra["style_jitter"] = np.stack(crops), np.stack(jitter)
         else:
@@ -812,12 +812,12 @@ class TrainingBatches:
         style_jitter (augmented styles) is the colour jitter the objective applies.
 
         A folder's batches are made by `workers` threads (PIL and NumPy release the GIL), or with
-        `processes` by that many forked processes (training/batch_processes.py: no GIL between them),
+        `processes` by that many forked processes (training/data/batch_processes.py: no GIL between them),
         through a backend-neutral keras PyDataset, so the input keeps up with a GPU and needs no TensorFlow.
         A stream is read in order by one tf.data generator (its position cannot be sought).
         """
         if self.random_access and processes:
-            from training.batch_processes import ProcessBatches
+            from training.data.batch_processes import ProcessBatches
 
             return ProcessBatches(self, start, steps, workers, dtype)
         if self.random_access:

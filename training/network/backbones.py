@@ -16,7 +16,7 @@ from keras import layers
 
 from training.config import BACKBONES
 from training.errors import StylepipeError
-from training.vgg16 import build_vgg16_features, load_vgg16_weights, preprocessing_for
+from training.network.vgg16 import build_vgg16_features, load_vgg16_weights, preprocessing_for
 
 class BackboneError(StylepipeError):
     """A backbone could not be built as configured."""

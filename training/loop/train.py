@@ -12,14 +12,14 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from training.batch_processes import fork_available
-from training.callbacks import lagged_callbacks
-from training.checkpoints import CheckpointManager, NonFiniteWeightsError
+from training.data.batch_processes import fork_available
+from training.loop.callbacks import lagged_callbacks
+from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
 from training.errors import StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
-from training.objective import DISTILL_LOSS, LOSS_NAMES
-from training.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
+from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
+from training.loop.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
 
 log = logging.getLogger("stylepipe.train")
 
@@ -159,10 +159,10 @@ def heldout_losses(objective, stylized: list[list[np.ndarray]], photos: list[np.
 def _build_objective(cfg, cache_dir, style_images=()):
     """The objective, its optimizer and the loss network's weights origin; style_images: each training
     style at data.style_size in the batches' order, the teacher's styles when `teacher` is set."""
-    from training.depthwise import use_shifted_sum_depthwise
-    from training.network import build_stylizer, use_space_to_depth
-    from training.objective import StylizationObjective
-    from training.vgg16 import build_loss_network, use_relu_gradient_from_output
+    from training.network.depthwise import use_shifted_sum_depthwise
+    from training.network.network import build_stylizer, use_space_to_depth
+    from training.objective.objective import StylizationObjective
+    from training.network.vgg16 import build_loss_network, use_relu_gradient_from_output
 
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     stylizer = build_stylizer(cfg.model, cfg.backbone, cache_dir)
@@ -178,7 +178,7 @@ def _build_objective(cfg, cache_dir, style_images=()):
         use_relu_gradient_from_output(loss_network)
     distillation = None
     if cfg.get("teacher"):
-        from training.distillation import Distillation
+        from training.objective.distillation import Distillation
 
         distillation = Distillation.from_config_group(cfg.teacher, cfg.paths, list(style_images))
         log.info("distillation from teacher %s (teacher.weight=%g, %s)", cfg.teacher.name, distillation.weight,
@@ -200,7 +200,7 @@ MAX_FIXED_STYLE_TARGET_BYTES = 64 << 20
 def fix_style_targets(objective, batches, enabled: bool, textures: list[np.ndarray]) -> bool:
     """Give `objective` the Gram targets of `batches`' styles when they are fixed crops (no augmentation).
 
-    textures: each style image as its targets are measured (`training.data.texture_image`), in the batches' order.
+    textures: each style image as its targets are measured (`training.data.datasets.texture_image`), in the batches' order.
 
     Returns whether it did. The losses are the same; VGG-16 no longer runs on each batch's copies.
     """
@@ -238,7 +238,7 @@ def train(cfg: DictConfig) -> dict:
     from training.tracking import check_tracking_store, log_skipped_files, mlflow_run, scrub_path
 
     check_tracking_store(cfg.mlflow.tracking_uri)
-    from training import data as data_lib
+    from training.data import datasets as data_lib
 
     keras.utils.set_random_seed(int(cfg.seed))
     # The CLI's preflight has chosen the folder already (Hydra's files are there); a direct call chooses here.
@@ -266,11 +266,11 @@ def train(cfg: DictConfig) -> dict:
         _build(objective, optimizer, cfg.data.image_size, cfg.data.style_size)
         stylizer = objective.stylizer
         if cfg.get("init") and cfg.init.name == "magenta_published":
-            from training.magenta_import import load_published_into
+            from training.weights.magenta_import import load_published_into
 
             log.info("initialised from Magenta's published model: %s", load_published_into(stylizer, cfg.paths.published_dir))
         elif cfg.get("init") and cfg.init.name == "tfhub":
-            from training.tfhub_import import load_tfhub_into
+            from training.weights.tfhub_import import load_tfhub_into
 
             log.info("initialised from the TF Hub module %s: %s", cfg.init.handle, load_tfhub_into(stylizer, cfg.init.handle))
 
@@ -341,12 +341,12 @@ def train(cfg: DictConfig) -> dict:
             heldout = heldout_losses(objective, list(stylized.values()), photos, textures)
             grid_styles, columns = styles, stylized
             if objective.distillation is not None:  # beside the perceptual "loss", not in it: comparable across runs
-                from training.distillation import teacher_columns
+                from training.objective.distillation import teacher_columns
 
                 heldout[DISTILL_LOSS], teacher_images = objective.distillation.heldout(photos, stylized)
                 grid_styles, columns = teacher_columns(styles, stylized, teacher_images)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in heldout.items()}, step=total_steps)
-            from training.sample_grid import make_grid, png_bytes
+            from training.loop.sample_grid import make_grid, png_bytes
 
             grid = make_grid(photos, content.heldout_names, grid_styles, columns)
             grid_path = train_dir / "samples.png"

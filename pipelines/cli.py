@@ -75,13 +75,19 @@ def _one_line(err: Exception) -> str:
 
 def run_stage(stage, cfg):
     """Run `stage(cfg)`; an expected failure prints `error: ...` and exits 1, no traceback."""
-    from training.errors import StylepipeError
+    from training.errors import Interrupted, StylepipeError
 
     logging.getLogger("stylepipe").setLevel(logging.INFO)
     for chatty in ("coremltools", "tensorflow", "absl"):  # their INFO lines bury ours (coremltools prints whole graphs)
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return stage(cfg)
+    except Interrupted as err:  # Ctrl-C, the work so far saved
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except StylepipeError as err:
         logging.getLogger("stylepipe").error("%s", err)
         fail(str(err))

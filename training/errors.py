@@ -7,3 +7,7 @@ class StylepipeError(Exception):
 
 class ConfigError(StylepipeError, ValueError):
     """A config value that cannot work; the message names the key and the allowed values."""
+
+
+class Interrupted(StylepipeError):
+    """Ctrl-C: the work so far is saved; the message says where, and how to go on."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from training.errors import StylepipeError
+from training.errors import Interrupted, StylepipeError
 
 log = logging.getLogger("stylepipe.tracking")
 MAX_PARAM_VALUE = 6000
@@ -306,7 +306,12 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
             for i in range(0, len(items), PARAMS_PER_BATCH):
                 mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
             mlflow.log_text(OmegaConf.to_yaml(loggable_config(cfg)), "config/composed.yaml")
-            yield run
+            try:
+                yield run
+            except (KeyboardInterrupt, Interrupted):
+                status = "KILLED"  # stopped by its user, not failed
+                mlflow.end_run(status)
+                raise
         status = "FINISHED"
     finally:
         if pipeline:  # the pipeline run ends with its latest stage, failed if that stage failed

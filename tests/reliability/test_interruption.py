@@ -1,6 +1,6 @@
 """Interruption: a SIGKILL during a checkpoint save, and a run whose loss becomes NaN.
 
-Issue #7 bullet -> test:
+What each test guards:
 - killed mid-way, resumes from its last checkpoint, loses at most one interval; a checkpoint is
   never left half-written (killed during a save): test_kill_during_a_save_resumes_from_the_last_whole_checkpoint
 - NaN/Inf loss stops the run with a clear error and keeps the last good checkpoint:
@@ -116,3 +116,53 @@ def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
         manager.save(2, model, optimizer)
     assert manager.latest() == (1, good)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000001.npz"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group, batch worker processes included):
+    the run checkpoints the step it reached, exits 130 within seconds with one `interrupted:` line and
+    no traceback from any process, its MLflow run is KILLED, and the same command resumes there."""
+    args = [*TINY, "trainer.steps=400", "trainer.checkpoint_every=1000", "trainer.log_every=2",
+            "trainer.data_worker_processes=true", "trainer.data_workers=2"]
+    cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
+           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           "trainer.progress=false", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # the log is on stdout
+    seen = ""
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and "step 4/400" not in seen:  # training is under way
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            seen += line
+        assert "step 4/400" in seen, seen[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        interrupted = time.time()
+        rest, _ = proc.communicate(timeout=60)
+        took = time.time() - interrupted
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = seen + rest
+    assert proc.returncode == 130, output[-2000:]
+    assert took < 20, took
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    match = re.fullmatch(r"interrupted: stopped at step (\d+) of 400: saved (\S+ckpt-(\d{8})\.npz); "
+                         r"the same command resumes from it", last)
+    assert match, last
+    step = int(match.group(1))
+    assert step >= 4 and int(match.group(3)) == step and os.path.isfile(match.group(2))
+    read_whole(match.group(2))
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("stylepipe").experiment_id])
+    assert run.info.status == "KILLED"
+
+    more = [a for a in args if not a.startswith("trainer.steps=")] + [f"trainer.steps={step + 2}"]
+    resumed = run_stage("train", more, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == step and metrics["trained_steps"] == 2

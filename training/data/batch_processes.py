@@ -22,6 +22,7 @@ import mmap
 import multiprocessing
 import pickle
 import queue
+import signal
 import time
 import traceback
 import warnings
@@ -75,6 +76,9 @@ def _views(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
 
 def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
     """A worker's loop: make each (batch, slot) asked for into its slot until told to stop (None)."""
+    # Ctrl-C reaches the whole process group: the training process saves and stops the workers, and
+    # a worker of its own would only print a traceback per process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while (task := tasks.get()) is not None:
         index, slot = task
         try:

@@ -16,7 +16,7 @@ from training.data.batch_processes import fork_available
 from training.loop.callbacks import lagged_callbacks
 from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
 from training.config import data_workers, validate_train_config
-from training.errors import StylepipeError
+from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
 from training.loop.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
@@ -124,6 +124,18 @@ class TrainingProgress(keras.callbacks.Callback):
         if not self.timed_steps or self.timer_start is None or self.timer_end is None:
             return None
         return self.timed_steps * batch_size / (self.timer_end - self.timer_start)
+
+
+def interrupted_run(checkpoints, stylizer, optimizer, total_steps: int) -> str:
+    """Ctrl-C during training: checkpoint the step the weights are at (unless one holds it already) and
+    say how to go on. The optimizer counts every step applied, resumed ones included."""
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    latest = checkpoints.latest()
+    if latest is None or latest[0] < step:
+        path = checkpoints.save(step, stylizer, optimizer)
+    else:
+        path = latest[1]
+    return f"stopped at step {step} of {total_steps}: saved {path}; the same command resumes from it"
 
 
 def _crossed(previous: int, step: int, every: int) -> bool:
@@ -320,8 +332,11 @@ def train(cfg: DictConfig) -> dict:
                          "process(es)" if processes else "thread(s)", cfg.trainer.data_workers, cfg.trainer.input_dtype)
                 dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
                                                  processes=processes)
-                objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
-                              callbacks=lagged_callbacks([progress], objective))
+                try:
+                    objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
+                                  callbacks=lagged_callbacks([progress], objective))
+                except KeyboardInterrupt:
+                    raise Interrupted(interrupted_run(checkpoints, stylizer, optimizer, total_steps)) from None
             if progress.diverged_at is not None:
                 last = checkpoints.latest()
                 raise TrainingDivergedError(

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = "magenta_published_fp16"
 MAGENTA_EXPORT = "magenta_lite_baked"
-GOAL = 0.35  # issue 31: at most this fraction of the published model's latency
+GOAL = 0.35  # the goal: at most this fraction of the published model's latency
 
 
 def parse_candidate(text: str) -> dict:

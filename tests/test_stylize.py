@@ -1,5 +1,5 @@
 """`python -m pipelines.stylize`: photos, a 4032x3024 photo in seam-free tiles, an mp4, the three kinds of
-model, strength, and a one-line error for each input or export it cannot use (issue 29 item 5).
+model, strength, and a one-line error for each input or export it cannot use.
 
 One real export of Magenta's published model (TFLite fp16, 128x128, baked and arbitrary) serves every test.
 """

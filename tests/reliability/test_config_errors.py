@@ -1,9 +1,9 @@
 """Config: each bad value ends the real CLI in one line naming the key and what is allowed, exit 1,
 before any work: no outputs folder is created (Hydra's run folder included), no TensorFlow start-up.
 
-Issue #7 bullet -> test: unknown style name, missing style image path, alpha <= 0, negative steps,
+What each test guards: unknown style name, missing style image path, alpha <= 0, negative steps,
 image size not divisible by 4, an export size the model cannot take, a bad distillation teacher or
-teacher.weight (issue 31): test_bad_value_is_one_line_before_any_work
+teacher.weight: test_bad_value_is_one_line_before_any_work
 (in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
 """
 

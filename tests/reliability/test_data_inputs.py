@@ -1,6 +1,6 @@
 """Data: every kind of broken or unusual image file, through the decoder and through a real training run.
 
-Issue #7 bullet -> test (tests/test_data.py covers the same decoder on more kinds):
+What each test guards (tests/test_data.py covers the same decoder on more kinds):
 - zero-byte, truncated JPEG/PNG, corrupt JPEG/PNG, text named .jpg, too small, decompression bomb:
   test_bad_files_are_refused_with_their_reason (also tests/test_data.py::test_bad_files_raise_data_error_with_reason,
   test_pil_bomb_limit_is_a_data_error_even_when_max_pixels_allows)

@@ -1,7 +1,7 @@
 """Export: bad model files and an artifact failing parity end in clear errors, and the artifacts
 of an earlier good export stay byte for byte as they were.
 
-Issue #7 bullet -> test: a model file that is not a stylepipe model, a truncated `.keras` file, a file
+What each test guards: a model file that is not a stylepipe model, a truncated `.keras` file, a file
 that is not a model at all, an artifact failing parity: test_failure_leaves_earlier_artifacts_untouched;
 the same through the CLI (one line, exit 1): test_truncated_model_is_a_one_line_cli_error.
 """

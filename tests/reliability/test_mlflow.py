@@ -1,6 +1,6 @@
 """MLflow: an unreachable or silent tracking server fails in seconds; two runs at once share a sqlite store.
 
-Issue #7 bullet -> test:
+What each test guards:
 - unreachable tracking server: clear error within seconds, not a hang:
   test_closed_port_is_a_one_line_error_within_seconds, test_silent_server_times_out_in_seconds
 - two training runs at once on the same sqlite store both complete and both are recorded:

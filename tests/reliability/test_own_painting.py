@@ -1,6 +1,6 @@
 """Your own painting, by path: train for it, export bakes it, and mistakes end in one line.
 
-Issue 29 items 1-2 -> test: `style.image=PATH` trains for a painting the project does not ship and
+What the tests guard: `style.image=PATH` trains for a painting the project does not ship and
 records it (name, path, sha256, settings) in style.json beside model.keras:
 test_training_by_path_records_the_painting; a plain export bakes that painting and names it in the
 manifest, MLflow and the TFLite metadata: test_plain_export_bakes_the_trained_painting; an export of

@@ -1,7 +1,7 @@
 """Security: pinned and allow-listed weights, safe-mode model loading, a local-only MLflow UI, and
 params without secrets or machine paths.
 
-Issue #7 bullet -> test:
+What each test guards:
 - weights from a package checked against a pinned sha256: test_substituted_package_is_refused
   (the real file: tests/test_vgg16.py::test_weight_file_is_the_pinned_one)
 - unpickled with an allow-list: test_weight_pickle_cannot_run_code

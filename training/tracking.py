@@ -273,11 +273,27 @@ def close_killed_runs(client, experiment_id: str) -> list[str]:
     return closed
 
 
+def _continuable_run(client, run_id: str | None, experiment_id: str):
+    """The run `run_id` of this store and experiment, None when there is none to continue."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run if run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active" else None
+
+
 @contextlib.contextmanager
-def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_run_id: str | None = None):
+def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_run_id: str | None = None,
+               continue_run_id: str | None = None):
     """Start an MLflow run on cfg.mlflow's store, logging the flattened config as params.
 
     Its parent is the pipeline run when there is one (see pipeline_run_id), else `parent_run_id`.
+    `continue_run_id`: a run of this store to continue (a resumed training run's earlier part), when it
+    exists and has no parent; its params stay, a value the new config changes is tagged `changed.<key>`.
     """
     import mlflow
 
@@ -297,11 +313,17 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)
     if pipeline:
         client.update_run(pipeline, status="RUNNING")
+    earlier = _continuable_run(client, continue_run_id, experiment.experiment_id) if not (pipeline or parent_run_id) else None
     status = "FAILED"
     try:
-        with mlflow.start_run(run_name=run_name, tags={**(tags or {}), **process_tags()},
-                              parent_run_id=pipeline or parent_run_id) as run:
+        with mlflow.start_run(run_id=earlier.info.run_id if earlier else None, run_name=run_name,
+                              tags={**(tags or {}), **process_tags()}, parent_run_id=pipeline or parent_run_id) as run:
             params = flatten_config(cfg)
+            if earlier:
+                log.info("MLflow: continuing run %s (this run's earlier part)", earlier.info.run_id)
+                logged = earlier.data.params
+                mlflow.set_tags({f"changed.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
+                params = {k: v for k, v in params.items() if k not in logged}
             items = sorted(params.items())
             for i in range(0, len(items), PARAMS_PER_BATCH):
                 mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))

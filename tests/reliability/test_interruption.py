@@ -121,7 +121,8 @@ def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
     """Ctrl-C in a terminal (SIGINT to the whole process group, batch worker processes included):
     the run checkpoints the step it reached, exits 130 within seconds with one `interrupted:` line and
-    no traceback from any process, its MLflow run is KILLED, and the same command resumes there."""
+    no traceback from any process, its MLflow run is KILLED, and the same command resumes there,
+    continuing that MLflow run and the loss history in metrics.json."""
     args = [*TINY, "trainer.steps=400", "trainer.checkpoint_every=1000", "trainer.log_every=2",
             "trainer.data_worker_processes=true", "trainer.data_workers=2"]
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
@@ -166,3 +167,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == step and metrics["trained_steps"] == 2
+    # The resume continues the same MLflow run, and metrics.json holds the whole loss history.
+    assert metrics["mlflow_run_id"] == run.info.run_id
+    (continued,) = client.search_runs([run.info.experiment_id])
+    assert continued.info.status == "FINISHED"
+    logged = [s for s in range(1, step + 3) if s % 2 == 0 or s == step + 2]  # every log_every steps, and the last
+    assert [h["step"] for h in metrics["history"]] == logged
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "loss")][-1] == step + 2

@@ -119,10 +119,33 @@ def run_folder(cfg) -> tuple[Path, str | None]:
     return folder, f"{wanted} {why} -> this run writes to {folder}"
 
 
-def write_run_record(folder: Path, run_name: str, run_fingerprint: dict) -> None:
+def write_run_record(folder: Path, run_name: str, run_fingerprint: dict, mlflow_run_id: str | None = None) -> None:
+    """`RUN_RECORD`: the run's name and fingerprint, and its MLflow run once it has one (a resume continues it)."""
     from training.fileio import atomic_write_text
 
-    atomic_write_text(folder / RUN_RECORD, json.dumps({"run_name": run_name, "fingerprint": run_fingerprint}, indent=2))
+    record = {"run_name": run_name, "fingerprint": run_fingerprint, "mlflow_run_id": mlflow_run_id}
+    atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2))
+
+
+def recorded_mlflow_run(folder: Path) -> str | None:
+    """The MLflow run id `RUN_RECORD` holds (None: none, or no readable record)."""
+    try:
+        return json.loads((folder / RUN_RECORD).read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+HISTORY_RECORD = "history.json"  # the mean losses of every logging interval so far, rewritten at each
+
+
+def read_history(folder: Path, up_to_step: int) -> list[dict]:
+    """The logged intervals of an earlier part of this run, up to the step it resumes from (later ones
+    were trained again). Empty when there is no readable record."""
+    try:
+        entries = json.loads((folder / HISTORY_RECORD).read_text())
+        return [e for e in entries if int(e["step"]) <= up_to_step]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 STYLE_RECORD = "style.json"  # beside model.keras: the style(s) the model was trained for

@@ -19,7 +19,8 @@ from training.config import data_workers, validate_train_config
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
-from training.loop.runs import STYLE_RECORD, fingerprint, run_folder, style_record, write_run_record
+from training.loop.runs import (HISTORY_RECORD, STYLE_RECORD, fingerprint, read_history, recorded_mlflow_run, run_folder,
+                                style_record, write_run_record)
 
 log = logging.getLogger("stylepipe.train")
 
@@ -32,7 +33,7 @@ class TrainingProgress(keras.callbacks.Callback):
     """Progress bar (or log lines when not on a terminal), MLflow metrics, checkpoints, NaN guard."""
 
     def __init__(self, start_step, total_steps, checkpoints, optimizer, log_every, checkpoint_every, show_bar, mlflow_module,
-                 checkpoint_minutes=None):
+                 checkpoint_minutes=None, history=(), history_path=None):
         super().__init__()
         self.step = start_step
         self.start_step = start_step
@@ -45,7 +46,8 @@ class TrainingProgress(keras.callbacks.Callback):
         self.last_checkpoint_time = time.monotonic()
         self.timed_checkpoint_step: int | None = None  # a step needs_current_state found due by wall time
         self.mlflow = mlflow_module
-        self.history: list[dict] = []  # mean losses of each logging interval
+        self.history: list[dict] = list(history)  # mean losses of each logging interval, a resumed run's earlier ones first
+        self.history_path = history_path  # rewritten at each interval, for a resume to continue the history
         self.last_logs: dict = {}
         self.logged_sums: dict = {}
         self.logged_batches = 0
@@ -102,6 +104,8 @@ class TrainingProgress(keras.callbacks.Callback):
             self.logged_sums, self.logged_batches = sums, done
             self.last_logs = interval
             self.history.append({"step": self.step, **interval})
+            if self.history_path is not None:
+                atomic_write_text(self.history_path, json.dumps(self.history))
             if self.bar.disable:
                 log.info("step %d/%d %s", self.step, self.total_steps,
                          " ".join(f"{k}={v:.4g}" for k, v in interval.items()))
@@ -296,14 +300,18 @@ def train(cfg: DictConfig) -> dict:
             start_step = checkpoints.restore(latest[1], stylizer, optimizer)
             log.info("resuming from %s (step %d)", latest[1], start_step)
             use_configured_learning_rate(optimizer, float(cfg.trainer.learning_rate))
-        write_run_record(train_dir, cfg.run_name, run_fingerprint)
+        # A resume continues the earlier part's MLflow run and loss history.
+        earlier_run = recorded_mlflow_run(train_dir) if start_step else None
+        earlier_history = read_history(train_dir, start_step) if start_step else []
+        write_run_record(train_dir, cfg.run_name, run_fingerprint, earlier_run)
         total_steps = int(cfg.trainer.steps)
         remaining = max(0, total_steps - start_step)
 
         import mlflow
 
         tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
-        with mlflow_run(cfg, cfg.run_name, tags=tags) as run:
+        with mlflow_run(cfg, cfg.run_name, tags=tags, continue_run_id=earlier_run) as run:
+            write_run_record(train_dir, cfg.run_name, run_fingerprint, run.info.run_id)
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin,
                                "style_images": len(trained_style["images"]),
@@ -318,6 +326,7 @@ def train(cfg: DictConfig) -> dict:
             progress = TrainingProgress(
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
                 cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow, cfg.trainer.checkpoint_minutes,
+                history=earlier_history, history_path=train_dir / HISTORY_RECORD,
             )
             fixed_targets = False
             if remaining:
@@ -376,7 +385,9 @@ def train(cfg: DictConfig) -> dict:
                 "trained_steps": remaining,
                 "resumed_from_step": start_step,
                 "heldout": heldout,  # losses on held-out photos x every style, at the final step
-                "train": progress.last_logs or None,  # mean losses of the last logging interval (None: nothing trained)
+                # mean losses of the last logging interval, an earlier part's when this one trained nothing
+                "train": progress.last_logs or ({k: v for k, v in progress.history[-1].items() if k != "step"}
+                                                if progress.history else None),
                 "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
                 "fixed_style_targets": fixed_targets,  # VGG-16 style targets computed once, not per batch
                 "skipped_files": skipped.count(),

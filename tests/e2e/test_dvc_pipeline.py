@@ -35,9 +35,9 @@ def test_dvc_repro_runs_every_stage_once_and_then_nothing(dvc_pipeline):
     for name in ("metrics.json", "latency.png", "stylized_grid.png", "latency_plot.json", "quality_summary.json"):
         assert (root / "outputs/evaluate" / name).stat().st_size > 0
     assert list((root / "outputs/evaluate/side_by_side").glob("*.png"))
-    # Outputs, dvc.lock, the MLflow store and DVC's cache stay out of git: the clone is as it was.
+    # Outputs, the MLflow store and DVC's cache stay out of git: at most dvc.lock changed.
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
-    assert changed == "", changed
+    assert {line[3:] for line in changed.splitlines()} <= {"dvc.lock"}, changed
 
     # The latency and quality metrics and the latency plot are what DVC shows.
     metrics = dvc_pipeline.dvc("metrics", "show").stdout

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from helpers import CONTENT_DIR, STYLE_DIR, compose_train
+from helpers import CONTENT_DIR, REPO, STYLE_DIR, compose_train
 from training.config import ConfigError
 from training.data.datasets import (
     DataError,
@@ -561,3 +564,27 @@ def test_training_export_and_evaluate_see_the_painting_trimmed(tmp_path):
     Image.fromarray((_framed_painting(8) * 255).round().astype(np.uint8)).save(path)
     styles, _ = load_style_images({"name": "framed", "images": {"framed": str(path)}})
     assert styles["framed"].shape == load_painting(path).shape == (178, 278, 3)
+
+
+def test_a_folder_named_like_an_image_is_named_in_the_log_and_its_images_read(tmp_path, caplog):
+    from training.data.datasets import find_images
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "b.jpg" / "inner.png")
+    with caplog.at_level("WARNING"):
+        assert find_images(tmp_path, "data.content_dir") == [tmp_path / "a.jpg", tmp_path / "b.jpg" / "inner.png"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'b.jpg'}: a folder named like an image, not an image (the images inside it are read)"]
+
+
+def test_an_image_past_pils_pixel_limit_is_refused_without_pils_warning(tmp_path):
+    """PIL warns on an image past Image.MAX_IMAGE_PIXELS (89 Mpx); the loader's one-line refusal is the
+    only word about it, even with Python's warnings shown (-W default)."""
+    Image.new("1", (9500, 9500)).save(tmp_path / "huge.png")  # 90 Mpx in a few kB
+    code = ("from training.data.datasets import load_image\n"
+            f"try:\n    load_image({str(tmp_path / 'huge.png')!r})\nexcept Exception as err:\n    print(err)")
+    result = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert "huge.png: 9500x9500 pixels exceeds" in result.stdout, result.stdout + result.stderr
+    assert "DecompressionBomb" not in result.stderr and "decompression bomb DOS" not in result.stderr, result.stderr

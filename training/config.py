@@ -54,6 +54,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def check_content_dir(data_cfg) -> None:
+    """A photo folder (data=folder) that is not there fails here, before start-up, in the data loader's words."""
+    if data_cfg.get("source") != "folder" or data_cfg.get("content_dir") is None:
+        return  # the loader explains a missing data.content_dir with how to set it
+    folder = Path(str(data_cfg.content_dir))
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise ConfigError(f"data.content_dir={folder}: {what}")
+
+
 def validate_train_config(cfg) -> None:
     resolve_style(cfg)  # first: style.image / style.dir decide the style's name and paintings
     alpha = cfg.model.alpha
@@ -90,6 +100,7 @@ def validate_train_config(cfg) -> None:
              f"one of {', '.join(INPUT_DTYPES)}")
     _require(t.batch_size % t.devices == 0, "trainer.batch_size", t.batch_size,
              f"a multiple of trainer.devices={t.devices} (each device takes an equal share)")
+    check_content_dir(cfg.data)
     size = cfg.data.image_size
     _require(_is_int(size) and size >= 16 and size % 4 == 0, "data.image_size", size,
              "an integer >= 16 divisible by 4 (the network downsamples twice by 2)")

@@ -2,8 +2,8 @@
 before any work: no outputs folder is created (Hydra's run folder included), no TensorFlow start-up.
 
 What each test guards: unknown style name, missing style image path, alpha <= 0, negative steps,
-image size not divisible by 4, an export size the model cannot take, a bad distillation teacher or
-teacher.weight: test_bad_value_is_one_line_before_any_work
+image size not divisible by 4, a missing photo folder, an export size the model cannot take, a bad
+distillation teacher or teacher.weight: test_bad_value_is_one_line_before_any_work
 (in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
 """
 
@@ -52,6 +52,8 @@ CASES = [
     ("train", "teacher=model", "error: teacher.model_path is required with teacher=model", "model.keras"),
     ("train", "teacher=model teacher.model_path=/nonexistent/model.keras",
      "error: teacher.model_path=/nonexistent/model.keras: no such file", "pipelines.train"),
+    ("train", "data=folder data.content_dir=/nonexistent/photos", "error: data.content_dir=/nonexistent/photos: no such folder",
+     "no such folder"),
     ("export", "export.sizes=abc", "error: export.sizes='abc' is not allowed", "[[height, width], ...]"),
     ("export", "export.thresholds.tflite_fp16=abc", "error: export.thresholds.tflite_fp16='abc' is not allowed", "dB"),
     ("export", "export.parity_photos=0", "error: export.parity_photos=0 is not allowed", ">= 1"),

@@ -86,7 +86,8 @@ def test_truncated_model_is_a_one_line_cli_error(tmp_path, published_model_path)
     result = run_stage("export", [f"export.model_path={model}", *FAST], tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     [line] = error_lines(result.stderr)
-    assert line.startswith(f"error: {model}: not a readable Keras model file") and "Traceback" not in result.stderr
+    assert line == (f"error: {model}: not a readable Keras model file (not a whole .keras zip archive: truncated, "
+                    "damaged or another format)") and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs" / "export" / "manifest.json").exists()
 
 

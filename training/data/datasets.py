@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from training.config import check_style_image_paths
 from training.errors import StylepipeError
 
 log = logging.getLogger(__name__)
+# PIL warns, then decodes, an image past its pixel limit; _check_header_size refuses it from the header
+# with a one-line reason instead, so the warning would only print beside that refusal. Set once here:
+# warnings.catch_warnings() is not thread-safe, and images are decoded in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -138,8 +143,7 @@ def _decode(source: Path | bytes, name: str, min_side: int, max_pixels: int,
     if size == 0:
         raise DataError(f"{name}: empty file (0 bytes)", "empty", name)
     try:
-        # No warnings.catch_warnings() to turn PIL's bomb warning into an error: it is not thread-safe,
-        # and decoding runs in threads. _check_header_size applies PIL's limit itself instead.
+        # _check_header_size applies PIL's pixel limit itself (its warning is silenced above).
         with Image.open(opened) as image:
             _check_header_size(*image.size, name, min_side, max_pixels)  # header only: nothing decoded yet
             if draft_short_side:
@@ -344,7 +348,10 @@ def find_images(directory, key: str) -> list[Path]:
         what = "is a file, not a folder" if directory.exists() else "no such folder"
         raise DataError(f"{key}={directory}: {what}", "missing", str(directory))
     # Not is_file(): a broken link or unreadable entry is reported by the decoder instead of vanishing.
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    named = [p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    for folder in sorted(p for p in named if p.is_dir()):  # its images, if any, are found inside it
+        log.warning("%s: a folder named like an image, not an image (the images inside it are read)", folder)
+    return sorted(p for p in named if not p.is_dir())
 
 
 # ---------------------------------------------------------------- training crops

@@ -15,6 +15,7 @@ Two models make up a stylizer, like Magenta's published pair:
 from __future__ import annotations
 
 import contextlib
+import zipfile
 
 import keras
 from keras import layers, ops
@@ -380,6 +381,9 @@ def load_stylizer(path) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise StylepipeError(f"{path}: no such model file (run `python -m pipelines.train` or `python -m pipelines.import_magenta` first)")
+    if not zipfile.is_zipfile(path):  # Keras would call a truncated archive "File not found"
+        raise StylepipeError(f"{path}: not a readable Keras model file (not a whole .keras zip archive: "
+                             "truncated, damaged or another format)")
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:

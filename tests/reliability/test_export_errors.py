@@ -3,12 +3,17 @@ of an earlier good export stay byte for byte as they were.
 
 What each test guards: a model file that is not a stylepipe model, a truncated `.keras` file, a file
 that is not a model at all, an artifact failing parity: test_failure_leaves_earlier_artifacts_untouched;
-the same through the CLI (one line, exit 1): test_truncated_model_is_a_one_line_cli_error.
+the same through the CLI (one line, exit 1): test_truncated_model_is_a_one_line_cli_error; an export
+SIGKILLed before each step of its install (tests/reliability/export_killer.py) leaves the old set or
+the new one, whole: test_an_export_killed_at_any_step_of_its_install_leaves_one_whole_set.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -108,3 +113,37 @@ def test_an_export_killed_between_its_two_renames_is_put_back(tmp_path):
     assert done == [f"restored {out} from .export.previous", f"removed {dead.name}"]
     previous.mkdir()  # the swap finished, its cleanup was cut short
     assert recover_interrupted_install(out) == ["removed .export.previous"] and out.exists() and not previous.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["hidden", "old_away", "new_in", "cleanup"])
+def test_an_export_killed_at_any_step_of_its_install_leaves_one_whole_set(tmp_path, published_model_path, point):
+    """Fault injection: a second export (another size) SIGKILLed just before each step of its install;
+    what the next start recovers is either the first export, byte for byte, or the second, complete
+    and verified against its manifest; no staging or old folder is left."""
+    from export.manifest import read_manifest, verified_files
+    from export.stage import recover_interrupted_install
+
+    args = [f"export.model_path={published_model_path}", *FAST]
+    assert run_stage("export", args, tmp_path).returncode == 0
+    out = tmp_path / "outputs" / "export"
+    visible = lambda: {k: v for k, v in snapshot(out).items() if not k.parts[0].startswith(".")}  # noqa: E731
+    first = visible()
+
+    second = [*args, "export.sizes=[[64,96]]"]
+    cmd = [sys.executable, str(REPO / "tests" / "reliability" / "export_killer.py"), point,
+           f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
+           f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *second]
+    killed = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    recover_interrupted_install(out)
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".export")]
+    assert leftovers == [], leftovers
+    manifest = read_manifest(out / "manifest.json")
+    verified_files(manifest, out)  # every artifact the manifest names is there, as exported
+    sizes = {tuple(a["inputs"][0]["shape"][1:3]) for a in manifest["artifacts"]}
+    if point != "cleanup":  # the new folder was not in place yet: the old one is put back
+        assert visible() == first
+    else:
+        assert visible() != first and (64, 96) in sizes, sizes

@@ -89,5 +89,13 @@ def run_stage(stage, cfg):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except StylepipeError as err:
-        logging.getLogger("stylepipe").error("%s", err)
+        _log_to_files(str(err))
         fail(str(err))
+
+
+def _log_to_files(message: str) -> None:
+    """An error into the stage's log file (Hydra's file handler); the terminal shows the `error:` line alone."""
+    record = logging.getLogger("stylepipe").makeRecord("stylepipe", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -8,7 +8,8 @@ What each test guards (tests/test_data.py covers the same decoder on more kinds)
   (also tests/test_data.py::test_odd_encodings_load_as_rgb_unit_range)
 - training skips and counts the bad files and says which: test_training_skips_counts_and_names_bad_files
 - empty folder, missing folder: tests/test_data.py::test_unusable_folders_are_clear_errors
-- fails with a clear message only when nothing usable is left: test_nothing_usable_is_a_one_line_cli_error
+- fails with a clear message only when nothing usable is left, said once and kept in train.log:
+  test_nothing_usable_is_a_one_line_cli_error
 """
 
 from __future__ import annotations
@@ -103,3 +104,7 @@ def test_nothing_usable_is_a_one_line_cli_error(tmp_path, bad_dir):
     assert line.startswith(f"error: data.content_dir={bad_dir}: no usable image among {len(BAD_FILES)} file(s)")
     assert "zero.jpg (empty)" in line and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs" / "train" / "checkpoints").exists()
+    # Said once on the terminal, and kept in the run's log file.
+    message = line.removeprefix("error: ")
+    assert (result.stdout + result.stderr).count(message) == 1, result.stdout[-2000:]
+    assert message in (tmp_path / "outputs" / "train" / "train.log").read_text()

@@ -3,7 +3,8 @@ before any work: no outputs folder is created (Hydra's run folder included), no 
 
 What each test guards: unknown style name, missing style image path, alpha <= 0, negative steps,
 image size not divisible by 4, a missing photo folder, an export size the model cannot take, a bad
-distillation teacher or teacher.weight: test_bad_value_is_one_line_before_any_work
+distillation teacher or teacher.weight: test_bad_value_is_one_line_before_any_work; a crop size and
+batch too large for this machine's memory: test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate
 (in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
 """
 
@@ -107,3 +108,35 @@ def test_gpu_profile_runs_on_a_cpu_when_allowed(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert error_lines(result.stderr) == [f"error: data.content_dir={tmp_path / 'none'}: no such folder"]
     assert "GPU profile" not in result.stderr
+
+
+def test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
+    """Guards training.config.check_cpu_memory: a crop size and batch whose step would exhaust the
+    machine's memory are refused with the estimate (about 2.5 KB per pixel, measured); a fitting one passes."""
+    from helpers import compose_train
+    from training.config import ConfigError, check_cpu_memory
+
+    cfg = compose_train(["style=starry", "trainer=smoke", "data.image_size=1024", "data.resize_short_side=[1024,1100]"],
+                        tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_cpu_memory(cfg, total_bytes=8e9)
+    assert str(err.value) == ("data.image_size=1024 with trainer.batch_size=4 needs about 12 GB of memory to train on "
+                              "this CPU (about 2.5 KB per pixel of the batch), more than its 8 GB: lower "
+                              "data.image_size or trainer.batch_size")
+    check_cpu_memory(cfg, total_bytes=16e9)
+
+
+@pytest.mark.slow
+def test_a_step_too_large_for_this_machine_is_one_line_before_any_work(tmp_path):
+    """The same through the CLI on this machine: exit 1, one line, nothing trained or written but the log."""
+    import psutil
+
+    side = 4096  # 4 x 4096^2 pixels: about 170 GB
+    if 2e9 + 2.5e3 * 4 * side * side <= psutil.virtual_memory().total:
+        pytest.skip("this machine has the memory for it")
+    result = run_stage("train", ["style=starry", "trainer=smoke", f"data.image_size={side}",
+                                 f"data.resize_short_side=[{side},{side}]"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"error: data.image_size={side} with trainer.batch_size=4 needs about ") and "GB" in line
+    assert "Traceback" not in result.stderr and not (tmp_path / "outputs" / "train" / "checkpoints").exists()

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.data.batch_processes import fork_available
 from training.loop.callbacks import lagged_callbacks
 from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import data_workers, validate_train_config
+from training.config import check_cpu_memory, data_workers, validate_train_config
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
@@ -254,6 +254,10 @@ def train(cfg: DictConfig) -> dict:
     from training.tracking import check_tracking_store, log_skipped_files, mlflow_run, scrub_path
 
     check_tracking_store(cfg.mlflow.tracking_uri)
+    from training.distribute import accelerators
+
+    if not accelerators():  # the step's activations live in this machine's memory
+        check_cpu_memory(cfg)
     from training.data import datasets as data_lib
 
     keras.utils.set_random_seed(int(cfg.seed))

@@ -54,14 +54,20 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a folder to read ("no such folder", "is a file, not a folder"); None: it is one."""
+    if folder.is_dir():
+        return None
+    return "is a file, not a folder" if folder.exists() else "no such folder"
+
+
 def check_content_dir(data_cfg) -> None:
     """A photo folder (data=folder) that is not there fails here, before start-up, in the data loader's words."""
     if data_cfg.get("source") != "folder" or data_cfg.get("content_dir") is None:
         return  # the loader explains a missing data.content_dir with how to set it
     folder = Path(str(data_cfg.content_dir))
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "no such folder"
-        raise ConfigError(f"data.content_dir={folder}: {what}")
+    if problem := folder_problem(folder):
+        raise ConfigError(f"data.content_dir={folder}: {problem}")
 
 
 def validate_train_config(cfg) -> None:

@@ -22,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageOps
 
 from training.data import color_jitter
-from training.config import check_style_image_paths
+from training.config import check_style_image_paths, folder_problem
 from training.errors import StylepipeError
 
 log = logging.getLogger(__name__)
@@ -344,9 +344,8 @@ def find_images(directory, key: str) -> list[Path]:
     if directory is None:
         raise DataError(f"{key} is not set: point it at a folder of images ({key}=/path/to/images)", "config")
     directory = Path(directory)
-    if not directory.is_dir():
-        what = "is a file, not a folder" if directory.exists() else "no such folder"
-        raise DataError(f"{key}={directory}: {what}", "missing", str(directory))
+    if problem := folder_problem(directory):
+        raise DataError(f"{key}={directory}: {problem}", "missing", str(directory))
     # Not is_file(): a broken link or unreadable entry is reported by the decoder instead of vanishing.
     named = [p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
     for folder in sorted(p for p in named if p.is_dir()):  # its images, if any, are found inside it

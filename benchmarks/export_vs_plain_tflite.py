@@ -33,7 +33,7 @@ def plain_conversion(keras_model, fp16: bool = True) -> bytes:
 
 def static_copy(transformer, height: int, width: int):
     """The same network and weights with a static input size (the plain route's only way to convert)."""
-    from training.network.network import build_transfer_network
+    from training.network.magenta_network import build_transfer_network
 
     depth = transformer.get_layer("transformer.contract.conv1").filters
     static = build_transfer_network(alpha=depth / 32.0, input_shape=(height, width, 3))
@@ -72,7 +72,7 @@ def main() -> None:
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
     from training.data.datasets import fit_crop, load_image
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.weights.tflite_runner import tflite_runner
 
     height, width = args.size

@@ -43,7 +43,7 @@ def realtime_stylizer(overrides: dict):
     """A stylizer with the realtime transfer network (untrained) as configs/model/realtime.yaml sets it, plus overrides."""
     from omegaconf import OmegaConf
 
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml"), overrides)
     backbone = OmegaConf.create({"name": "mobilenet_v2", "weights": None, "trainable": False})

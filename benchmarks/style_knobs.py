@@ -60,7 +60,7 @@ def initialise(stylizer, cfg, init_weights) -> None:
 
 def built_stylizer(cfg, init_weights):
     """The stylizer of `cfg`, its variables created, with its starting weights."""
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
 
     stylizer = build_stylizer(cfg.model, cfg.backbone, cfg.paths.cache_dir)
     stylizer({"content": np.zeros((1, 64, 64, 3), np.float32), "style": np.zeros((1, 64, 64, 3), np.float32)})

@@ -165,7 +165,7 @@ def evaluate(cfg) -> dict:
     from export.tflite import convert
     from training.data.datasets import fit_crop, load_content, load_painting, style_crop
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.objective.objective import StylizationObjective
     from training.tracking import mlflow_run
     from training.network.vgg16 import build_loss_network

@@ -197,7 +197,7 @@ def _keras_model(cfg, path: Path) -> Model:
 
     from export.stage import training_metadata
     from training.config import style_image_path
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
 
     painting, style_name = cfg.style.image, None
     if painting is None:  # the style it was trained on, as the training stage recorded it

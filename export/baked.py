@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from training.network.network import cin_scopes
+from training.network.magenta_network import cin_scopes
 
 CIN_EPSILON = 1e-5
 

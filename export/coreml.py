@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.tf_graph import STYLE_IMAGE_SIZE, constant_module, freeze
-from training.network.network import BOTTLENECK_DIM
+from training.network.layers import BOTTLENECK_DIM
 
 IMAGE_OUTPUT_NODE = "coreml_stylized_image"  # renamed to `stylized_image` in the model
 BOTTLENECK_OUTPUT_NODE = "coreml_style_bottleneck"  # renamed to `style_bottleneck`

@@ -48,7 +48,7 @@ level. `image_output="float"` returns the clipped values unrounded as float32 in
 Working conversion recipe (coremltools 9.0, TensorFlow 2.21)
 ------------------------------------------------------------
     import coremltools as ct, numpy as np, tensorflow as tf
-    from training.network.network import build_transfer_network
+    from training.network.magenta_network import build_transfer_network
 
     tr = build_transfer_network(alpha=0.25)            # or the stylizer's "transformer" layer
     bottleneck = ...                                   # (1, 1, 1, 100) float32, baked in as a constant

@@ -247,7 +247,7 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
 def export(cfg) -> dict:
     """The export stage; returns the manifest."""
     from training.data.datasets import load_content, load_painting, style_crop
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.tracking import check_tracking_store, mlflow_run, scrub_path
 
     validate_export_config(cfg)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from training.errors import StylepipeError
-from training.network.network import BOTTLENECK_DIM
+from training.network.layers import BOTTLENECK_DIM
 
 # The op types exported graphs are made of: tensors, arithmetic, convolutions, padding and resizing.
 # A graph with any other op (file or network I/O, py_func, control flow, variables) is refused before

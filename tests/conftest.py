@@ -29,7 +29,7 @@ def published_model_path(tmp_path_factory):
     from omegaconf import OmegaConf
 
     from training.weights.magenta_import import PUBLISHED_ALPHA, PUBLISHED_BACKBONE, load_published_into
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
 
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
     stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), CACHE_DIR)

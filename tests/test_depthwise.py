@@ -68,7 +68,7 @@ def test_mobilenet_style_predictor_gives_the_same_style_vector_with_shifted_sums
 
     from helpers import CACHE_DIR, STYLE_DIR
     from training.network.backbones import build_backbone
-    from training.network.network import build_style_predictor
+    from training.network.stylizer import build_style_predictor
 
     painting = Image.open(sorted(STYLE_DIR.glob("*.jpg"))[0]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
     style = np.asarray(painting, np.float32)[None] / 255.0

@@ -56,7 +56,7 @@ def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path
     MLflow at every logged step, finite, and lower at the end than at the start; the held-out photos are
 scored against the teacher and the sample grid shows its column."""
     from training.objective.distillation import load_teacher
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.loop.train import train
 
     first = compose_train([*TINY_DISTILL, "trainer.steps=6"], tmp_path)

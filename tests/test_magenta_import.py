@@ -18,7 +18,7 @@ from training.weights.magenta_import import (
     import_transfer,
     verified_path,
 )
-from training.network.network import build_transfer_network
+from training.network.magenta_network import build_transfer_network
 
 PUBLISHED = REPO / "models" / "magenta-published"
 
@@ -78,7 +78,7 @@ def test_style_strength_trades_the_photo_for_the_painting(tmp_path):
     published model that the knob's effect is within noise; this is the knob alone."""
     from evaluation.quality import palette_distance, structure_similarity
     from training.data import datasets as data_lib
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.loop.train import stylize, train
 
     def fine_tune(strength):

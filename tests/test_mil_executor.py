@@ -120,7 +120,7 @@ def published_transfer():
         run_tflite,
         verified_path,
     )
-    from training.network.network import build_transfer_network
+    from training.network.magenta_network import build_transfer_network
 
     transfer = build_transfer_network(alpha=0.25)
     import_transfer(transfer, verified_path(PUBLISHED, PUBLISHED_TRANSFER_FP16))
@@ -177,7 +177,7 @@ def test_baked_transfer_network_with_image_io_matches_keras(published_transfer, 
 
 
 def test_keras_transfer_model_with_fp16_tensor_io_matches_keras(published_transfer):
-    from training.network.network import build_transfer_network
+    from training.network.magenta_network import build_transfer_network
 
     transfer, bottleneck = published_transfer
     size = 64

@@ -8,14 +8,8 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from helpers import REPO
-from training.network.network import (
-    ConditionalInstanceNorm,
-    ReflectPadConv2D,
-    build_transfer_network,
-    cin_scopes,
-    fold_groups,
-    magenta_scope,
-)
+from training.network.layers import ConditionalInstanceNorm, ReflectPadConv2D, fold_groups, magenta_scope
+from training.network.magenta_network import build_transfer_network, cin_scopes
 
 PUBLISHED_TRANSFER = REPO / "models" / "magenta-published" / "style_transfer_f16_384.tflite"
 
@@ -153,7 +147,7 @@ def test_alpha_must_be_positive():
 
 
 def test_nearest_upsample_repeats_pixels(real_photo):
-    from training.network.network import NearestUpsample
+    from training.network.layers import NearestUpsample
 
     x = real_photo[None, :24, :20]
     expected = x.repeat(2, axis=1).repeat(2, axis=2)

@@ -26,7 +26,7 @@ def stylizer():
     import keras
     from omegaconf import OmegaConf
 
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
 
     keras.utils.set_random_seed(0)
     cfg = OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml")
@@ -65,7 +65,7 @@ def test_bottleneck_sets_the_style(stylizer):
 
 
 def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
 
     stylizer.save(tmp_path / "model.keras")
     loaded = load_stylizer(tmp_path / "model.keras").get_layer("transformer")

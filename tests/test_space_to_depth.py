@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from training.network.network import ReflectPadConv2D, build_transfer_network, plain_convolutions, use_space_to_depth
+from training.network.layers import ReflectPadConv2D, plain_convolutions, use_space_to_depth
+
+from training.network.magenta_network import build_transfer_network
 from training.network.space_to_depth import conv2d_space_to_depth
 
 # (height, width, kernel, in, out, block): the transfer network's 9x9 and 3x3 cases, sizes that

@@ -50,7 +50,7 @@ def save_hub_module(stylizer, path, variables: dict) -> None:
 
 @pytest.fixture(scope="module")
 def hub_module(tmp_path_factory):
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
     from training.weights.tfhub_import import magenta_variables
 
     cfg = compose_train(["init=tfhub", *SMALL], tmp_path_factory.mktemp("compose"))
@@ -92,7 +92,7 @@ def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp
     import tensorflow_hub as hub
 
     from training.data.datasets import fit_crop, load_image, style_crop
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
     from training.loop.train import train
 
     path, source = hub_module
@@ -114,7 +114,7 @@ def test_tfhub_init_loads_every_weight_and_reproduces_the_module(hub_module, tmp
 
 @pytest.mark.slow
 def test_tfhub_init_refuses_a_module_whose_variables_differ(hub_module, tmp_path):
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
     from training.weights.tfhub_import import TfHubImportError, magenta_variables
     from training.loop.train import train
 

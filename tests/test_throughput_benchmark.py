@@ -95,7 +95,7 @@ def plain_transfer_flops(alpha: float, size: int) -> float:
     import keras
     import numpy as np
 
-    from training.network.network import build_transfer_network
+    from training.network.magenta_network import build_transfer_network
 
     model = build_transfer_network(alpha=alpha)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]

@@ -36,7 +36,7 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     for name in ("model.keras", "metrics.json", "samples.png"):
         assert (train_dir / name).is_file(), name
     assert json.loads((train_dir / "metrics.json").read_text())["steps"] == 16
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
 
     reloaded = load_stylizer(train_dir / "model.keras")  # what the export stage does, in safe mode
     assert {"style_predictor", "transformer"} <= {layer.name for layer in reloaded.layers}
@@ -218,7 +218,8 @@ def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...
 def test_convolutions_on_pixel_blocks_train_like_plain_ones(tmp_path):
     """trainer.space_to_depth_channels=32 (the GPU default) trains through fit with the plain run's losses,
     and the model it saves holds plain convolutions under Magenta's names."""
-    from training.network.network import ReflectPadConv2D, load_stylizer
+    from training.network.layers import ReflectPadConv2D
+    from training.network.stylizer import load_stylizer
 
     train_alike(tmp_path, {"blocks0": ["trainer.space_to_depth_channels=0"],
                            "blocks32": ["trainer.space_to_depth_channels=32"]})

@@ -54,7 +54,7 @@ RELU_GRADIENT = """
 import sys
 import keras, numpy as np
 from PIL import Image
-from training.network.network import use_space_to_depth
+from training.network.layers import use_space_to_depth
 from training.network.vgg16 import build_loss_network, conv_layers, relu_gradient_from_output, use_relu_gradient_from_output
 
 cache_dir, photo_path, blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])

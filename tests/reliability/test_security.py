@@ -90,7 +90,7 @@ def test_weight_pickle_cannot_run_code(tmp_path):
 def test_keras_file_with_code_is_refused(tmp_path):
     """Guards load_stylizer's safe mode: a .keras file carrying Python bytecode (a Lambda layer) is a
     clear error, and the code never runs."""
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
 
     marker = tmp_path / "ran"
     inputs = keras.Input((4,))

@@ -176,7 +176,8 @@ def _build_objective(cfg, cache_dir, style_images=()):
     """The objective, its optimizer and the loss network's weights origin; style_images: each training
     style at data.style_size in the batches' order, the teacher's styles when `teacher` is set."""
     from training.network.depthwise import use_shifted_sum_depthwise
-    from training.network.network import build_stylizer, use_space_to_depth
+    from training.network.layers import use_space_to_depth
+    from training.network.stylizer import build_stylizer
     from training.objective.objective import StylizationObjective
     from training.network.vgg16 import build_loss_network, use_relu_gradient_from_output
 

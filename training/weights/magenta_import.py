@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from training.errors import StylepipeError
-from training.network.network import magenta_scope
+from training.network.layers import magenta_scope
 from training.weights.parity import cosine, psnr_db
 from training.pretrained import sha256_of
 from training.weights.tflite_runner import tflite_runner
@@ -154,7 +154,7 @@ def published_predictor(published_dir, cache_dir) -> keras.Model:
     from omegaconf import OmegaConf
 
     from training.network.backbones import build_backbone
-    from training.network.network import build_style_predictor
+    from training.network.stylizer import build_style_predictor
 
     predictor = build_style_predictor(build_backbone(OmegaConf.create(PUBLISHED_BACKBONE), cache_dir), "mobilenet_v2")
     import_predictor(predictor, verified_path(published_dir, PUBLISHED_PREDICTOR_INT8))
@@ -178,14 +178,14 @@ def published_stylizer(published_dir, model_path=None) -> keras.Model:
 @functools.lru_cache(maxsize=2)
 def _published_stylizer(published_dir: str, model_path: str | None) -> keras.Model:
     if model_path is not None and Path(model_path).is_file():
-        from training.network.network import load_stylizer
+        from training.network.stylizer import load_stylizer
 
         return load_stylizer(model_path)
     import tempfile
 
     from omegaconf import OmegaConf
 
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
 
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
     stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), tempfile.gettempdir())
@@ -240,7 +240,7 @@ def import_magenta(cfg) -> dict:
 
     from training.data.datasets import find_images, load_image, style_crop
     from training.fileio import atomic_write_text, save_keras_atomically
-    from training.network.network import build_stylizer
+    from training.network.stylizer import build_stylizer
     from training.tracking import mlflow_run
 
     out_dir = Path(cfg.paths.magenta_published_dir)

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 
 from training.errors import StylepipeError
-from training.network.network import bottleneck_scope, magenta_scope
+from training.network.layers import magenta_scope
+from training.network.stylizer import bottleneck_scope
 
 
 class TfHubImportError(StylepipeError):

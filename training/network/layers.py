@@ -1,26 +1,17 @@
-"""Magenta's arbitrary image stylization network (Ghiasi et al. 2017) in Keras 3.
+"""The layers both transfer networks and the style predictor are built from, and their naming.
 
-The layer structure follows `magenta/models/arbitrary_image_stylization/nza_model.py`
-and `image_stylization/ops.py`. Layer names are Magenta's variable scopes with "/"
-written as "." (Keras forbids "/" in names), so `magenta_scope(layer)` gives the
-scope a published weight belongs to.
-
-Two models make up a stylizer, like Magenta's published pair:
-- the style predictor: style image in [0, 1] -> bottleneck (B, 1, 1, 100);
-- the transfer network: content image in [0, 1] + bottleneck -> stylized image in [0, 1].
-  It holds the 26 `style_params` 1x1 convolutions that map the bottleneck to the
-  gamma/beta of its 13 conditional instance norms.
+Layer names are Magenta's variable scopes with "/" written as "." (Keras forbids "/" in names), so
+`magenta_scope(layer)` gives the scope a published weight belongs to. Every layer here is registered
+for safe-mode loading under the "stylepipe" package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import zipfile
 
 import keras
 from keras import layers, ops
 
-from training.distribute import tensorflow_replicas
 from training.network.space_to_depth import block_for, conv2d_space_to_depth
 
 BOTTLENECK_DIM = 100
@@ -205,90 +196,9 @@ class NearestUpsample(layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
-def transfer_layer_depths(alpha: float) -> dict[str, int]:
-    """Output channels of every conv of the transfer network, by Magenta scope."""
-    if alpha <= 0:
-        raise ValueError(f"model.alpha must be > 0, got {alpha}")
-    d = lambda n: max(1, int(round(n * alpha)))  # noqa: E731
-    depths = {
-        "transformer/contract/conv1": d(32),
-        "transformer/contract/conv2": d(64),
-        "transformer/contract/conv3": d(128),
-    }
-    for i in range(1, 6):
-        for j in (1, 2):
-            depths[f"transformer/residual/residual{i}/conv{j}"] = d(128)
-    depths["transformer/expand/conv1/conv"] = d(64)
-    depths["transformer/expand/conv2/conv"] = d(32)
-    depths["transformer/expand/conv3/conv"] = 3
-    return depths
-
-
-def cin_scopes(alpha: float) -> dict[str, int]:
-    """The 13 conditionally normalised convs (residual + expand) and their depths."""
-    return {k: v for k, v in transfer_layer_depths(alpha).items() if "/contract/" not in k}
-
-
-def _dotted(scope: str) -> str:
+def dotted(scope: str) -> str:
+    """A Magenta scope as a Keras layer name ("/" written as ".")."""
     return scope.replace("/", ".")
-
-
-def build_transfer_network(
-    alpha: float = 1.0,
-    batch_norm_momentum: float = 0.99,
-    freeze_batch_norm: bool = False,
-    input_shape=(None, None, 3),
-    name: str = "transformer",
-) -> keras.Model:
-    """Content image + bottleneck -> stylized image (Magenta `nza_model.transform`)."""
-    depths = transfer_layer_depths(alpha)
-    content = keras.Input(shape=input_shape, name="content_image")
-    bottleneck = keras.Input(shape=(1, 1, BOTTLENECK_DIM), name="style_bottleneck")
-
-    def style_params(scope):
-        # beta = StyleNorm/Conv, gamma = StyleNorm/Conv_1: linear 1x1 convs with bias.
-        depth = depths[scope]
-        prefix = _dotted(f"style_params/{scope}/StyleNorm")
-        beta = layers.Conv2D(depth, 1, name=f"{prefix}.Conv")(bottleneck)
-        gamma = layers.Conv2D(depth, 1, name=f"{prefix}.Conv_1")(bottleneck)
-        return gamma, beta
-
-    def conv(x, scope, kernel, strides=1):
-        return ReflectPadConv2D(depths[scope], kernel, strides=strides, name=_dotted(scope))(x)
-
-    def conv_cin(x, scope, kernel, activation):
-        x = conv(x, scope, kernel)
-        gamma, beta = style_params(scope)
-        x = ConditionalInstanceNorm(name=_dotted(f"{scope}/StyleNorm"))([x, gamma, beta])
-        return layers.Activation(activation, name=_dotted(f"{scope}/{activation}"))(x) if activation else x
-
-    x = content
-    # Contract: conv -> batch norm (center, no scale, eps 1e-3) -> ReLU; not style-conditioned.
-    for i, (kernel, strides) in enumerate([(9, 1), (3, 2), (3, 2)], start=1):
-        scope = f"transformer/contract/conv{i}"
-        x = conv(x, scope, kernel, strides)
-        # Frozen (inference mode) when it holds imported, folded weights.
-        x = layers.BatchNormalization(
-            scale=False, epsilon=1e-3, momentum=batch_norm_momentum, name=_dotted(f"{scope}/BatchNorm"),
-            trainable=not freeze_batch_norm,
-            # Under a multi-device tf.distribute scope: statistics over the global batch, not each replica's.
-            synchronized=tensorflow_replicas() > 1,
-        )(x)
-        x = layers.ReLU(name=_dotted(f"{scope}/Relu"))(x)
-    # Residual blocks: x + CIN(conv(ReLU(CIN(conv(x))))), no ReLU after the add.
-    for i in range(1, 6):
-        scope = f"transformer/residual/residual{i}"
-        h = conv_cin(x, f"{scope}/conv1", 3, "relu")
-        h = conv_cin(h, f"{scope}/conv2", 3, None)
-        x = layers.Add(name=_dotted(f"{scope}/add"))([x, h])
-    # Expand: nearest x2 upsampling then conv -> CIN -> ReLU, twice; last conv -> CIN -> sigmoid.
-    for i in (1, 2):
-        scope = f"transformer/expand/conv{i}"
-        x = NearestUpsample(2, name=_dotted(f"{scope}/upsample"))(x)
-        x = conv_cin(x, f"{scope}/conv", 3, "relu")
-    x = conv_cin(x, "transformer/expand/conv3/conv", 9, "sigmoid")
-    stylized = layers.Activation("linear", dtype="float32", name="stylized_image")(x)
-    return keras.Model([content, bottleneck], stylized, name=name)
 
 
 def _pixel_block_convs(*models: keras.Model):
@@ -329,67 +239,3 @@ def plain_convolutions(*models: keras.Model):
     finally:
         for conv, block in zip(convs, blocks):
             conv.space_to_depth_block = block
-
-
-def bottleneck_scope(backbone_name: str) -> str:
-    """Magenta's name of the 1x1 conv to the 100-d bottleneck."""
-    return "mobilenet_conv/Conv" if backbone_name == "mobilenet_v2" else "Conv"
-
-
-def build_style_predictor(backbone: keras.Model, backbone_name: str, name: str = "style_predictor") -> keras.Model:
-    """Style image in [0, 1] -> backbone -> spatial mean -> 1x1 conv -> bottleneck (B, 1, 1, 100)."""
-    style = keras.Input(shape=(None, None, 3), name="style_image")
-    pooled = SpatialMean(name="spatial_mean")(backbone(style))
-    bottleneck = layers.Conv2D(BOTTLENECK_DIM, 1, name=_dotted(bottleneck_scope(backbone_name)))(pooled)
-    bottleneck = layers.Activation("linear", dtype="float32", name="style_bottleneck")(bottleneck)
-    return keras.Model(style, bottleneck, name=name)
-
-
-def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
-    """The arbitrary stylization model: {content, style} images in [0, 1] -> stylized image.
-
-    Its sub-models `style_predictor` and `transformer` are what the export stage writes. The transformer
-    is Magenta's (`model.architecture: magenta`, the default) or the fast one of
-    training/network/realtime_network.py (`model.architecture: realtime`).
-    """
-    from training.network.backbones import build_backbone  # keeps network.py free of weight loading
-
-    predictor = build_style_predictor(build_backbone(backbone_cfg, cache_dir), backbone_cfg.name)
-    if model_cfg.get("architecture", "magenta") == "realtime":
-        from training.network.realtime_network import build_realtime_from_config
-
-        transformer = build_realtime_from_config(model_cfg)
-    else:
-        transformer = build_transfer_network(
-            alpha=model_cfg.alpha,
-            batch_norm_momentum=model_cfg.get("batch_norm_momentum", 0.99),
-            freeze_batch_norm=model_cfg.get("freeze_batch_norm", False),
-        )
-    content = keras.Input(shape=(None, None, 3), name="content")
-    style = keras.Input(shape=(None, None, 3), name="style")
-    stylized = transformer([content, predictor(style)])
-    return keras.Model({"content": content, "style": style}, stylized, name="stylizer")
-
-
-def load_stylizer(path) -> keras.Model:
-    """Load a stylizer written by the training or import stage (safe mode), or explain why not."""
-    from pathlib import Path
-
-    from training.network import vgg16  # noqa: F401 - registers VGGPreprocess, used by the vgg16 backbone
-    from training.errors import StylepipeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise StylepipeError(f"{path}: no such model file (run `python -m pipelines.train` or `python -m pipelines.import_magenta` first)")
-    if not zipfile.is_zipfile(path):  # Keras would call a truncated archive "File not found"
-        raise StylepipeError(f"{path}: not a readable Keras model file (not a whole .keras zip archive: "
-                             "truncated, damaged or another format)")
-    try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise StylepipeError(f"{path}: not a readable Keras model file ({first_line})") from None
-    names = {layer.name for layer in model.layers}
-    if not {"style_predictor", "transformer"} <= names:
-        raise StylepipeError(f"{path}: a Keras model, but not a stylepipe stylizer (it has no style_predictor/transformer)")
-    return model

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "export_vs_plain_tflite.json"))
     args = parser.parse_args()
 
-    from evaluation.latency import summarize, time_calls
+    from evaluation.latency import summarize, time_alternating
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
     from training.data.datasets import fit_crop, load_image
@@ -92,15 +92,9 @@ def main() -> None:
     for threads in (1, 2):
         calls = {"stylepipe_export": tflite_runner(ours, "serve", {"content_image": photo, "style_bottleneck": bottleneck}, threads),
                  "plain_from_keras_model": plain_runner(plain, photo, bottleneck, threads)}
-        times = {name: [] for name in calls}
-        for _ in range(args.warmup):
-            for call in calls.values():
-                call()
-        for _ in range(args.runs):  # interleaved, so background load hits both alike
-            for name, call in calls.items():
-                times[name].extend(time_calls(call, 0, 1))
+        times = time_alternating(calls, args.warmup, args.runs)  # background load hits both alike
         for name, flatbuffer in (("stylepipe_export", ours), ("plain_from_keras_model", plain)):
-            row = summarize(np.array(times[name]), format=name, variant="arbitrary", runtime="litert_xnnpack",
+            row = summarize(times[name], model="magenta_published", format=name, variant="arbitrary", runtime="litert_xnnpack",
                             threads=threads, height=height, width=width).as_dict()
             report = check_gpu_delegate_rules(flatbuffer)
             row.update(bytes=len(flatbuffer), gpu_delegate_ok=report.ok, ops=dict(report.ops), gpu_problems=report.problems[:5])

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "realtime_speed.json"))
     args = parser.parse_args()
 
-    from evaluation.latency import summarize, time_calls
+    from evaluation.latency import summarize, time_alternating
     from export.tflite import check_gpu_delegate_rules, tflite_cost
     from training.data.datasets import fit_crop, load_image
     from training.weights.magenta_import import published_stylizer
@@ -96,16 +96,10 @@ def main() -> None:
             calls = {name: tflite_runner(fb, None if name == PUBLISHED else "serve",
                                          {"content_image": photo} | ({"bottleneck": bottleneck} if name == PUBLISHED else {}),
                                          threads) for name, fb in models.items()}
-            for _ in range(args.warmup):
-                for call in calls.values():
-                    call()
-            times = {name: [] for name in calls}
-            for _ in range(args.runs):  # alternating: one run of each model per round
-                for name, call in calls.items():
-                    times[name].extend(time_calls(call, 0, 1))
+            times = time_alternating(calls, args.warmup, args.runs)  # one run of each model per round
             for name, flatbuffer in models.items():
                 cost, gpu = tflite_cost(flatbuffer), check_gpu_delegate_rules(flatbuffer)
-                row = summarize(np.array(times[name]), format=name, variant="baked" if name != PUBLISHED else "transfer",
+                row = summarize(times[name], model=name, format=name, variant="baked" if name != PUBLISHED else "transfer",
                                 runtime="litert_xnnpack", threads=threads, height=height, width=width).as_dict()
                 row.update(gflop=cost.flops / 1e9, activation_mb=cost.activation_bytes / 1e6,
                            largest_activation_mb=cost.largest_activation_bytes / 1e6, bytes=len(flatbuffer),

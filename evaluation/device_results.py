@@ -2,7 +2,7 @@
 
 Format (docs/device_results.md):
     {"device": "iPhone 12", "source": "Bender app | Core ML app | benchmark_model over adb",
-     "measurements": [{"format": "bender", "variant": "baked", "runtime": "bender_metal",
+     "measurements": [{"model": "realtime", "format": "bender", "variant": "baked", "runtime": "bender_metal",
                        "threads": null, "height": 384, "width": 768,
                        "median_ms": 70.0, "p90_ms": 74.0, "runs": 50, "std_ms": 2.1}]}
 """
@@ -46,7 +46,7 @@ def load(path) -> list[dict]:
         threads = row.get("threads")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise DeviceResultsError(f"device_results={path}: measurements[{i}].threads must be null or an integer >= 1")
-        out.append({**{k: row[k] for k in REQUIRED}, "threads": threads, "std_ms": float(row.get("std_ms", 0.0)),
+        out.append({"model": str(row.get("model", "")), **{k: row[k] for k in REQUIRED}, "threads": threads, "std_ms": float(row.get("std_ms", 0.0)),
                     "fps": 1000.0 / float(row["median_ms"]), "device": data["device"].strip(),
                     "source": str(data.get("source", ""))})
     return out

@@ -11,6 +11,7 @@ import numpy as np
 
 @dataclass
 class Latency:
+    model: str               # the model's name (magenta_lite, realtime, magenta_published, ...)
     format: str
     variant: str
     runtime: str
@@ -37,6 +38,21 @@ def time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray
         start = time.perf_counter()
         call()
         times[i] = (time.perf_counter() - start) * 1000.0
+    return times
+
+
+def time_alternating(calls: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, np.ndarray]:
+    """Milliseconds of `runs` rounds that call each of `calls` once in turn, after `warmup` such rounds.
+
+    Alternating spreads a shared host's background load over all of them alike, so their ratios hold.
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times = {name: np.empty(runs) for name in calls}
+    for i in range(runs):
+        for name, call in calls.items():
+            times[name][i] = time_calls(call, 0, 1)[0]
     return times
 
 

@@ -11,13 +11,13 @@ from pipelines.cli import preflight, run_stage
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from evaluation.quality import MEASURES, STATISTICS_MEASURE
-    from evaluation.stage import evaluate
+    from evaluation.stage import comparison_report, evaluate
 
     metrics = run_stage(evaluate, cfg)
-    print(f"{'format':<32}{'runtime':<16}{'threads':>8}{'size':>10}{'median ms':>11}{'p90 ms':>9}{'fps':>7}  device")
+    print(f"{'model':<22}{'format':<32}{'runtime':<16}{'threads':>8}{'size':>10}{'median ms':>11}{'p90 ms':>9}{'fps':>7}  device")
     for r in metrics["latency"]:
         size = f"{r['height']}x{r['width']}"
-        print(f"{r['format']:<32}{r['runtime']:<16}{str(r['threads'] or '-'):>8}{size:>10}"
+        print(f"{r['model'][:21]:<22}{r['format']:<32}{r['runtime']:<16}{str(r['threads'] or '-'):>8}{size:>10}"
               f"{r['median_ms']:>11.1f}{r['p90_ms']:>9.1f}{r['fps']:>7.1f}  {r['device']}")
     for s in metrics["skipped"]:
         print(f"skipped {s['format']} ({s['runtime']}) {s['height']}x{s['width']}: {s['reason']}")
@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
     ours, published = metrics["quality"]["formats"]["keras"], metrics["quality"]["formats"]["magenta_published"]
     print("without the training loss (docs/quality.md), ours vs Magenta published: "
           + ", ".join(f"{m} {ours[m]:.3f} vs {published[m]:.3f}" for m in (*MEASURES, STATISTICS_MEASURE)))
-
+    print()
+    print(comparison_report(metrics["latency"], metrics["models"], metrics["quality"]["models"], metrics["quality"]["identity"]))
 
 if __name__ == "__main__":
     preflight("evaluate")

@@ -96,3 +96,48 @@ def test_device_results_are_validated(tmp_path, change, message):
 
     with pytest.raises(DeviceResultsError, match=message):
         load(write_device_results(tmp_path / "bad.json", **change))
+
+
+@pytest.mark.slow
+def test_compared_exports_get_a_row_per_model_with_ratios_and_measures(published_model_path, tmp_path):
+    """A tiny realtime model's export evaluated with the published model's export as `evaluate.compare` (as a
+    fast model beside its teacher): LiteRT fp16 rows per model, alternating with the published baseline at
+    384x384, each with its ratio to it; GFLOP and activation MB per model; quality measures per model; the
+    side-by-side shows both models; report.md holds the tables."""
+    from evaluation.stage import evaluate
+    from export.stage import export
+    from helpers import TINY_TRAINING, compose_train
+    from training.loop.train import train
+
+    train(compose_train(["style=starry", "model=realtime", "trainer=smoke", *TINY_TRAINING, "trainer.steps=2",
+                         "loss_network.weights=null", "data.heldout_count=1"], tmp_path))
+    size = ["export.sizes=[[384,384]]", "export.parity_photos=1", "export.formats=[tflite_fp16]",
+            "export.arbitrary_formats=[]", "export.style=starry"]
+    export(compose("export", tmp_path, size))
+    teacher_dir = tmp_path / "outputs" / "export-teacher"
+    export(compose("export", tmp_path, [f"export.model_path={published_model_path}", f"export.output_dir={teacher_dir}", *size]))
+
+    metrics = evaluate(compose("evaluate", tmp_path, ["evaluate.sizes=[[384,384]]", "evaluate.runs=2", "evaluate.warmup=1",
+                                                      "evaluate.quality_photos=1", f"evaluate.compare=[{teacher_dir}]"]))
+    fp16 = {(r["model"], r["threads"]): r for r in metrics["latency"] if r["runtime"] == "litert_xnnpack"
+            and r["format"] != "tflite_fp32"}
+    teacher = metrics["models"][-1]["model"]  # the published weights' training-free export: named by its folder
+    assert set(fp16) == {(m, t) for m in ("realtime", teacher, "magenta_published") for t in (1, 2)}
+    for (model, threads), row in fp16.items():
+        published = fp16[("magenta_published", threads)]["median_ms"]
+        assert row["ratio_to_published"] == pytest.approx(row["median_ms"] / published) and not row["published_estimated"]
+    costs = {c["model"]: c for c in metrics["models"]}
+    assert set(costs) == {"realtime", teacher} and costs["realtime"]["gflop"] < costs[teacher]["gflop"] / 3
+    assert set(metrics["quality"]["models"]) == {"realtime", teacher, "magenta_published"}
+    report = (tmp_path / "outputs" / "evaluate" / "report.md").read_text()
+    assert "| realtime | tflite_fp16 | 384x384 | 2 |" in report and f"| {teacher} | tflite_fp16 |" in report
+    photo = next(iter(metrics["quality"]["identity"]["per_photo"]))
+    assert Image.open(tmp_path / "outputs" / "evaluate" / "side_by_side" / f"{photo}.png").size[0] == 4 * 384
+
+
+def test_a_compared_folder_without_an_export_is_one_line(exported, tmp_path):
+    from evaluation.stage import evaluate
+    from training.errors import StylepipeError
+
+    with pytest.raises(StylepipeError, match=rf"^evaluate.compare: {tmp_path} holds no export \(manifest.json missing\)"):
+        evaluate(compose("evaluate", exported, [f"evaluate.compare=[{tmp_path}]"]))

@@ -30,6 +30,7 @@ from training.weights.tflite_runner import tflite_runner
 
 log = logging.getLogger("stylepipe.evaluate")
 PUBLISHED_NAME = "magenta_published"
+BASELINE_MODEL = "magenta_published_fp16"  # the baseline rows' model: Magenta's published fp16 TFLite file, as released
 IDENTITY_NAME = "identity"  # the held-out photo itself, scored as if it were a stylized output
 SIDE_BY_SIDE_DIR = "side_by_side"
 STYLE_EMBEDDING_SIZE = 256  # the published style predictor's input
@@ -204,7 +205,7 @@ def compared_models(ev, paths_cfg) -> list[ExportedModel]:
             raise StylepipeError(f"evaluate.compare: {path.parent} holds no export ({MANIFEST_NAME} missing): "
                                  "give export folders written by `python -m pipelines.export`")
     models = [load_exported(path, paths_cfg) for path in manifests]
-    names = [m.name for m in models]
+    names = [m.name for m in models] + [BASELINE_MODEL]
     for model in models:
         if names.count(model.name) > 1:
             model.name = f"{model.name} ({model.export_dir.name})"
@@ -216,7 +217,7 @@ def add_ratios(rows: list[dict]) -> None:
 
     The published file has a fixed 384x384 input: at other sizes its time is estimated in proportion to
     the pixels (`published_estimated`)."""
-    published = {r["threads"]: r["median_ms"] for r in rows if r["model"] == PUBLISHED_NAME and r["device"] == "host"}
+    published = {r["threads"]: r["median_ms"] for r in rows if r["model"] == BASELINE_MODEL and r["device"] == "host"}
     for r in rows:
         if r["device"] == "host" and r["runtime"] == "litert_xnnpack" and r["threads"] in published:
             pixels = r["height"] * r["width"] / (384 * 384)
@@ -264,7 +265,7 @@ def evaluate(cfg) -> dict:
         fp16 = {m.name: (tflite_runner, m.baked("tflite_fp16", height, width), "serve", feeds) for m in models
                 if m.baked("tflite_fp16", height, width)}
         if (height, width) == (384, 384):  # the published transfer model's only size: the baseline row
-            fp16[PUBLISHED_NAME] = (tflite_runner, published_transfer_file, None,
+            fp16[BASELINE_MODEL] = (tflite_runner, published_transfer_file, None,
                                     {"content_image": x, "style_bottleneck": published_bottleneck})
         else:
             skipped.append({"format": f"{PUBLISHED_NAME}_tflite_fp16", "runtime": "litert_xnnpack", "height": height,
@@ -272,7 +273,7 @@ def evaluate(cfg) -> dict:
         for threads in ev.threads:
             calls = {name: make(path, signature, inputs, threads) for name, (make, path, signature, inputs) in fp16.items()}
             for name, times in time_alternating(calls, int(ev.warmup), int(ev.runs)).items():
-                published = name == PUBLISHED_NAME
+                published = name == BASELINE_MODEL
                 record(times, model=name, format=f"{PUBLISHED_NAME}_tflite_fp16" if published else "tflite_fp16",
                        variant="arbitrary" if published else "baked", runtime="litert_xnnpack", threads=threads,
                        height=height, width=width)
@@ -353,12 +354,12 @@ def evaluate(cfg) -> dict:
         else:
             quality["formats"][name].update(entry)
     # A row per model: the published model, this export's and each compared export's (their Keras outputs).
-    by_model = {PUBLISHED_NAME: independent[PUBLISHED_NAME], main.name: independent["keras"]}
+    by_model = {BASELINE_MODEL: independent[PUBLISHED_NAME], main.name: independent["keras"]}
     by_model.update({name: quality_lib.score(embed, out, inputs, main.style_image, features) for name, out in compared.items()})
     quality["models"] = {name: {m: scores[m] for m in measures} for name, scores in by_model.items()}
     quality_summary = {f"{name}.{m}": round(scores[m], 4) for name, scores in independent.items() for m in measures}
     quality_summary.update({f"model.{name}.{m}": round(scores[m], 4) for name, scores in by_model.items() for m in measures})
-    columns = {"photo": (inputs, independent[IDENTITY_NAME]), "Magenta published": (outputs[PUBLISHED_NAME], by_model[PUBLISHED_NAME]),
+    columns = {"photo": (inputs, independent[IDENTITY_NAME]), "Magenta published": (outputs[PUBLISHED_NAME], by_model[BASELINE_MODEL]),
                f"{main.name} (keras)": (outputs["keras"], by_model[main.name]),
                **{f"{name} (keras)": (out, by_model[name]) for name, out in compared.items()}}
     side_by_side = {photo: _side_by_side(photo, {title: images[i] for title, (images, _) in columns.items()},

@@ -122,13 +122,13 @@ def test_compared_exports_get_a_row_per_model_with_ratios_and_measures(published
     fp16 = {(r["model"], r["threads"]): r for r in metrics["latency"] if r["runtime"] == "litert_xnnpack"
             and r["format"] != "tflite_fp32"}
     teacher = metrics["models"][-1]["model"]  # the published weights' training-free export: named by its folder
-    assert set(fp16) == {(m, t) for m in ("realtime", teacher, "magenta_published") for t in (1, 2)}
+    assert set(fp16) == {(m, t) for m in ("realtime", teacher, "magenta_published_fp16") for t in (1, 2)}
     for (model, threads), row in fp16.items():
-        published = fp16[("magenta_published", threads)]["median_ms"]
+        published = fp16[("magenta_published_fp16", threads)]["median_ms"]
         assert row["ratio_to_published"] == pytest.approx(row["median_ms"] / published) and not row["published_estimated"]
     costs = {c["model"]: c for c in metrics["models"]}
     assert set(costs) == {"realtime", teacher} and costs["realtime"]["gflop"] < costs[teacher]["gflop"] / 3
-    assert set(metrics["quality"]["models"]) == {"realtime", teacher, "magenta_published"}
+    assert set(metrics["quality"]["models"]) == {"realtime", teacher, "magenta_published_fp16"}
     report = (tmp_path / "outputs" / "evaluate" / "report.md").read_text()
     assert "| realtime | tflite_fp16 | 384x384 | 2 |" in report and f"| {teacher} | tflite_fp16 |" in report
     photo = next(iter(metrics["quality"]["identity"]["per_photo"]))

@@ -37,9 +37,8 @@ def conv_flops(net, height: int, width: int) -> int:
     """Multiply-adds x 2 of every conv of a baked network at an input size."""
     flops, h, w = 0, height, width
     for conv in net.convs():
-        h, w = h * conv.upsample // conv.stride, w * conv.upsample // conv.stride
-        kh, kw, cin, cout = conv.kernel.shape
-        flops += 2 * h * w * kh * kw * cin * cout
+        flops += conv.flops(h, w)
+        h, w = conv.output_hw(h, w)
     return flops
 
 

@@ -88,7 +88,9 @@ Notes from checking it:
   Instance norm stays decomposed (mean, sub, square as mul, mean, add eps, rsqrt, mul, add). From
   a frozen GraphDef (the route `export.coreml` takes) the baked network's constant gamma/beta are
   folded into 13 `batch_norm` ops instead. The style predictors add conv with groups (depthwise)
-  and pad_type same, relu6, avg_pool, max_pool and concat.
+  and pad_type same, relu6, avg_pool, max_pool and concat. The realtime network (`model=realtime`)
+  adds conv with groups = channels (its depthwise 3x3) and conv_transpose (its 2x2 stride-2
+  upsampling: TF's Conv2DBackpropInput with output_shape and pad_type same).
 - coremltools 9 converts TF's MirrorPad SYMMETRIC to MIL `reflect` (wrong except where the two
   edge rows happen to be equal); the network uses REFLECT, which converts faithfully.
 """
@@ -434,6 +436,60 @@ def _conv(op, get):
             pg = patch.reshape(*patch.shape[:-1], groups, cin_g)
             wg = wk.reshape(groups, cout // groups, cin_g)
             y += np.einsum("...gc,goc->...go", pg, wg).reshape(*patch.shape[:-1], cout)
+    bias = get("bias")
+    if bias is not None:
+        y += _f32(bias)
+    return np.moveaxis(y, -1, 1)
+
+
+def _conv_transpose_crop(pad_type, full, out, custom):
+    """Where the output window starts in the full result (length `full`) of a transposed conv.
+
+    valid: at 0; custom: after pad[2i]; same: as TF's SAME conv pads its input, the smaller half
+    of `full - out` before (coremltools maps TF's Conv2DBackpropInput here with its output_shape).
+    """
+    if pad_type == "valid":
+        return [0] * len(full)
+    if pad_type == "custom":
+        return [custom[2 * i] for i in range(len(full))]
+    if pad_type == "same":
+        return [max(0, f - o) // 2 for f, o in zip(full, out)]
+    raise ValueError(f"unknown pad_type {pad_type!r}")
+
+
+@_op("conv_transpose")
+def _conv_transpose(op, get):
+    # The transpose of `conv`: input pixel i adds x[i] * weight[k] to output pixel i * stride + k * dilation
+    # of the full result, weights as given (no rotation); weight is [C_in, C_out / groups, *K].
+    x, w = _f32(get("x")), _f32(get("weight"))
+    spatial, kernel = x.shape[2:], w.shape[2:]
+    n = len(spatial)
+    dilations = _ints(get("dilations"), [1] * n)
+    strides = _ints(get("strides"), [1] * n)
+    groups = int(get("groups")) if get("groups") is not None else 1
+    batch, cin = x.shape[:2]
+    cout = w.shape[1] * groups
+    if w.shape[0] != cin or cin % groups:
+        raise ValueError(f"{op.name}: weight {w.shape} does not fit input {x.shape} with groups={groups}")
+    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(spatial, strides, kernel, dilations)]
+    xl = np.moveaxis(x, 1, -1).reshape(batch, *spatial, groups, cin // groups)
+    y = np.zeros((batch, *full, cout), np.float32)
+    for pos, window in _offsets(kernel, dilations, strides, spatial):
+        wk = w[(slice(None), slice(None), *pos)].reshape(groups, cin // groups, -1)  # (G, Cin_g, Cout_g)
+        y[(slice(None), *window, slice(None))] += np.einsum("...gc,gco->...go", xl, wk).reshape(*xl.shape[:-2], cout)
+    output_shape = _ints(get("output_shape"))
+    pad_type = _str(get("pad_type"), "valid")
+    custom = _ints(get("pad"), [0] * (2 * n))
+    if output_shape is not None:
+        out = list(output_shape[2:])
+    elif pad_type == "same":
+        out = [d * s for d, s in zip(spatial, strides)]
+    else:
+        out = [f - custom[2 * i] - custom[2 * i + 1] if pad_type == "custom" else f for i, f in enumerate(full)]
+    start = _conv_transpose_crop(pad_type, full, out, custom)
+    y = y[(slice(None), *(slice(b, b + o) for b, o in zip(start, out)), slice(None))]
+    # an output longer than the full result (TF: input rows a strided conv never reads) ends in zeros
+    y = np.pad(y, [(0, 0), *((0, o - size) for o, size in zip(out, y.shape[1:-1])), (0, 0)])
     bias = get("bias")
     if bias is not None:
         y += _f32(bias)

@@ -125,6 +125,8 @@ class Exporter:
                                    + f", {width}x{height}")
         metadata["user"] = self.metadata(variant, model)
         kind = "baked" if variant == "baked" else model  # coreml.convert: baked | transfer | predictor
+        from export.mil_executor import UnsupportedMILOp
+
         mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
         path = self.staging / name
         mlmodel.save(str(path))
@@ -132,7 +134,10 @@ class Exporter:
         pairs = []
         for feeds, ref in reference:
             image_feeds = {k: (v[0] * 255.0 if k in ("content_image", "style_image") else v) for k, v in feeds.items()}
-            result = coreml.predict(path, executable, image_feeds)
+            try:
+                result = coreml.predict(path, executable, image_feeds)
+            except UnsupportedMILOp as err:
+                raise StylepipeError(f"Core ML {name} cannot be verified here: {err}") from None
             if model == "predictor":
                 pairs.append((np.asarray(result["style_bottleneck"], np.float32).reshape(ref.shape), ref))
             else:
@@ -144,13 +149,15 @@ class Exporter:
         from export.baked import bake
 
         net = bake(self.transformer, self.bottleneck)
-        graph_def = bender.build_bender_graph(net, height, width)
+        try:  # the builder refuses a graph that Bender's converter would not map op for op
+            graph_def = bender.build_bender_graph(net, height, width)
+        except bender.BenderExportError as err:
+            raise StylepipeError(f"Bender graph {name}: " + "; ".join(str(err).split("\n")[:6])) from None
         report = bender.check_bender_graph(graph_def)
-        if not report.ok:
-            raise StylepipeError(f"Bender graph {name}: " + "; ".join(report.problems[:5] or [f"drops {report.dropped[:5]}"]))
         path = self.staging / name
         atomic_write_bytes(path, graph_def.SerializeToString())
-        pairs = [(bender.run_bender_numpy(graph_def, feeds["content_image"][0])[None], ref) for feeds, ref in reference]
+        pairs = [(bender.run_bender_numpy(graph_def, feeds["content_image"][0], report=report)[None], ref)
+                 for feeds, ref in reference]
         io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
         out = [{"name": "stylized_image", "shape": [1, height, width, 3], "dtype": "float16"}]
         self.record("bender", "baked", "transfer", path, io, out, pairs)

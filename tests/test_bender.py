@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import CONTENT_DIR, REPO, STYLE_DIR
+from helpers import CONTENT_DIR, REPO, STYLE_DIR, const_node, copy_graph, graph_node, insert_after, op_node
 from export.baked import CIN_EPSILON, bake, reference_forward
 from export.bender.converter import BENDER_MAPPERS, check_bender_graph
 from export.bender.graph import (_same4_kernel, build_bender_graph, fused_upsample_filter,
@@ -66,48 +66,6 @@ def clamp_report(clamp_graph):
     return check_bender_graph(clamp_graph)
 
 
-def _node(graph_def, name):
-    return next(n for n in graph_def.node if n.name == name)
-
-
-def _copy(graph_def):
-    from tensorflow.core.framework import graph_pb2
-
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    return out
-
-
-def _insert_after(graph_def, producer: str, node_def, extra_consts=()):
-    """Insert node_def (reading `producer`) between producer and all its consumers, GraphDef order kept."""
-    g = _copy(graph_def)
-    for n in g.node:
-        n.input[:] = [node_def.name if i == producer else i for i in n.input]
-    index = next(i for i, n in enumerate(g.node) if n.name == producer) + 1
-    nodes = list(g.node)
-    del g.node[:]
-    g.node.extend(nodes[:index] + list(extra_consts) + [node_def] + nodes[index:])
-    return g
-
-
-def _const_node(name, value):
-    import tensorflow as tf
-    from tensorflow.core.framework import node_def_pb2
-
-    nd = node_def_pb2.NodeDef(name=name, op="Const")
-    nd.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-    nd.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
-    return nd
-
-
-def _op_node(name, op, inputs, dtype_attr="T"):
-    from tensorflow.core.framework import node_def_pb2
-
-    nd = node_def_pb2.NodeDef(name=name, op=op, input=inputs)
-    nd.attr[dtype_attr].type = 1  # DT_FLOAT
-    return nd
-
-
 # ---- the graph ------------------------------------------------------------------------------
 
 def _reflect_layers(p: int) -> list[str]:
@@ -135,7 +93,7 @@ def test_graph_maps_op_for_op_with_the_expected_layers(net, small_graph, small_r
     rows, cols = by_id["transformer/contract/conv1/reflect/rows"], by_id["transformer/contract/conv1/reflect/cols"]
     assert (rows.params["axis"], rows.out_size) == ("h", (136, 128, 3))  # Bender's .h: TF axis 2 in the graph
     assert (cols.params["axis"], cols.out_size) == ("w", (136, 136, 3))
-    assert _node(small_graph, "transformer/contract/conv1/reflect/rows/axis").attr["value"].tensor.int_val == [2]
+    assert graph_node(small_graph, "transformer/contract/conv1/reflect/rows/axis").attr["value"].tensor.int_val == [2]
     # contract: Conv2D + BiasAdd + Relu fused into one Convolution (TFConvOptimizer), VALID on the padded image
     for c, size in zip(net.contract, (128, 64, 32)):
         layer = by_id[f"{c.scope}/Conv2D"]
@@ -289,12 +247,12 @@ def test_edge_clamp_is_replicate_padding(net, clamp_graph, clamp_report, photos)
 # ---- broken graphs ----------------------------------------------------------------------------
 
 def test_mirror_pad_is_dropped(small_graph):
-    pad = _op_node("transformer/contract/conv1/MirrorPad", "MirrorPad", [INPUT_NAME])
+    pad = op_node("transformer/contract/conv1/MirrorPad", "MirrorPad", [INPUT_NAME])
     pad.attr["mode"].s = b"REFLECT"
     pad.attr["Tpaddings"].type = 3
     pad.input.append("transformer/contract/conv1/MirrorPad/paddings")
-    paddings = _const_node("transformer/contract/conv1/MirrorPad/paddings", np.array([[0, 0], [4, 4], [4, 4], [0, 0]], np.int32))
-    g = _insert_after(small_graph, INPUT_NAME, pad, [paddings])
+    paddings = const_node("transformer/contract/conv1/MirrorPad/paddings", np.array([[0, 0], [4, 4], [4, 4], [0, 0]], np.int32))
+    g = insert_after(small_graph, INPUT_NAME, pad, [paddings])
     report = check_bender_graph(g)
     assert not report.ok
     assert report.dropped == ["transformer/contract/conv1/MirrorPad (MirrorPad)"]
@@ -302,8 +260,8 @@ def test_mirror_pad_is_dropped(small_graph):
 
 
 def test_addv2_inside_the_instance_norm_breaks_the_pattern(small_graph):
-    g = _copy(small_graph)
-    _node(g, "transformer/residual/residual1/conv1/StyleNorm/add").op = "AddV2"
+    g = copy_graph(small_graph)
+    graph_node(g, "transformer/residual/residual1/conv1/StyleNorm/add").op = "AddV2"
     report = check_bender_graph(g)
     assert not report.ok
     assert any("residual1/conv1/StyleNorm/moments/" in p and "pattern" in p for p in report.problems)
@@ -312,8 +270,8 @@ def test_addv2_inside_the_instance_norm_breaks_the_pattern(small_graph):
 
 
 def test_resize_nearest_neighbor_is_dropped(small_graph):
-    g = _copy(small_graph)
-    up = _node(g, "transformer/expand/conv1/upsample/conv2d_transpose")
+    g = copy_graph(small_graph)
+    up = graph_node(g, "transformer/expand/conv1/upsample/conv2d_transpose")
     x = up.input[2]
     up.op = "ResizeNearestNeighbor"
     del up.input[:]
@@ -327,8 +285,8 @@ def test_resize_nearest_neighbor_is_dropped(small_graph):
 
 
 def test_weights_in_float_val_are_refused(small_graph):
-    g = _copy(small_graph)
-    t = _node(g, "transformer/contract/conv1/weights").attr["value"].tensor
+    g = copy_graph(small_graph)
+    t = graph_node(g, "transformer/contract/conv1/weights").attr["value"].tensor
     values = np.frombuffer(t.tensor_content, "<f4")
     t.tensor_content = b""
     t.float_val.extend(values.tolist())
@@ -339,24 +297,24 @@ def test_weights_in_float_val_are_refused(small_graph):
 
 def test_a_lone_mul_is_dropped(small_graph):
     producer = "transformer/contract/conv3/Relu"
-    mul = _op_node("transformer/contract/conv3/scale", "Mul", [producer, "transformer/contract/conv3/scale/y"])
-    g = _insert_after(small_graph, producer, mul, [_const_node("transformer/contract/conv3/scale/y", np.float32(2.0))])
+    mul = op_node("transformer/contract/conv3/scale", "Mul", [producer, "transformer/contract/conv3/scale/y"])
+    g = insert_after(small_graph, producer, mul, [const_node("transformer/contract/conv3/scale/y", np.float32(2.0))])
     report = check_bender_graph(g)
     assert not report.ok
     assert report.dropped == ["transformer/contract/conv3/scale (Mul)"]
 
 
 def test_output_index_edges_and_mismatched_adds_are_refused(small_graph):
-    g = _copy(small_graph)
-    add = _node(g, "transformer/residual/residual2/add")
+    g = copy_graph(small_graph)
+    add = graph_node(g, "transformer/residual/residual2/add")
     add.input[0] = add.input[0] + ":1"
     report = check_bender_graph(g)
     assert not report.ok
     assert any("is dropped: an output index" in p for p in report.problems)
     assert any("residual2/add: Add needs exactly two input layers, has 1" in p for p in report.problems)
 
-    g = _copy(small_graph)
-    _node(g, "transformer/residual/residual1/add").input[0] = "transformer/contract/conv2/Relu"
+    g = copy_graph(small_graph)
+    graph_node(g, "transformer/residual/residual1/add").input[0] = "transformer/contract/conv2/Relu"
     report = check_bender_graph(g)
     assert not report.ok
     assert any("Add inputs differ in size: (64, 64, 16) vs (32, 32, 32)" in p for p in report.problems)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import CACHE_DIR, REPO
+from helpers import REPO, compose_export as compose_export_config
 from export.tflite import check_gpu_delegate_rules
 
 FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1",
@@ -14,12 +14,8 @@ FAST = ["export.sizes=[[64,64],[64,128]]", "export.parity_photos=1",
 
 
 def compose_export(tmp_path, model_path, overrides=()):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("export", overrides=[
-            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.model_path={model_path}", *FAST, *overrides])
+    """The export config at FAST sizes (reliability tests use it too)."""
+    return compose_export_config(tmp_path, model_path, [*FAST, *overrides])
 
 
 def tf_formats_only():

@@ -322,6 +322,72 @@ def test_builder_conv_pad_types_groups_dilations_match_the_definition():
         np.testing.assert_allclose(out[name], expected, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, "SAME"), (3, 2, "SAME"), (4, 2, "SAME"), (1, 2, "SAME"),
+                                                     (3, 1, "SAME"), (3, 2, "VALID"), (5, 3, "SAME")])
+def test_tf_conv2d_transpose_program_matches_tensorflow(kernel, stride, padding):
+    """TF's Conv2DBackpropInput (the realtime network's upsampling is the 2x2 stride-2 one), converted by
+    coremltools to `conv_transpose` with its output_shape: odd kernels are cropped as TF crops them."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(kernel * 10 + stride)
+    h, w, cin, cout = 6, 7, 5, 4
+    filt = tf.constant(rng.normal(size=(kernel, kernel, cout, cin)).astype(np.float32))
+    bias = tf.constant(rng.normal(size=cout).astype(np.float32))
+    out_hw = (h * stride, w * stride) if padding == "SAME" else ((h - 1) * stride + kernel, (w - 1) * stride + kernel)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, h, w, cin], tf.float32, name="image")])
+    def f(x):
+        return tf.nn.conv2d_transpose(x, filt, [1, *out_hw, cout], stride, padding) + bias
+
+    mlmodel = ct.convert([f.get_concrete_function()], source="tensorflow", convert_to="mlprogram",
+                         inputs=[ct.TensorType(name="image", shape=(1, h, w, cin))],
+                         minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT32)
+    assert mil_ops_used(mlmodel)["conv_transpose"] == 1
+    x = rng.normal(size=(1, h, w, cin)).astype(np.float32)
+    (name, out), = run_mil_program(mlmodel, {"image": x}).items()
+    np.testing.assert_allclose(out, f(x).numpy(), rtol=0, atol=1e-5)
+
+
+def naive_conv_transpose(x, w, bias, strides, dilations, groups):
+    """Direct definition, full (uncropped) output: input pixel (i, j) adds x * w[k] at (i s + k d) (float64)."""
+    cin_g, cout_g, kh, kw = w.shape[0] // groups, w.shape[1], w.shape[2], w.shape[3]
+    ho = (x.shape[2] - 1) * strides[0] + (kh - 1) * dilations[0] + 1
+    wo = (x.shape[3] - 1) * strides[1] + (kw - 1) * dilations[1] + 1
+    out = np.zeros((x.shape[0], cout_g * groups, ho, wo))
+    for c in range(x.shape[1]):
+        g = c // cin_g
+        for i in range(x.shape[2]):
+            for j in range(x.shape[3]):
+                for a in range(kh):
+                    for b in range(kw):
+                        r, q = i * strides[0] + a * dilations[0], j * strides[1] + b * dilations[1]
+                        out[:, g * cout_g:(g + 1) * cout_g, r, q] += x[:, c, i, j, None] * w[c, :, a, b]
+    return out + bias[None, :, None, None]
+
+
+def test_builder_conv_transpose_groups_dilations_and_crops_match_the_definition():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(1, 4, 5, 6)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)  # [C_in, C_out / groups, kh, kw], groups=2: 6 outputs
+    bias = rng.normal(size=6).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        common = dict(x=x, weight=w, bias=bias, groups=2)
+        return (mb.conv_transpose(**common, strides=[2, 3], dilations=[2, 1], pad_type="valid", name="valid"),
+                mb.conv_transpose(**common, strides=[2, 2], pad_type="custom", pad=[1, 2, 0, 1], name="custom"),
+                mb.conv_transpose(**common, strides=[2, 2], pad_type="same", name="same"))
+
+    out = run_mil_program(prog, {"x": x})
+    full = naive_conv_transpose(x, w, bias, [2, 3], [2, 1], groups=2)  # 4 * 2 + 2 * 2 + 1, 5 * 3 + 2
+    assert out["valid"].shape == full.shape == (1, 6, 13, 17)
+    np.testing.assert_allclose(out["valid"], full, rtol=1e-5, atol=1e-5)
+    full = naive_conv_transpose(x, w, bias, [2, 2], [1, 1], groups=2)  # 11 x 12
+    np.testing.assert_allclose(out["custom"], full[:, :, 1:-2, 0:-1], rtol=1e-5, atol=1e-5)
+    # same: output = input x stride (10 x 12); the one extra row of the 11-row full result is cut at the end
+    np.testing.assert_allclose(out["same"], full[:, :, :10, :12], rtol=1e-5, atol=1e-5)
+
+
 def test_builder_pools_match_the_definition():
     x = np.random.default_rng(5).normal(size=(1, 3, 7, 8)).astype(np.float32)
 

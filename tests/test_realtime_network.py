@@ -5,32 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import CONTENT_DIR, REPO, compose_train
-
-NO_WEIGHTS_BACKBONE = {"name": "mobilenet_v2", "weights": None, "trainable": False}
-
-
-def photo(height: int, width: int, name: str = "chelsea.jpg") -> np.ndarray:
-    from training.data.datasets import fit_crop, load_image
-
-    return fit_crop(load_image(CONTENT_DIR / name), height, width)[None]
-
-
-def bottleneck(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(1, 1, 1, 100)).astype(np.float32)
+from helpers import REPO, compose_train, photo, realtime_stylizer
+from helpers import random_bottleneck as bottleneck
 
 
 @pytest.fixture(scope="module")
 def stylizer():
     """A stylizer with the realtime transfer network as configs/model/realtime.yaml describes it."""
-    import keras
-    from omegaconf import OmegaConf
-
-    from training.network.stylizer import build_stylizer
-
-    keras.utils.set_random_seed(0)
-    cfg = OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml")
-    return build_stylizer(cfg, OmegaConf.create(NO_WEIGHTS_BACKBONE), "/tmp")
+    return realtime_stylizer()
 
 
 def test_model_choice_composes_and_validates(tmp_path):

@@ -5,13 +5,14 @@ MPS layers and silently skips any other op (rules and their Swift sources in doc
 
 - `spec`: what Bender expects and promises: input/output names, the instance-norm kernel's eps and
   clamp, the parity thresholds, the graph forms, `BenderExportError`;
-- `graph`: `build_bender_graph`, the transfer network in ops Bender maps;
+- `norms`: what Bender's instance-norm kernel needs of a baked network (its eps, its +-10 clamp);
+- `graph`: `build_bender_graph`, the transfer network (Magenta's or the realtime one) in ops Bender maps;
 - `converter`: `check_bender_graph`, a Python replay of Bender's TFConverter (which nodes it would
   drop, what it maps them to, whether the network stays connected);
 - `numerics`: `run_bender_numpy`, the mapped layer list run with Bender's numerics;
 - `weights`: `write_benderthon_weights`, the same weights as benderthon `--only-weights` files.
 
-Imports go one way: spec <- converter <- numerics, graph; weights stands alone. The parity of the
+Imports go one way: spec <- converter <- numerics, graph; spec <- norms <- graph, weights. The parity of the
 Bender form on real photos is measured by `python -m benchmarks.bender_parity --measure`.
 """
 

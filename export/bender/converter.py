@@ -54,6 +54,7 @@ class _Node:
         self.name = nd.name
         self.op = nd.op
         self.neuron: str | None = None  # Constants.CustomAttr.neuron
+        self.fused: list[str] = []  # BiasAdd / neuron nodes folded into this one, in order
         self.edge_in: list[_Node] = []
         self.edge_out: list[_Node] = []
 
@@ -146,6 +147,10 @@ class BenderLayer:
     inputs: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     out_size: tuple[int, int, int] | None = None  # (h, w, f) per the layer's initialize()
+    computes: str = ""  # the TF node whose value this layer outputs: `id`, or the BiasAdd / neuron fused into it
+
+    def __post_init__(self):
+        self.computes = self.computes or self.id
 
 
 @dataclass
@@ -204,6 +209,7 @@ class _Replay:
         if len(node.edge_out) == 1 and node.edge_out[0].op in NEURON_OPS:
             nxt = node.edge_out[0]
             node.neuron = nxt.op
+            node.fused.append(nxt.name)
             for output in list(nxt.edge_out):
                 output.replace_incoming(nxt, node)
             nxt.strip()
@@ -328,6 +334,7 @@ class _Replay:
                 bias = next((i for i in bias_add.edge_in if i.is_const_or_var), None)
                 if bias is not None:
                     node.add_incoming(bias)
+                    node.fused.append(bias_add.name)
                     for output in list(bias_add.edge_out):
                         output.replace_incoming(bias_add, node)
                     bias_add.strip()
@@ -490,10 +497,20 @@ def _attr_ints(nd, name, default):
     return list(nd.attr[name].list.i) if name in nd.attr and nd.attr[name].list.i else default
 
 
+def depthwise_weights_as_applied(filt: np.ndarray) -> np.ndarray:
+    """The depthwise kernel MPS applies, in TF's [kh, kw, C, 1] orientation, for a DepthwiseConv2dNative filter.
+
+    convMapper hands MPS `HWIOtoIOWH(filter)`, i.e. [C][kw][kh] with kh varying fastest, and a descriptor
+    with kernelWidth = kh, kernelHeight = kw; MPSCNNDepthWiseConvolution reads its weights as
+    [C][kernelHeight][kernelWidth], so its tap at row y, column x is filter[x, y]: the filter transposed.
+    """
+    return np.ascontiguousarray(filt.transpose(1, 0, 2, 3))
+
+
 def _map_layer(node: _Node, problems: list[str], notes: list[str]) -> BenderLayer:
     """The TFConverter mapper of node.op, keeping what the executor needs."""
     kind = BENDER_MAPPERS[node.op]
-    layer = BenderLayer(id=node.name, type=kind, op=node.op)
+    layer = BenderLayer(id=node.name, type=kind, op=node.op, computes=node.fused[-1] if node.fused else node.name)
     nd = node.nd
     p = layer.params
     if kind in ("Convolution", "DepthwiseConvolution"):
@@ -520,9 +537,18 @@ def _map_layer(node: _Node, problems: list[str], notes: list[str]) -> BenderLaye
         p["edge_mode"] = "clamp" if mode in ("REFLECT", "SYMMETRIC") else "zero"
         p["neuron"] = node.neuron
         w, b, shape, _ = _weight_data(node, node.name, problems)
+        if kind == "DepthwiseConvolution" and w is not None:
+            if w.ndim != 4 or w.shape[3] != 1:
+                problems.append(f"{node.name}: depthwise filter {list(w.shape)}: Bender gives MPS as many output "
+                                "channels as input channels (channel multiplier 1 only)")
+            else:
+                w = depthwise_weights_as_applied(w)
+                notes.append(f"{node.name}: Bender hands MPS the depthwise filter transposed "
+                             "(HWIOtoIOWH, kernel width and height swapped); the executor applies it so")
         p["weights"], p["bias"] = w, b
-        if w is not None and b is not None and b.size != w.shape[-1]:
-            problems.append(f"{node.name}: bias has {b.size} values for {w.shape[-1]} output channels")
+        channels = None if w is None else w.shape[2] if kind == "DepthwiseConvolution" else w.shape[-1]
+        if channels is not None and b is not None and b.size != channels:
+            problems.append(f"{node.name}: bias has {b.size} values for {channels} output channels")
     elif kind == "ConvTranspose":
         strides = _attr_ints(nd, "strides", [1, 1, 1, 1])
         p["stride"] = (int(strides[1]), int(strides[2]))
@@ -566,11 +592,13 @@ def _layer_size(layer: BenderLayer, in_sizes: list, problems: list[str]):
         return None
     h, w, f = in_sizes[0]
     p = layer.params
-    if layer.type == "Convolution":
+    if layer.type in ("Convolution", "DepthwiseConvolution"):
         wt = p.get("weights")
         if wt is None or wt.ndim != 4:
             return None
         kh, kw, cin, cout = wt.shape
+        if layer.type == "DepthwiseConvolution":
+            cout = cin  # DepthwiseConvolution: outputChannels = the filter's input channels
         if cin != f:
             problems.append(f"{layer.id}: weights expect {cin} input channels, the input has {f}")
         sy, sx = p["stride"]
@@ -690,15 +718,16 @@ def check_bender_graph(graph_def, input_name: str = INPUT_NAME, output_name: str
     for layer in layers:
         for i in layer.inputs:
             consumers[i].append(layer.id)
-    if output_name not in by_id:
-        problems.append(f"output {output_name!r} is not a Bender layer")
+    output = next((layer.id for layer in layers if layer.computes == output_name), None)
+    if output is None:
+        problems.append(f"output {output_name!r} is not a Bender layer (nor fused into one)")
     else:
-        if layers and layers[-1].id != output_name:
+        if layers and layers[-1].id != output:
             problems.append(f"the last layer is {layers[-1].id!r}, not the output {output_name!r} "
                             "(Bender returns nodes.last)")
         forward = _reach(input_name, lambda n: consumers.get(n, []))
-        backward = _reach(output_name, lambda n: by_id[n].inputs if n in by_id else [])
-        if output_name not in forward:
+        backward = _reach(output, lambda n: by_id[n].inputs if n in by_id else [])
+        if output not in forward:
             problems.append(f"the output {output_name!r} is not reachable from {input_name!r}")
         off_path = [layer.id for layer in layers if layer.id not in forward or layer.id not in backward]
         if off_path:

@@ -8,12 +8,15 @@ replay; `to_tensorflow_graph_def` turns a Bender graph back into one TensorFlow 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from export.baked import CIN_EPSILON, BakedConv, BakedNetwork
+from export.baked import BakedConv, BakedNetwork
 from export.bender.converter import check_bender_graph
-from export.bender.spec import (BENDER_INSTANCE_NORM_CLAMP, INPUT_NAME, OUTPUT_NAME, PADDING_FORMS, STRIDE2_FORMS,
-                                UPSAMPLE_FORMS, BenderExportError)
+from export.bender.norms import for_bender_norms, rescale_for_bender_clamp
+from export.bender.spec import (INPUT_NAME, OUTPUT_NAME, PADDING_FORMS, STRIDE2_FORMS, UPSAMPLE_FORMS,
+                                BenderExportError)
 
 
 def nearest_upsample_transpose_filter(channels: int, factor: int = 2) -> np.ndarray:
@@ -57,96 +60,81 @@ def _same4_kernel(kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-def instance_norm_bound(c: BakedConv, pixels: int) -> float:
-    """Largest |gamma * n + beta| an instance norm over `pixels` values can output.
+def fold_transpose_bias(net: BakedNetwork) -> BakedNetwork:
+    """An equivalent network whose transposed convs have no bias (Bender's ConvTranspose has none, and
+    it skips a lone BiasAdd).
 
-    A normalised value satisfies |n| = |x - mean| / std <= sqrt(N - 1) (population std), so the bound
-    holds for every input image of that size; Bender's eps only makes |n| smaller.
+    A "same" transposed conv with kernel = stride gives every output pixel exactly one input pixel
+    through one tap, so its bias b is an extra input channel that is 1 everywhere, weighted b at every
+    tap. The conv before makes that channel: one more output channel with zero weights, whose instance
+    norm (gamma 0, beta 1) outputs exactly 1 whatever its input, kept by the ReLU. Exact, borders
+    included; it costs one channel at the previous conv's resolution.
     """
-    n_max = float(np.sqrt(max(pixels - 1, 1)))
-    return float(np.max(np.abs(c.gamma) * n_max + np.abs(c.beta)))
+    expand = list(net.expand)
+    for i, c in enumerate(expand):
+        if not (c.transpose and c.bias is not None):
+            continue
+        prev = expand[i - 1] if i else None
+        if prev is None or prev.gamma is None or prev.activation not in ("relu", None):
+            raise BenderExportError(f"{c.scope}: Bender's ConvTranspose has no bias, and the conv before it has no "
+                                    "instance norm to supply the constant channel that would carry it")
+        if c.kernel_size != c.stride:
+            raise BenderExportError(f"{c.scope}: a {c.kernel_size}x{c.kernel_size} stride-{c.stride} transposed conv "
+                                    "overlaps its taps, so its bias cannot ride on a constant channel")
+        axis = 2 if prev.transpose else 3  # output channels: [k, k, out, in] or HWIO
+        zero = np.zeros_like(np.take(prev.kernel, [0], axis=axis))
+        expand[i - 1] = replace(prev, kernel=np.concatenate([prev.kernel, zero], axis=axis),
+                                bias=None if prev.bias is None else np.append(prev.bias, np.float32(0)),
+                                gamma=np.append(prev.gamma, np.float32(0)), beta=np.append(prev.beta, np.float32(1)))
+        taps = np.broadcast_to(c.bias[:, None], (*c.kernel.shape[:3], 1))
+        expand[i] = replace(c, kernel=np.concatenate([c.kernel, taps], axis=3).astype(np.float32), bias=None)
+    return replace(net, expand=expand)
 
 
-def _pow2_scale(bound: float, limit: float) -> float:
-    """Largest power-of-two scale s <= 1 with s * bound <= limit (power of two: exact in fp16/fp32)."""
-    return 1.0 if bound <= limit else float(2.0 ** -np.ceil(np.log2(bound / limit)))
+def bender_depthwise_filter(kernel: np.ndarray) -> np.ndarray:
+    """The DepthwiseConv2dNative filter [k, k, C, 1] Bender must be given to apply `kernel` on the device:
+    its mapper hands MPS the filter transposed (converter.py, `depthwise_weights_as_applied`), so it is
+    written transposed. `to_tensorflow_graph_def` transposes it back."""
+    return np.ascontiguousarray(kernel.transpose(1, 0, 2, 3))
 
 
-def clamp_guard_scales(net: BakedNetwork, height: int, width: int,
-                       limit: float = BENDER_INSTANCE_NORM_CLAMP) -> dict[str, float]:
-    """Per-instance-norm output scales that keep every value inside Bender's +-10 clamp.
+def mps_transpose_filter(kernel: np.ndarray, stride: int) -> np.ndarray:
+    """A 2x2 stride-2 "same" transposed conv's filter [2, 2, out, in] (TF's) in MPS's orientation.
 
-    {conv scope: s}; the residual stream shares one scale ("stream"), since x + h must stay a sum.
-    The expand conv3 norm feeds a sigmoid (not homogeneous): it keeps s = 1 (sigmoid(10) is already
-    1 - 4.5e-5).
+    TF's y[2i + a] = K[a] x[i]; MPS (no weight rotation, even kernel centred at k // 2 = 1) computes
+    y[2i] = W[1] x[i], y[2i + 1] = W[0] x[i]: W is K rotated by 180 degrees. For other sizes MPS's
+    window (centred at k // 2) is not TF's (which puts kernel tap a at i s + a), whatever the weights.
     """
-    h4, w4 = height // 4, width // 4
-    stream = min(_pow2_scale(instance_norm_bound(c2, h4 * w4), limit) for _, c2 in net.residual)
-    scales = {"stream": stream}
-    for c1, c2 in net.residual:
-        scales[c1.scope] = _pow2_scale(instance_norm_bound(c1, h4 * w4), limit)
-        scales[c2.scope] = stream
-    h, w = h4, w4
-    for c in net.expand:
-        h, w = h * c.upsample, w * c.upsample
-        scales[c.scope] = _pow2_scale(instance_norm_bound(c, h * w), limit) if c.activation == "relu" else 1.0
-    return scales
-
-
-def rescale_for_bender_clamp(net: BakedNetwork, height: int, width: int,
-                             limit: float = BENDER_INSTANCE_NORM_CLAMP) -> tuple[BakedNetwork, dict[str, float]]:
-    """An equivalent network whose instance-norm outputs never reach Bender's +-10 clamp.
-
-    Each norm's gamma/beta are multiplied by a power of two s <= 1 (`clamp_guard_scales`); ReLU is
-    positively homogeneous, so relu(s y) = s relu(y), and the next conv's weights are divided by s,
-    which gives that conv exactly its original output (instance norms see unscaled inputs, eps
-    included). The residual stream is carried scaled by one shared s (contract conv3 weights and bias
-    times s). Powers of two scale float16/float32 values exactly, so this changes nothing but the
-    clamp (and values below fp16's normal range, 6.1e-5 * s).
-    """
-    from dataclasses import replace
-
-    if net.contract[-1].activation != "relu" or any(c1.activation != "relu" or c2.activation is not None
-                                                    for c1, c2 in net.residual):
-        raise BenderExportError("clamp guard expects Magenta's structure (ReLU after contract conv3 and residual conv1)")
-    scales = clamp_guard_scales(net, height, width, limit)
-    stream = scales["stream"]
-    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    contract = list(net.contract)
-    last = contract[-1]
-    contract[-1] = replace(last, kernel=f32(last.kernel * stream), bias=f32(last.bias * stream))
-    residual = []
-    for c1, c2 in net.residual:
-        s1 = scales[c1.scope]
-        residual.append((replace(c1, kernel=f32(c1.kernel / stream), gamma=f32(c1.gamma * s1), beta=f32(c1.beta * s1)),
-                         replace(c2, kernel=f32(c2.kernel / s1), gamma=f32(c2.gamma * stream), beta=f32(c2.beta * stream))))
-    expand, incoming = [], stream
-    for c in net.expand:
-        s = scales[c.scope]
-        expand.append(replace(c, kernel=f32(c.kernel / incoming), gamma=f32(c.gamma * s), beta=f32(c.beta * s)))
-        incoming = s
-    return BakedNetwork(contract=contract, residual=residual, expand=expand), scales
+    if kernel.shape[:2] != (2, 2) or stride != 2:
+        raise BenderExportError(f"a {kernel.shape[0]}x{kernel.shape[1]} stride-{stride} transposed conv: only 2x2 "
+                                "stride 2 lines up TF's \"same\" output with MPS's kernel centring")
+    return np.ascontiguousarray(kernel[::-1, ::-1])
 
 
 def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
                        padding: str = "concat", upsample: str = "nearest_conv", stride2: str = "same4",
-                       clamp_guard: bool = True):
+                       clamp_guard: bool = True, match_epsilon: bool | None = None):
     """The baked transfer network as a tf.compat.v1.GraphDef that Bender maps op for op.
 
     input `content_image` [1, H, W, 3] float32 in [0, 1]; output `stylized_image` (Sigmoid).
+    The options choose how Magenta's reflect-padded convs and nearest upsampling are written (a
+    realtime network's zero "same" convs map as they are: Conv2D / DepthwiseConv2dNative SAME):
     padding: "concat" (default) = Magenta's reflect padding built exactly from mapped layers (border
     rows/columns copied by one-hot convolutions, ConcatV2) followed by VALID convs; it relies on
     Bender's Concat axis mapping (TF axis 1 -> width, 2 -> height; written accordingly) and on MPS
     convolutions with a stride as large as the image. "clamp" = SAME convs with pad_mode REFLECT,
     which Bender turns into MPSImageEdgeMode.clamp: replicate padding, borders differ from Magenta.
     upsample: "nearest_conv" (default) = ConvTranspose(2x2 identity, stride 2) then the 3x3 conv
-    with SAME + pad_mode REFLECT: exact, borders included. "fused" = one 4x4 ConvTranspose
-    derived from the 3x3 kernel: exact in the interior only.
+    (SAME; pad_mode REFLECT for a reflect-padded conv): exact, borders included. "fused" = one 4x4
+    ConvTranspose derived from the 3x3 kernel: exact in the interior only.
     stride2 (padding="clamp" only; "concat" pads explicitly and runs 3x3 VALID stride 2):
     "same4" (default) = the 3x3 stride-2 kernel zero-extended to 4x4 with SAME padding;
     "explicit" = 3x3 VALID with Bender's tensor-valued `explicit_paddings` attribute.
     clamp_guard: rescale the norms by powers of two so Bender's +-10 clamp never cuts a value
     (`rescale_for_bender_clamp`); False writes gamma/beta as they are.
+    match_epsilon: scale each norm's input so that Bender's fixed eps is the model's
+    (`for_bender_norms`; None: for the realtime network only).
+    A transposed conv's bias rides on a constant channel (`fold_transpose_bias`).
     """
     import tensorflow as tf
 
@@ -160,11 +148,13 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
         raise BenderExportError(
             f"{height}x{width}: Bender's SAME convolution floors H / stride, so both sides must be "
             "multiples of 4 (two stride-2 convs, two x2 upsamplings) and at least 8")
+    net = for_bender_norms(fold_transpose_bias(net), match_epsilon)
     if clamp_guard:
         net, _ = rescale_for_bender_clamp(net, height, width)
     rt = tf.raw_ops
     graph = tf.compat.v1.Graph()
     explicit_convs: list[str] = []
+    edge_clamped_convs: list[str] = []  # SAME convs standing in for reflect padding: pad_mode REFLECT
     with graph.as_default():
         const = lambda value, name: tf.constant(np.array(value, order="C"), name=name)  # noqa: E731
 
@@ -201,12 +191,26 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
 
         def conv2d(x, c: BakedConv, name_scope: str, kernel=None, after_upsample: bool = False):
             kernel = c.kernel if kernel is None else kernel
+            strides = [1, c.stride, c.stride, 1]
+            if c.padding == "same":
+                # Zero "same" padding is Bender's SAME with zero edges: the same window as TF's for stride 1
+                # and, on the even sizes here, for stride 2 (both put the one padding row after).
+                if c.depthwise is not None:
+                    x = rt.DepthwiseConv2dNative(input=x, filter=const(bender_depthwise_filter(c.depthwise),
+                                                                       f"{name_scope}/depthwise/weights"),
+                                                 strides=strides, padding="SAME", name=f"{name_scope}/depthwise/conv")
+                    return rt.Conv2D(input=x, filter=const(kernel, f"{name_scope}/pointwise/weights"),
+                                     strides=[1, 1, 1, 1], padding="VALID", name=f"{name_scope}/pointwise/Conv2D")
+                return rt.Conv2D(input=x, filter=const(kernel, f"{name_scope}/weights"), strides=strides,
+                                 padding="SAME", name=f"{name_scope}/Conv2D")
+            if c.depthwise is not None:
+                raise BenderExportError(f"{c.scope}: a separable conv with {c.padding} padding is not supported")
             if padding == "concat" and not after_upsample:
                 # (after a nearest upsampling, the clamp edge already equals reflect: SAME below)
                 xp = reflect_pad(x, kernel.shape[0] // 2, f"{name_scope}/reflect")
                 w = const(kernel, f"{name_scope}/weights")
-                return rt.Conv2D(input=xp, filter=w, strides=[1, c.stride, c.stride, 1], padding="VALID",
-                                 name=f"{name_scope}/Conv2D")
+                return rt.Conv2D(input=xp, filter=w, strides=strides, padding="VALID", name=f"{name_scope}/Conv2D")
+            edge_clamped_convs.append(f"{name_scope}/Conv2D")
             if c.stride == 1:
                 w = const(kernel, f"{name_scope}/weights")
                 return rt.Conv2D(input=x, filter=w, strides=[1, 1, 1, 1], padding="SAME", name=f"{name_scope}/Conv2D")
@@ -230,38 +234,48 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
             var = rt.Mean(input=sqd, axis=const(np.array([1, 2], np.int32), f"{s}/moments/variance/reduction_indices"),
                           keep_dims=True, name=f"{s}/moments/variance")
             # Bender ignores this eps (its Metal kernel uses 1e-4); TensorFlow runs of the graph use it.
-            add = rt.Add(x=var, y=const(np.float32(CIN_EPSILON), f"{s}/add/y"), name=f"{s}/add")
+            add = rt.Add(x=var, y=const(np.float32(c.epsilon), f"{s}/add/y"), name=f"{s}/add")
             std = rt.Pow(x=add, y=const(np.float32(0.5), f"{s}/pow/y"), name=f"{s}/pow")
             sub = rt.Sub(x=x, y=mean, name=f"{s}/sub")
             div = rt.RealDiv(x=sub, y=std, name=f"{s}/truediv")
             mul = rt.Mul(x=const(c.gamma.astype(np.float32), f"{s}/gamma"), y=div, name=f"{s}/mul")
             return rt.Add(x=mul, y=const(c.beta.astype(np.float32), f"{s}/beta"), name=f"{s}/add_1")
 
-        def activation(x, c: BakedConv, name: str | None = None):
+        def finish(y, c: BakedConv, name: str | None = None):
+            """A conv's output through its bias (fused into the conv by Bender), norm and activation."""
+            if c.bias is not None:
+                y = rt.BiasAdd(value=y, bias=const(c.bias.astype(np.float32), f"{c.scope}/biases"),
+                               name=f"{c.scope}/BiasAdd")
+            if c.gamma is not None:
+                y = instance_norm(y, c)
             if c.activation == "relu":
-                return rt.Relu(features=x, name=name or f"{c.scope}/Relu")
+                return rt.Relu(features=y, name=name or f"{c.scope}/Relu")
             if c.activation == "sigmoid":
-                return rt.Sigmoid(x=x, name=name or f"{c.scope}/Sigmoid")
+                return rt.Sigmoid(x=y, name=name or f"{c.scope}/Sigmoid")
             if c.activation is None:
-                return x
+                return y
             raise BenderExportError(f"{c.scope}: activation {c.activation!r} has no Bender neuron here")
 
         x = tf.compat.v1.placeholder(tf.float32, [1, height, width, 3], name=INPUT_NAME)
         h, w = height, width
         for c in net.contract:
-            y = conv2d(x, c, c.scope)
-            y = rt.BiasAdd(value=y, bias=const(c.bias.astype(np.float32), f"{c.scope}/biases"), name=f"{c.scope}/BiasAdd")
-            x = activation(y, c)
-            h, w = h // c.stride, w // c.stride
+            x = finish(conv2d(x, c, c.scope), c)
+            h, w = c.output_hw(h, w)
         for conv1, conv2 in net.residual:
             block = conv1.scope.rsplit("/", 1)[0]
-            y = activation(instance_norm(conv2d(x, conv1, conv1.scope), conv1), conv1)
-            y = instance_norm(conv2d(y, conv2, conv2.scope), conv2)
+            y = finish(conv2d(x, conv1, conv1.scope), conv1)
+            y = finish(conv2d(y, conv2, conv2.scope), conv2)
             x = rt.Add(x=x, y=y, name=f"{block}/add")
         for n, c in enumerate(net.expand):
             last = n == len(net.expand) - 1
             parent = c.scope.rsplit("/", 1)[0]  # transformer/expand/convN
-            if c.upsample == 1:
+            if c.transpose:
+                h, w = c.output_hw(h, w)
+                y = rt.Conv2DBackpropInput(
+                    input_sizes=const(np.array([1, h, w, c.out_channels], np.int32), f"{c.scope}/input_sizes"),
+                    filter=const(mps_transpose_filter(c.kernel, c.stride), f"{c.scope}/weights"),
+                    out_backprop=x, strides=[1, c.stride, c.stride, 1], padding="SAME", name=f"{c.scope}/conv2d_transpose")
+            elif c.upsample == 1:
                 y = conv2d(x, c, c.scope)
             elif c.upsample == 2 and upsample == "nearest_conv":
                 cin = c.kernel.shape[2]
@@ -279,20 +293,20 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
                     out_backprop=x, strides=[1, 2, 2, 1], padding="SAME", name=f"{c.scope}/conv2d_transpose")
             else:
                 raise BenderExportError(f"{c.scope}: upsampling x{c.upsample} is not supported")
-            x = activation(instance_norm(y, c), c, name=OUTPUT_NAME if last else None)
+            x = finish(y, c, name=OUTPUT_NAME if last else None)
         if x.op.name != OUTPUT_NAME:
             raise BenderExportError(f"the network does not end in a sigmoid (last op {x.op.name})")
     graph_def = graph.as_graph_def()
     _swap_concat_axes(graph_def)  # TF NHWC axis 1 (height) is Bender's 2, and 2 (width) its 1
     for node in graph_def.node:
-        if node.op == "Conv2D" and node.attr["padding"].s != b"VALID":
+        if node.name in edge_clamped_convs:
             node.attr["pad_mode"].s = b"REFLECT"  # Bender: REFLECT/SYMMETRIC -> MPSImageEdgeMode.clamp
-            if node.name in explicit_convs:
-                # Bender reads attr["explicit_paddings"].tensor.tensorContent (Int32) and treats any padding
-                # string but "VALID" as SAME, so the Bender form is VALID + a tensor-valued attribute.
-                del node.attr["explicit_paddings"]
-                node.attr["padding"].s = b"VALID"
-                node.attr["explicit_paddings"].tensor.CopyFrom(_int32_tensor([0, 0, 1, 1, 1, 1, 0, 0]))
+        if node.name in explicit_convs:
+            # Bender reads attr["explicit_paddings"].tensor.tensorContent (Int32) and treats any padding
+            # string but "VALID" as SAME, so the Bender form is VALID + a tensor-valued attribute.
+            del node.attr["explicit_paddings"]
+            node.attr["padding"].s = b"VALID"
+            node.attr["explicit_paddings"].tensor.CopyFrom(_int32_tensor([0, 0, 1, 1, 1, 1, 0, 0]))
         if node.op == "Const":
             _force_tensor_content(node)
     report = check_bender_graph(graph_def)
@@ -327,6 +341,11 @@ def _int32_tensor(values):
         tensor_content=arr.tobytes())
 
 
+def _float_tensor_value(node) -> np.ndarray:
+    t = node.attr["value"].tensor
+    return np.frombuffer(t.tensor_content, "<f4").reshape([d.size for d in t.tensor_shape.dim])
+
+
 def _force_tensor_content(node) -> None:
     """Bender reads weights only from tensor_content: rewrite any multi-element float_val Const."""
     t = node.attr["value"].tensor
@@ -339,15 +358,22 @@ def _force_tensor_content(node) -> None:
 
 
 def to_tensorflow_graph_def(graph_def):
-    """A copy TensorFlow can import: Bender-only attributes removed (pad_mode; explicit_paddings as a
-    tensor becomes TF's EXPLICIT padding), ConcatV2 axes back in NHWC numbering. SAME convs then pad
-    with zeros instead of clamping."""
+    """A copy TensorFlow can import and that computes what Bender does: Bender-only attributes removed
+    (pad_mode; explicit_paddings as a tensor becomes TF's EXPLICIT padding), ConcatV2 axes back in NHWC
+    numbering, filters written for Bender's orientation (DepthwiseConv2dNative transposed,
+    Conv2DBackpropInput rotated for MPS) back in TF's. SAME convs then pad with zeros instead of clamping."""
     from tensorflow.core.framework import graph_pb2
 
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     _swap_concat_axes(out)
+    consts = {n.name: n for n in out.node if n.op == "Const"}
     for node in out.node:
+        if node.op in ("DepthwiseConv2dNative", "Conv2DBackpropInput"):
+            filt = consts[node.input[1]]
+            value = _float_tensor_value(filt)
+            tf_value = value.transpose(1, 0, 2, 3) if node.op == "DepthwiseConv2dNative" else value[::-1, ::-1]
+            filt.attr["value"].tensor.tensor_content = np.ascontiguousarray(tf_value, "<f4").tobytes()
         if node.op != "Conv2D":
             continue
         if "pad_mode" in node.attr:

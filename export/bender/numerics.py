@@ -2,8 +2,8 @@
 
 `run_bender_numpy` runs the layer list of a converter report (`check_bender_graph`) with float16
 images between layers, float32 accumulation and weights, the instance-norm kernel's eps 1e-4 and
-+-10 clamp, and MPS padding and edge modes; `mps_conv`, `mps_conv_transpose` and
-`bender_instance_norm` are those layers.
++-10 clamp, and MPS padding and edge modes; `mps_conv` (dense and depthwise), `mps_conv_transpose`
+and `bender_instance_norm` are those layers.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, edge: str)
 
 
 def mps_conv(x: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], pad_top: int, pad_left: int,
-             out_hw: tuple[int, int], edge: str) -> np.ndarray:
+             out_hw: tuple[int, int], edge: str, depthwise: bool = False) -> np.ndarray:
     """MPSCNNConvolution: output (i, j) reads the window starting at (i*sy - pad_top, j*sx - pad_left).
 
     (Bender sets offset = k/2 - padTop and MPS centres the kernel, window [c - k/2, c - k/2 + k - 1].)
-    float32 accumulation, HWIO kernel.
+    float32 accumulation, HWIO kernel; depthwise: a [kh, kw, C, 1] kernel, one filter per channel.
     """
     kh, kw, cin, cout = kernel.shape
     h, w = x.shape[:2]
@@ -44,6 +44,8 @@ def mps_conv(x: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], pad_top
     xp = _pad(x, top, bottom, left, right, edge)[top - pad_top:, left - pad_left:]
     windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(0, 1))
     windows = windows[: sy * (oh - 1) + 1: sy, : sx * (ow - 1) + 1: sx]  # (oh, ow, cin, kh, kw)
+    if depthwise:
+        return np.einsum("hwcij,ijc->hwc", windows, kernel[..., 0], optimize=True).astype(np.float32, copy=False)
     return np.tensordot(windows, kernel, axes=([2, 3, 4], [2, 0, 1])).astype(np.float32, copy=False)
 
 
@@ -113,7 +115,7 @@ def run_bender_numpy(graph_def, image: np.ndarray, *, fp16: bool = True,
                 raise BenderExportError(f"image {x.shape} does not match the graph input {layer.out_size} "
                                         "(Bender would Lanczos-resize it)")
             y = x
-        elif layer.type == "Convolution":
+        elif layer.type in ("Convolution", "DepthwiseConvolution"):
             if p["dilation"] != (1, 1):
                 raise BenderExportError(f"{layer.id}: dilated convolution not modelled")
             src = outputs[layer.inputs[0]]
@@ -128,7 +130,7 @@ def run_bender_numpy(graph_def, image: np.ndarray, *, fp16: bool = True,
             else:
                 pad_top, pad_left = p["paddings"][2], p["paddings"][0]
             y = mps_conv(src, p["weights"].astype(np.float32), (sy, sx), pad_top, pad_left, (oh, ow),
-                         edge_mode or p["edge_mode"])
+                         edge_mode or p["edge_mode"], depthwise=layer.type == "DepthwiseConvolution")
             if p["bias"] is not None:
                 y = y + p["bias"].astype(np.float32)
             y = _neuron(y, p["neuron"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from export.baked import BakedNetwork
+from export.bender.norms import for_bender_norms
 
 
 def benderthon_filename(prefix: str, variable_name: str) -> str:
@@ -18,20 +19,38 @@ def benderthon_filename(prefix: str, variable_name: str) -> str:
 def benderthon_variables(net: BakedNetwork, transpose_convs: bool = True) -> dict[str, np.ndarray]:
     """The variables of the baked network under Magenta's names (with TF's ':0'), in file layout.
 
-    - `{scope}/weights:0` for every conv (contract ones with the batch norm folded in);
-    - `{scope}/BatchNorm/beta:0` for the contract convs: the folded bias (batch norm as identity,
-      as training.weights.magenta_import holds it);
+    - `{scope}/weights:0` for every conv (Magenta's contract ones with the batch norm folded in); a
+      realtime network's separable conv as `{scope}/depthwise/weights:0` and `{scope}/pointwise/weights:0`;
+    - Magenta's contract convs: `{scope}/BatchNorm/beta:0`, the folded bias (batch norm as identity,
+      as training.weights.magenta_import holds it); a realtime network's conv biases: `{scope}/biases:0`;
     - `{scope}/StyleNorm/beta:0` and `/gamma:0`: this style's conditional instance-norm parameters,
       Magenta's style_params keys (tensors in Magenta, baked constants here).
-    transpose_convs=True writes conv weights as benderthon's `--conv-vars` does (perm [3, 0, 1, 2],
-    HWIO -> OHWI, the layout MPSCNNConvolution reads); False writes them as stored (HWIO).
+    The realtime network's convs before a norm are scaled so Bender's InstanceNorm eps is the model's
+    (`for_bender_norms`).
+    transpose_convs=True writes weights in the layout MPS reads them: convs as benderthon's
+    `--conv-vars` does (perm [3, 0, 1, 2], HWIO -> OHWI, MPSCNNConvolution); depthwise filters as
+    [C][kh][kw] (MPSCNNDepthWiseConvolution; benderthon has no option for it); transposed convs as
+    [out][kh][kw][in] rotated by 180 degrees (MPSCNNConvolutionTranspose applies weights as given, TF
+    rotates them; benderthon's `--conv-transpose-vars` is for Bender's kernel before iOS 11.3).
+    False writes them as stored (TF's HWIO, [k, k, C, 1], [k, k, out, in]).
     """
+    def layout(kernel, kind):
+        kernel = np.asarray(kernel, np.float32)
+        if not transpose_convs:
+            return kernel
+        perm = {"conv": (3, 0, 1, 2), "depthwise": (2, 3, 0, 1), "transpose": (2, 0, 1, 3)}[kind]
+        return np.ascontiguousarray((kernel[::-1, ::-1] if kind == "transpose" else kernel).transpose(perm))
+
     out: dict[str, np.ndarray] = {}
-    for c in net.convs():
-        kernel = np.asarray(c.kernel, np.float32)
-        out[f"{c.scope}/weights:0"] = np.ascontiguousarray(kernel.transpose(3, 0, 1, 2) if transpose_convs else kernel)
+    for c in for_bender_norms(net).convs():  # Bender's InstanceNorm layer has its own eps
+        if c.depthwise is not None:
+            out[f"{c.scope}/depthwise/weights:0"] = layout(c.depthwise, "depthwise")
+            out[f"{c.scope}/pointwise/weights:0"] = layout(c.kernel, "conv")
+        else:
+            out[f"{c.scope}/weights:0"] = layout(c.kernel, "transpose" if c.transpose else "conv")
         if c.bias is not None:
-            out[f"{c.scope}/BatchNorm/beta:0"] = np.asarray(c.bias, np.float32)
+            bias_name = "BatchNorm/beta" if net.architecture == "magenta" else "biases"
+            out[f"{c.scope}/{bias_name}:0"] = np.asarray(c.bias, np.float32)
         if c.gamma is not None:
             out[f"{c.scope}/StyleNorm/beta:0"] = np.asarray(c.beta, np.float32)
             out[f"{c.scope}/StyleNorm/gamma:0"] = np.asarray(c.gamma, np.float32)

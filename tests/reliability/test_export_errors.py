@@ -18,7 +18,7 @@ import sys
 import keras
 import pytest
 
-from helpers import CACHE_DIR, REPO
+from helpers import CACHE_DIR, REPO, compose_export as compose_export_config
 from reliability_helpers import error_lines, run_stage
 from training.errors import StylepipeError
 
@@ -27,12 +27,7 @@ FAST = ["export.style=starry", "export.sizes=[[64,64]]", "export.parity_photos=1
 
 
 def compose_export(tmp_path, model_path, overrides=()):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("export", overrides=[
-            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.model_path={model_path}", *FAST, *overrides])
+    return compose_export_config(tmp_path, model_path, [*FAST, *overrides])
 
 
 @pytest.fixture(scope="module")

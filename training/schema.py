@@ -109,7 +109,8 @@ FREE_TEXT = Rule("any text", lambda v: isinstance(v, (str, int, float, bool)))
 SIDE = integer(16, multiple_of=4)
 SIZES = list_of(list_of(SIDE, length=2, allowed="[height, width]"), at_least=1,
                 allowed="[[height, width], ...] with each side an integer >= 16 divisible by 4")
-# Adam's step size: 1e-3 trains from scratch, 2e-4 fine-tunes; past 0.1 a step only wrecks the weights.
+# Adam moves each weight by about the learning rate per step: 1e-3 trains from scratch, 2e-4 fine-tunes;
+# past 0.1 a step is larger than the conv weights themselves.
 LEARNING_RATE = number(above=0, high=0.1, why="Adam's step size, e.g. 1e-3")
 STEPS = integer(0)
 POSITIVE = integer(1)

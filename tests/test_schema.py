@@ -19,9 +19,11 @@ from training.schema import check_config, stage_groups
 
 CONFIGS = REPO / "configs"
 STAGES = ("prepare", "import_magenta", "train", "export", "evaluate", "stylize")
-# Group options that add keys the defaults lack: the realtime network, TFDS data, each init, each teacher.
-MORE_KEYS = {"train": [["model=realtime", "data=tfds", "init=magenta_published"],
-                       ["init=tfhub", "backbone=inception_v3", "teacher=model", "style=all"]]}
+# Group options that add keys the defaults lack (the realtime network, TFDS data, each init, each teacher), and
+# data.cache_bytes, which only code sets.
+MORE_KEYS = {"train": [["model=realtime", "data=tfds", "init=magenta_published", "+data.cache_bytes=0"],
+                       ["init=tfhub", "backbone=inception_v3", "teacher=model", "style=all"]],
+             **{stage: [["data=tfds"]] for stage in ("prepare", "export", "evaluate")}}
 
 
 @cache

@@ -232,9 +232,11 @@ def evaluate(cfg) -> dict:
     from training.data.datasets import fit_crop, load_content, texture_image
     from training.network.vgg16 import build_loss_network
     from training.objective.objective import StylizationObjective
+    from training.schema import check_config
     from training.tracking import mlflow_run
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
 
+    check_config(cfg, "evaluate", allow_other_keys=True)
     ev = cfg.evaluate
     external = device_lib.load(ev.device_results) if ev.get("device_results") else []  # validate before any work
     models = compared_models(ev, cfg.paths)

@@ -32,13 +32,12 @@ import numpy as np
 
 from export.manifest import MANIFEST_NAME, read_manifest, verified_artifact
 from training.errors import ConfigError, StylepipeError
+from training.schema import check_config
 
 log = logging.getLogger("stylepipe.stylize")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # as training/data/datasets.py reads
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
-SIZE_MODES = ("auto", "model", "resize", "tile")
-AUDIO_MODES = ("copy", "drop")
 MP4_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}  # what `audio=copy` can put in an mp4 as it is
 STYLE_IMAGE_SIZE = 256  # the predictor's input, as Magenta feeds it (short side to 256, centre crop)
 FIX_EXPORT = "run `python -m pipelines.export` first, or give stylizer=path/to/model.keras"
@@ -52,29 +51,17 @@ class StylizeError(StylepipeError):
 
 
 def validate_stylize_config(cfg) -> None:
-    """Checks that need no model and no decoding (run before Hydra starts)."""
+    """Checks that need no model and no decoding (run before Hydra starts): each value's (training/schema.py),
+    then the input, the painting, and what the model asked for can do."""
+    check_config(cfg, "stylize", allow_other_keys=True)
     if cfg.input is None or str(cfg.input) == "":
         raise ConfigError("input is not set: python -m pipelines.stylize input=path/to/photo.jpg "
                           "(a photo, a folder of photos or a video)")
     if not Path(cfg.input).exists():
         raise StylizeError(f"{cfg.input}: no such file or folder (input= takes a photo, a folder of photos or a video)")
-    if cfg.size not in SIZE_MODES:
-        raise ConfigError(f"size={cfg.size!r} is not allowed: one of {', '.join(SIZE_MODES)}")
-    if cfg.strength is not None:
-        if not isinstance(cfg.strength, (int, float)) or isinstance(cfg.strength, bool) or not 0 <= cfg.strength <= 1:
-            raise ConfigError(f"strength={cfg.strength!r} is not allowed: a number from 0 (the photo's own style) "
-                              "to 1 (the painting's), or null")
-        if not _is_keras(cfg.stylizer) and not _is_arbitrary(cfg):
-            raise ConfigError(f"strength={cfg.strength} is not available for a baked model (its style is fixed at export): "
-                              "use stylizer=arbitrary style.image=path/to/painting.jpg, or leave strength out")
-    if not isinstance(cfg.tile.size, int) or cfg.tile.size < 16 or cfg.tile.size % 4:
-        raise ConfigError(f"tile.size={cfg.tile.size!r} is not allowed: an integer >= 16 divisible by 4")
-    if not isinstance(cfg.tile.overlap, (int, float)) or not 0 <= cfg.tile.overlap <= 0.5:
-        raise ConfigError(f"tile.overlap={cfg.tile.overlap!r} is not allowed: a fraction of the tile from 0 to 0.5")
-    if cfg.video.audio not in AUDIO_MODES:
-        raise ConfigError(f"video.audio={cfg.video.audio!r} is not allowed: one of {', '.join(AUDIO_MODES)}")
-    if not isinstance(cfg.video.crf, int) or not 0 <= cfg.video.crf <= 51:
-        raise ConfigError(f"video.crf={cfg.video.crf!r} is not allowed: an integer from 0 (lossless) to 51")
+    if cfg.strength is not None and not _is_keras(cfg.stylizer) and not _is_arbitrary(cfg):
+        raise ConfigError(f"strength={cfg.strength} is not available for a baked model (its style is fixed at export): "
+                          "use stylizer=arbitrary style.image=path/to/painting.jpg, or leave strength out")
     if cfg.style.image is not None and not Path(cfg.style.image).is_file():
         raise StylizeError(f"style.image={cfg.style.image}: no such file (give a painting's image file)")
     if str(cfg.stylizer) == "arbitrary" and cfg.style.image is None:

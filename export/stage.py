@@ -120,7 +120,8 @@ class Exporter:
     def coreml(self, variant, model, module, name, reference, height, width):
         from export import coreml
 
-        metadata = dict(OmegaConf.to_container(self.cfg.export.metadata, resolve=True))
+        # Free text (training/schema.py): a version Hydra read as a number is Core ML's text all the same.
+        metadata = {k: str(v) for k, v in OmegaConf.to_container(self.cfg.export.metadata, resolve=True).items()}
         metadata["description"] = (f"stylepipe {variant} {model}" + (f", style {self.style_name}" if variant == "baked" else "")
                                    + f", {width}x{height}")
         metadata["user"] = self.metadata(variant, model)

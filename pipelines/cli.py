@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ def fail(message: str):
 
 
 def preflight(config_name: str, check: Callable | None = None, argv: list[str] | None = None):
-    """Compose the command line's config and check it before Hydra starts the stage; returns the
+    """Compose the command line's config and check it before Hydra starts the stage: every key against
+    the schema (training/schema.py), then the stage's own `check`, then the tracking store; returns the
     config (None when Hydra's own flags are given).
 
     Hydra creates the run folder (and rewrites its .hydra/ files) before the stage runs; checking
@@ -33,6 +35,7 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
     from omegaconf.errors import OmegaConfBaseException
 
     from training.errors import StylepipeError
+    from training.schema import check_config
     from training.tracking import check_tracking_store
 
     args = sys.argv[1:] if argv is None else argv
@@ -44,8 +47,9 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
     except MissingConfigException as err:
         fail(_missing_option(err))
     except (HydraException, OmegaConfBaseException) as err:
-        fail(_one_line(err))
+        fail(_undeclared_override(config_name, args, err) or _one_line(err))
     try:
+        check_config(cfg, config_name)
         if check is not None:
             check(cfg)
         if "mlflow" in cfg:  # stages that log runs
@@ -66,6 +70,20 @@ def _missing_option(err) -> str:
     if not group or not err.options:
         return _one_line(err)
     return f"{group}={name} is not allowed: one of {', '.join(err.options)} (configs/{group}/)"
+
+
+def _undeclared_override(stage: str, args: list[str], err: Exception) -> str | None:
+    """Hydra's "Could not override 'a.b'" for a key the schema declares nowhere: the schema's line instead,
+    naming the keys there are (Hydra's `+a.b=...` would only be refused in turn)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from training.schema import undeclared_key
+
+    if not (match := re.match(r"Could not override '([^']+)'", str(err))):
+        return None
+    given = [o for o in OverridesParser.create().parse_overrides(args) if o.key_or_group == match.group(1)]
+    problem = given and undeclared_key(stage, match.group(1), given[-1].value())
+    return str(problem) if problem else None
 
 
 def _one_line(err: Exception) -> str:

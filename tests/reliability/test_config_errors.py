@@ -3,7 +3,10 @@ before any work: no outputs folder is created (Hydra's run folder included), no 
 
 What each test guards: unknown style name, missing style image path, alpha <= 0, negative steps,
 image size not divisible by 4, a missing photo folder, an export size the model cannot take, a bad
-distillation teacher or teacher.weight: test_bad_value_is_one_line_before_any_work; a crop size and
+distillation teacher or teacher.weight: test_bad_value_is_one_line_before_any_work; the schema's examples
+(a learning rate out of range, text for a number, an unknown key, a bad export size or threshold, evaluate's
+runs, threads and compare, stylize's strength) leave an earlier run's files, its .hydra/config.yaml included,
+as they were: test_each_schema_example_is_one_line_and_writes_nothing; a crop size and
 batch too large for this machine's memory: test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate
 (in-process: tests/test_export.py::test_bad_export_config_is_a_clear_error).
 """
@@ -15,7 +18,7 @@ import time
 import pytest
 
 from helpers import CACHE_DIR
-from reliability_helpers import error_lines, run_stage
+from reliability_helpers import PHOTOS, error_lines, run_stage
 
 CASES = [
     # stage, override, start of the error line, something the line must list as allowed
@@ -40,7 +43,8 @@ CASES = [
     ("train", "style.texture_size=2048", "error: style.texture_size=2048 is not allowed", "from 16 to 1024"),
     ("train", "style.texture_size=512 trainer.fixed_style_targets=false", "error: style.texture_size=512 is not allowed",
      "data.style_size (256) with trainer.fixed_style_targets=false"),
-    ("train", "trainer.stepz=3", "error: Could not override 'trainer.stepz'", "+trainer.stepz=3"),
+    ("train", "trainer.stepz=3", "error: trainer.stepz=3 is not allowed: not a key of trainer (its keys: ",
+     "steps, steps_per_execution"),
     ("train", "trainer.checkpoint_minutes=0", "error: trainer.checkpoint_minutes=0 is not allowed", "null for checkpoints by steps"),
     ("train", "trainer.allow_cpu=maybe", "error: trainer.allow_cpu='maybe' is not allowed", "true or false"),
     ("train", "trainer.learning_rate=abc", "error: trainer.learning_rate='abc' is not allowed", "a number > 0"),
@@ -77,6 +81,63 @@ def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts
     assert line.startswith(starts) and allowed in line, line
     assert not (tmp_path / "outputs").exists()  # Hydra's run folder included: an earlier run's .hydra/ is kept
     assert elapsed < 30, f"{elapsed:.1f} s: the check ran after start-up work"  # ~1 s; TensorFlow alone takes longer
+
+
+# The schema's examples (training/schema.py; every key: tests/test_schema.py): stage, override, start of the line.
+SCHEMA_CASES = [
+    ("train", "trainer.learning_rate=abc", "error: trainer.learning_rate='abc' is not allowed: a number > 0 and <= 0.1"),
+    ("train", "trainer.learning_rate=30", "error: trainer.learning_rate=30 is not allowed: a number > 0 and <= 0.1"),
+    ("train", "seed=abc", "error: seed='abc' is not allowed: an integer"),
+    ("train", "data.image_size=-1", "error: data.image_size=-1 is not allowed: an integer >= 16 divisible by 4"),
+    ("train", "trainer.batch_size=0", "error: trainer.batch_size=0 is not allowed: an integer >= 1"),
+    ("train", "model=nosuch", "error: model=nosuch is not allowed: one of magenta, magenta_lite, realtime (configs/model/)"),
+    ("train", "+trainer.stepz=3", "error: trainer.stepz=3 is not allowed: not a key of trainer (its keys: allow_cpu, "),
+    ("export", "export.sizes=abc", "error: export.sizes='abc' is not allowed: [[height, width], ...] with each side"),
+    ("export", "export.sizes=[[384,383]]", "error: export.sizes=[[384, 383]] is not allowed: [[height, width], ...] "
+     "with each side an integer >= 16 divisible by 4"),
+    ("export", "export.thresholds.tflite_fp16=abc", "error: export.thresholds.tflite_fp16='abc' is not allowed: a number > 0"),
+    ("evaluate", "evaluate.runs=0", "error: evaluate.runs=0 is not allowed: an integer >= 1"),
+    ("evaluate", "evaluate.threads=[0]", "error: evaluate.threads=[0] is not allowed: a list of LiteRT thread counts"),
+    ("evaluate", "evaluate.compare=abc", "error: evaluate.compare='abc' is not allowed: a list of export folders"),
+    ("stylize", "strength=2", "error: strength=2 is not allowed: a number from 0 (the photo's own style) to 1"),
+]
+
+
+def _earlier_run(outputs):
+    """Files an earlier run of each stage left in `outputs`, Hydra's record of the training run included."""
+    for name, text in {"train/.hydra/config.yaml": "seed: 0\n", "train/model.keras": "model", "export/manifest.json": "{}",
+                       "evaluate/metrics.json": "{}", "stylized/photo_starry.jpg": "photo"}.items():
+        (outputs / name).parent.mkdir(parents=True, exist_ok=True)
+        (outputs / name).write_text(text)
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused_leaving_outputs_alone(tmp_path, stage, override, starts):
+    _earlier_run(tmp_path / "outputs")
+    before = _files(tmp_path)
+    args = ["trainer=smoke", override] if stage == "train" else [f"input={PHOTOS[0]}", override] if stage == "stylize" \
+        else [override]
+    result = run_stage(stage, args, tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == error_lines(result.stderr), result.stderr  # nothing but the error
+    [line] = error_lines(result.stderr)
+    assert line.startswith(starts), line
+    assert _files(tmp_path) == before  # no new file, none changed: the earlier run's .hydra/config.yaml as it was
+
+
+def test_a_bad_value_leaves_an_earlier_run_as_it_was(tmp_path):
+    """Guards the order in pipelines.cli.preflight: the schema refuses before Hydra writes its run folder."""
+    _refused_leaving_outputs_alone(tmp_path, *SCHEMA_CASES[1])
+
+
+@pytest.mark.parametrize("stage, override, starts", SCHEMA_CASES, ids=[c[1] for c in SCHEMA_CASES])
+@pytest.mark.slow
+def test_each_schema_example_is_one_line_and_writes_nothing(tmp_path, stage, override, starts):
+    """The schema's examples through the real CLI of each stage: exit 1, one line, every file as it was."""
+    _refused_leaving_outputs_alone(tmp_path, stage, override, starts)
 
 
 def test_gpu_profile_on_a_cpu_stops_before_any_work(tmp_path):

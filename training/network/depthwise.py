@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from training.config import SHIFTED_SUM_DEPTHWISE
+from training.schema import SHIFTED_SUM_DEPTHWISE
 
 
 def _padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int, int]:

@@ -241,8 +241,10 @@ def import_magenta(cfg) -> dict:
     from training.data.datasets import find_images, load_image, style_crop
     from training.fileio import atomic_write_text, save_keras_atomically
     from training.network.stylizer import build_stylizer
+    from training.schema import check_config
     from training.tracking import mlflow_run
 
+    check_config(cfg, "import_magenta", allow_other_keys=True)
     out_dir = Path(cfg.paths.magenta_published_dir)
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
     stylizer = build_stylizer(model_cfg, OmegaConf.create(PUBLISHED_BACKBONE), cfg.paths.cache_dir)

@@ -53,17 +53,6 @@ class BakedConv:
             return height * self.stride, width * self.stride
         return height * self.upsample // self.stride, width * self.upsample // self.stride
 
-    def flops(self, height: int, width: int) -> int:
-        """Multiply-adds x 2 for an input of height x width."""
-        h, w = self.output_hw(height, width)
-        k = self.kernel_size
-        if self.transpose:  # every input pixel times the whole kernel
-            return 2 * height * width * k * k * self.kernel.shape[2] * self.kernel.shape[3]
-        dense = 2 * h * w * k * k * self.kernel.shape[2] * self.kernel.shape[3]
-        if self.depthwise is None:
-            return dense
-        return dense + 2 * h * w * self.depthwise.shape[0] * self.depthwise.shape[1] * self.depthwise.shape[2]
-
 
 @dataclass
 class BakedNetwork:

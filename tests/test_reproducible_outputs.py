@@ -1,0 +1,53 @@
+"""Stage outputs are the same bytes for the same content, so a `dvc repro` anywhere writes the dvc.lock
+that is committed: .keras archives, protobuf files, Core ML packages, recorded paths; the MLflow run
+of a stage is recorded beside its outputs, not in them."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import keras
+import numpy as np
+
+
+def _model_with_a_shared_initializer(seed: int = 0) -> keras.Model:
+    """Two layers sharing one initializer: Keras names it by its memory address when saving."""
+    initializer = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input((4,), name="x")  # named: Keras numbers unnamed ones per process
+    hidden = keras.layers.Dense(3, kernel_initializer=initializer, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=initializer, name="out")(hidden), name="shared")
+    for variable in model.weights:
+        variable.assign(np.full(variable.shape, 0.5, np.float32))
+    return model
+
+
+def test_the_same_model_saved_twice_is_the_same_keras_file(tmp_path):
+    from training.fileio import save_keras_atomically
+
+    first = save_keras_atomically(_model_with_a_shared_initializer(), tmp_path / "a.keras")
+    time.sleep(1.1)  # zip entries hold times to the second
+    second = save_keras_atomically(_model_with_a_shared_initializer(), tmp_path / "b.keras")
+
+    assert first.read_bytes() == second.read_bytes()
+    assert b'"shared_object_id": 0' in zipfile.ZipFile(first).read("config.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]  # no temporary file left
+    reloaded = keras.models.load_model(first)
+    assert [w.tolist() for w in reloaded.get_weights()] == [w.tolist() for w in _model_with_a_shared_initializer().get_weights()]
+
+
+def test_a_reproducible_keras_archive_keeps_its_entries_and_the_keras_version(tmp_path):
+    from training.fileio import ZIP_EPOCH, reproducible_keras_archive
+
+    model = _model_with_a_shared_initializer()
+    model.save(tmp_path / "plain.keras")
+    plain = zipfile.ZipFile(tmp_path / "plain.keras")
+    (tmp_path / "fixed.keras").write_bytes(reproducible_keras_archive((tmp_path / "plain.keras").read_bytes()))
+    fixed = zipfile.ZipFile(tmp_path / "fixed.keras")
+
+    assert [e.filename for e in fixed.infolist()] == [e.filename for e in plain.infolist()]
+    assert {e.date_time for e in fixed.infolist()} == {ZIP_EPOCH}
+    assert fixed.read("model.weights.h5") == plain.read("model.weights.h5")
+    metadata = json.loads(fixed.read("metadata.json"))
+    assert metadata == {"keras_version": keras.__version__, "date_saved": "1980-01-01@00:00:00"}

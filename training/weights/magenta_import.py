@@ -241,7 +241,7 @@ def import_magenta(cfg) -> dict:
     from training.data.datasets import find_images, load_image, style_crop
     from training.fileio import atomic_write_text, save_keras_atomically
     from training.network.stylizer import build_stylizer
-    from training.tracking import mlflow_run
+    from training.tracking import mlflow_run, record_run_id
 
     out_dir = Path(cfg.paths.magenta_published_dir)
     model_cfg = OmegaConf.create({"name": "magenta_lite", "alpha": PUBLISHED_ALPHA, "freeze_batch_norm": True})
@@ -265,6 +265,7 @@ def import_magenta(cfg) -> dict:
                 f"(need {p.min_transfer_psnr_db}), predictor cosine {parity['min_predictor_cosine']:.4f} "
                 f"(need {p.min_predictor_cosine}); nothing written to {out_dir}")
         save_keras_atomically(stylizer, out_dir / "model.keras")
-        atomic_write_text(out_dir / "parity.json", json.dumps({**parity, "mlflow_run_id": run.info.run_id}, indent=2))
+        atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2))
+        record_run_id(out_dir, run.info.run_id)
         mlflow.log_artifact(str(out_dir / "parity.json"))
     return parity

@@ -91,3 +91,37 @@ def test_a_core_ml_package_saved_twice_is_the_same_bytes_and_still_loads(tmp_pat
     metadata = dict(spec.description.metadata.userDefined)
     assert {k: metadata.get(k) for k in ("style", "variant", "model")} == {"style": "starry", "variant": "baked", "model": "transfer"}
     assert COREML_CONVERSION_DATE not in metadata and metadata["com.github.apple.coremltools.version"] == ct.__version__
+
+
+def test_recorded_paths_are_relative_to_the_working_directory_inside_it(tmp_path, monkeypatch):
+    from training.fileio import recorded_path
+
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert recorded_path("data/painting.jpg") == "data/painting.jpg"
+    assert recorded_path(tmp_path / "repo" / "data" / "painting.jpg") == "data/painting.jpg"
+    assert recorded_path(tmp_path / "elsewhere.jpg") == str((tmp_path / "elsewhere.jpg").resolve())
+
+
+def test_the_mlflow_run_is_recorded_beside_the_outputs_and_dvc_leaves_it_out(tmp_path):
+    import subprocess
+    import sys
+
+    from export.stage import training_metadata
+    from helpers import REPO
+    from training.tracking import RUN_ID_RECORD, record_run_id, recorded_run_id
+
+    assert recorded_run_id(tmp_path) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": "magenta_lite"}))
+    record_run_id(tmp_path, "0123abcd")
+    assert recorded_run_id(tmp_path) == "0123abcd"
+    assert training_metadata(tmp_path) == {"model": "magenta_lite", "mlflow_run_id": "0123abcd"}
+
+    # What records one run on one machine inside the stages' output folders is not hashed into dvc.lock.
+    records = [f"outputs/train/{RUN_ID_RECORD}", "outputs/train/.hydra/hydra.yaml", "outputs/train/train.log",
+               "outputs/magenta_published/import_magenta.log", f"outputs/export/{RUN_ID_RECORD}",
+               "outputs/export/.hydra-run/export.log"]
+    kept = ["outputs/train/model.keras", "outputs/train/metrics.json", "outputs/train/run.json", "outputs/export/manifest.json"]
+    result = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", *records, *kept], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == records, result.stdout + result.stderr

@@ -43,6 +43,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """`path` as an output file records it: relative to the working directory (the repo root, where
+    the stages run) when the file is inside it, so that every clone writes the same record; else absolute."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
 def save_keras_atomically(model, path: str | os.PathLike) -> Path:
     """Keras writes by path: save beside the final name, then write it there atomically (never a
     half-written model), as `reproducible_keras_archive`."""

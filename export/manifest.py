@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -88,11 +89,13 @@ def verified_artifact(artifact: dict, export_dir) -> Path:
 
 MLPACKAGE_MANIFEST = "Manifest.json"
 COREML_CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"
+COREML_CONST_NUMBER = re.compile(r"^const_(\d+)(?=_|$)")  # a const coremltools adds, and names made from it
 
 
 def reproducible_mlpackage(package: Path) -> None:
     """Make a saved Core ML package the same bytes for the same model: coremltools names its items by
-    random UUIDs (here: UUIDs derived from each item's path), writes the spec's maps in hash order
+    random UUIDs (here: UUIDs derived from each item's path), numbers the consts it adds in an order
+    that varies between processes (here: in program order), writes the spec's maps in hash order
     (here: in key order) and stamps the day of conversion into the spec's metadata (removed)."""
     manifest_path = package / MLPACKAGE_MANIFEST
     manifest = json.loads(manifest_path.read_text())
@@ -109,4 +112,33 @@ def _reproducible_spec(path: Path) -> None:
     spec = Model_pb2.Model()
     spec.ParseFromString(path.read_bytes())
     spec.description.metadata.userDefined.pop(COREML_CONVERSION_DATE, None)
+    if spec.HasField("mlProgram"):
+        _rename_strings(spec.mlProgram, _const_renumbering())
     atomic_write_bytes(path, spec.SerializeToString(deterministic=True))
+
+
+def _const_renumbering():
+    """const_<n> -> const_<k>, k counting the numbers in the order they are met (one number, one k)."""
+    numbers: dict[str, int] = {}
+    return lambda name: COREML_CONST_NUMBER.sub(lambda m: f"const_{numbers.setdefault(m.group(1), len(numbers))}", name)
+
+
+def _rename_strings(message, rename) -> None:
+    """`rename` every string in a protobuf message (names and their uses alike), in a fixed order:
+    fields by number, repeated fields in order, maps by key."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_type = field.message_type.fields_by_name["value"]
+            for key in sorted(value):
+                if value_type.message_type is not None:
+                    _rename_strings(value[key], rename)
+                elif value_type.type == value_type.TYPE_STRING:
+                    value[key] = rename(value[key])
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                _rename_strings(item, rename)
+        elif field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                value[:] = [rename(v) for v in value]
+            else:
+                setattr(message, field.name, rename(value))

@@ -53,14 +53,17 @@ def test_a_reproducible_keras_archive_keeps_its_entries_and_the_keras_version(tm
     assert metadata == {"keras_version": keras.__version__, "date_saved": "1980-01-01@00:00:00"}
 
 
-def _saved_mlpackage(path, metadata: dict):
-    """A small Core ML program saved as a package, its user metadata set in the given order."""
+def _saved_mlpackage(path, metadata: dict, earlier_consts: int = 0):
+    """A small Core ML program saved as a package, its user metadata set in the given order; its
+    unnamed consts numbered after `earlier_consts` others (coremltools' counter runs on)."""
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))], opset_version=ct.target.iOS16)
     def program(x):
-        return mb.relu(x=mb.mul(x=x, y=np.float32(2.0)), name="y")
+        for _ in range(earlier_consts):
+            mb.const(val=np.float32(0.0))  # unused: dropped by the conversion's passes
+        return mb.relu(x=mb.sub(x=mb.mul(x=x, y=mb.const(val=np.float32(2.0))), y=mb.const(val=np.float32(1.0))), name="y")
 
     mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
     mlmodel.user_defined_metadata.update(metadata)
@@ -73,15 +76,20 @@ def _package_files(package) -> dict[str, bytes]:
 
 
 def test_a_core_ml_package_saved_twice_is_the_same_bytes_and_still_loads(tmp_path):
-    """coremltools names a package's items by random UUIDs, writes metadata maps in hash order and
-    stamps the day of conversion: after reproducible_mlpackage two saves are the same files."""
+    """coremltools names a package's items by random UUIDs, numbers the consts it adds from a counter,
+    writes metadata maps in hash order and stamps the day of conversion: after reproducible_mlpackage
+    two saves are the same files, and the program runs as before."""
     import coremltools as ct
 
     from export.manifest import COREML_CONVERSION_DATE, artifact_sha256, reproducible_mlpackage
+    from export.mil_executor import run_mil_program
 
     first = _saved_mlpackage(tmp_path / "a.mlpackage", {"style": "starry", "variant": "baked", "model": "transfer"})
-    second = _saved_mlpackage(tmp_path / "b.mlpackage", {"model": "transfer", "variant": "baked", "style": "starry"})
-    assert _package_files(first)["Manifest.json"] != _package_files(second)["Manifest.json"]  # random item ids
+    second = _saved_mlpackage(tmp_path / "b.mlpackage", {"model": "transfer", "variant": "baked", "style": "starry"},
+                              earlier_consts=3)
+    as_saved = _package_files(first), _package_files(second)
+    assert as_saved[0]["Manifest.json"] != as_saved[1]["Manifest.json"]  # random item ids
+    assert as_saved[0]["Data/com.apple.CoreML/model.mlmodel"] != as_saved[1]["Data/com.apple.CoreML/model.mlmodel"]
     for package in (first, second):
         reproducible_mlpackage(package)
 
@@ -91,6 +99,9 @@ def test_a_core_ml_package_saved_twice_is_the_same_bytes_and_still_loads(tmp_pat
     metadata = dict(spec.description.metadata.userDefined)
     assert {k: metadata.get(k) for k in ("style", "variant", "model")} == {"style": "starry", "variant": "baked", "model": "transfer"}
     assert COREML_CONVERSION_DATE not in metadata and metadata["com.github.apple.coremltools.version"] == ct.__version__
+    x = np.linspace(-1, 1, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    [y] = run_mil_program(ct.models.MLModel(str(first), skip_model_load=True), {"x": x}).values()
+    np.testing.assert_allclose(y, np.maximum(2 * x - 1, 0), atol=1e-3)
 
 
 def test_recorded_paths_are_relative_to_the_working_directory_inside_it(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from export.manifest import artifact_sha256
+from export.manifest import artifact_sha256, reproducible_mlpackage
 from export.style import baked_style, file_name
 from training.config import validate_export_config
 from training.errors import StylepipeError
@@ -91,7 +91,7 @@ class Exporter:
         if problems:
             raise StylepipeError(f"frozen graph {name}: " + "; ".join(problems))
         path = self.staging / name
-        atomic_write_bytes(path, graph_def.SerializeToString())
+        atomic_write_bytes(path, graph_def.SerializeToString(deterministic=True))  # maps in key order
         placeholder = {n.name: n for n in graph_def.node if n.op == "Placeholder"}
         io = lambda names, shapes: [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes)]  # noqa: E731
         in_shapes = [[d.size for d in placeholder[n].attr["shape"].shape.dim] for n in inputs]
@@ -131,6 +131,7 @@ class Exporter:
         mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
         path = self.staging / name
         mlmodel.save(str(path))
+        reproducible_mlpackage(path)
         inputs, outputs = coreml.io_description(mlmodel)
         pairs = []
         for feeds, ref in reference:
@@ -156,7 +157,7 @@ class Exporter:
             raise StylepipeError(f"Bender graph {name}: " + "; ".join(str(err).split("\n")[:6])) from None
         report = bender.check_bender_graph(graph_def)
         path = self.staging / name
-        atomic_write_bytes(path, graph_def.SerializeToString())
+        atomic_write_bytes(path, graph_def.SerializeToString(deterministic=True))  # maps in key order
         pairs = [(bender.run_bender_numpy(graph_def, feeds["content_image"][0], report=report)[None], ref)
                  for feeds, ref in reference]
         io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
@@ -256,7 +257,7 @@ def export(cfg) -> dict:
     """The export stage; returns the manifest."""
     from training.data.datasets import load_content, load_painting, style_crop
     from training.network.stylizer import load_stylizer
-    from training.tracking import check_tracking_store, mlflow_run, scrub_path
+    from training.tracking import check_tracking_store, mlflow_run, record_run_id, scrub_path
 
     validate_export_config(cfg)
     check_tracking_store(cfg.mlflow.tracking_uri)
@@ -300,9 +301,9 @@ def export(cfg) -> dict:
                         "style": style["name"],  # baked into the `baked` artifacts; the painting and where it came from:
                         "style_image": style["image"], "style_sha256": style["sha256"], "style_source": style["source"],
                         "trained_style": style["trained"],  # the model's own (style.json); None: none recorded
-                        "thresholds": OmegaConf.to_container(e.thresholds), "mlflow_run_id": run.info.run_id,
-                        "artifacts": exporter.entries}
+                        "thresholds": OmegaConf.to_container(e.thresholds), "artifacts": exporter.entries}
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
+            record_run_id(staging, run.info.run_id)
             _swap_in(staging, output_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when installed
@@ -315,8 +316,11 @@ def export(cfg) -> dict:
 
 
 def training_metadata(train_dir: Path) -> dict:
-    """metrics.json of the training that wrote the model (its MLflow run, model name); {} if none."""
+    """metrics.json of the training that wrote the model (model name, style) and its MLflow run
+    (`mlflow_run_id`); {} if none."""
+    from training.tracking import recorded_run_id
+
     try:
-        return json.loads((train_dir / "metrics.json").read_text())
+        return {**json.loads((train_dir / "metrics.json").read_text()), "mlflow_run_id": recorded_run_id(train_dir)}
     except (OSError, ValueError):
         return {}

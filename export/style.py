@@ -12,6 +12,7 @@ from pathlib import Path
 
 from training.config import style_image_path, style_image_sha256, style_names
 from training.errors import ConfigError, StylepipeError
+from training.fileio import recorded_path
 from training.loop.runs import STYLE_RECORD, read_style_record
 
 OVERRIDE = "export.allow_style_mismatch=true"
@@ -66,7 +67,7 @@ def baked_style(cfg) -> dict:
         raise ConfigError(f"{given} {what} {model_path} was trained for ({trained['name']}, {trained['image']}): "
                           f"leave export.style and export.style_image unset to bake that one, or add {OVERRIDE} to bake "
                           "this one anyway")
-    return {"name": name, "image": str(path.resolve()), "sha256": sha256, "source": source,
+    return {"name": name, "image": recorded_path(path), "sha256": sha256, "source": source,
             "trained": trained["name"] if trained else None}
 
 

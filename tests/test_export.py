@@ -25,6 +25,7 @@ def tf_formats_only():
 @pytest.mark.slow
 def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, published_model_path):
     from export.stage import export
+    from training.tracking import RUN_ID_RECORD
 
     out = tmp_path / "outputs" / "export"
     (out / ".hydra-run").mkdir(parents=True)  # Hydra's files of this export, written before the stage runs
@@ -34,7 +35,8 @@ def test_frozen_graph_and_tflite_match_keras_and_fill_the_manifest(tmp_path, pub
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["artifacts"] == manifest["artifacts"]
     # The new export replaced the folder: no earlier style's file beside it; Hydra's run files kept.
-    assert sorted(p.name for p in out.iterdir()) == sorted([".hydra-run", "manifest.json", *(a["path"] for a in manifest["artifacts"])])
+    assert sorted(p.name for p in out.iterdir()) == sorted([".hydra-run", "manifest.json", RUN_ID_RECORD,
+                                                            *(a["path"] for a in manifest["artifacts"])])
     assert (out / ".hydra-run" / "export.log").read_text().startswith("this run's log")
     assert not list(out.parent.glob(".export*"))
     kinds = {(a["format"], a["variant"], a["model"], a["path"].rsplit("_", 1)[-1].split(".")[0]) for a in manifest["artifacts"]}

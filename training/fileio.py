@@ -1,10 +1,15 @@
-"""Writing files so that a crash never leaves a half-written file under a final name."""
+"""Writing files so that a crash never leaves a half-written file under a final name, and so that the
+same content gives the same bytes (DVC hashes the stages' outputs into dvc.lock)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 
@@ -38,15 +43,55 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """`path` as an output file records it: relative to the working directory (the repo root, where
+    the stages run) when the file is inside it, so that every clone writes the same record; else absolute."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
 def save_keras_atomically(model, path: str | os.PathLike) -> Path:
-    """Keras writes by path: save beside the final name, then rename (never a half-written model)."""
+    """Keras writes by path: save beside the final name, then write it there atomically (never a
+    half-written model), as `reproducible_keras_archive`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     try:
         model.save(tmp)
-        tmp.replace(path)
-    except BaseException:
+        atomic_write_bytes(path, reproducible_keras_archive(tmp.read_bytes()))
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+KERAS_METADATA, KERAS_CONFIG = "metadata.json", "config.json"
+SHARED_OBJECT_ID = re.compile(rb'"shared_object_id": (\d+)')
+
+
+def reproducible_keras_archive(data: bytes) -> bytes:
+    """A `.keras` archive that is the same bytes for the same model: Keras stamps the time of saving
+    (on the weights entry and as metadata.json's `date_saved`) and numbers shared objects by their
+    memory address; here every entry gets the zip epoch, `date_saved` that date, and the shared
+    objects 0, 1, 2... in order of appearance. Entries, their order and compression stay."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as archive:
+        for entry in source.infolist():
+            content = source.read(entry)
+            if entry.filename == KERAS_CONFIG:
+                content = _renumber_shared_objects(content)
+            elif entry.filename == KERAS_METADATA:
+                content = json.dumps({**json.loads(content), "date_saved": "1980-01-01@00:00:00"}).encode()
+            fixed = zipfile.ZipInfo(entry.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type, fixed.external_attr = entry.compress_type, entry.external_attr
+            archive.writestr(fixed, content)
+    return out.getvalue()
+
+
+def _renumber_shared_objects(content: bytes) -> bytes:
+    # Keras matches a shared object's uses by this id within one config: any distinct numbers do.
+    numbers: dict[bytes, int] = {}
+    return SHARED_OBJECT_ID.sub(lambda m: b'"shared_object_id": %d' % numbers.setdefault(m.group(1), len(numbers)), content)

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from training.errors import Interrupted, StylepipeError
+from training.fileio import atomic_write_text
 
 log = logging.getLogger("stylepipe.tracking")
 MAX_PARAM_VALUE = 6000
@@ -37,6 +38,23 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~$>-])/[^\s'\",\]\[}{]+")
 
 class TrackingStoreError(StylepipeError):
     """The MLflow tracking store cannot be reached or created."""
+
+
+# Beside a stage's outputs: the MLflow run that wrote them. A run id names a run of this machine's
+# store, so it stays out of the outputs, which DVC hashes (.dvcignore leaves this file out too).
+RUN_ID_RECORD = "mlflow_run.json"
+
+
+def record_run_id(folder, run_id: str) -> None:
+    atomic_write_text(Path(folder) / RUN_ID_RECORD, json.dumps({"mlflow_run_id": run_id}) + "\n")
+
+
+def recorded_run_id(folder) -> str | None:
+    """The MLflow run `record_run_id` wrote in `folder`; None: none, or no readable record."""
+    try:
+        return json.loads((Path(folder) / RUN_ID_RECORD).read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 PIPELINE_RUN_ENV = "STYLEPIPE_PIPELINE_RUN_ID"  # set it to hang stage runs under a pipeline run of your own

@@ -168,7 +168,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == step and metrics["trained_steps"] == 2
     # The resume continues the same MLflow run, and metrics.json holds the whole loss history.
-    assert metrics["mlflow_run_id"] == run.info.run_id
+    from training.tracking import recorded_run_id
+
+    assert recorded_run_id(tmp_path / "outputs" / "train") == run.info.run_id
     (continued,) = client.search_runs([run.info.experiment_id])
     assert continued.info.status == "FINISHED"
     logged = [s for s in range(1, step + 3) if s % 2 == 0 or s == step + 2]  # every log_every steps, and the last

@@ -81,7 +81,9 @@ def test_two_runs_at_once_share_a_new_sqlite_store(tmp_path):
     runs = mlflow.search_runs(experiment_names=["stylepipe"], output_format="list")
     assert sorted(r.info.run_name for r in runs) == ["concurrent-a", "concurrent-b"]
     assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in runs)
-    recorded = {json.loads((tmp_path / n / "train" / "metrics.json").read_text())["mlflow_run_id"] for n in ("a", "b")}
+    from training.tracking import recorded_run_id
+
+    recorded = {recorded_run_id(tmp_path / n / "train") for n in ("a", "b")}
     assert recorded == {r.info.run_id for r in runs}
 
 

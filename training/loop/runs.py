@@ -119,20 +119,12 @@ def run_folder(cfg) -> tuple[Path, str | None]:
     return folder, f"{wanted} {why} -> this run writes to {folder}"
 
 
-def write_run_record(folder: Path, run_name: str, run_fingerprint: dict, mlflow_run_id: str | None = None) -> None:
-    """`RUN_RECORD`: the run's name and fingerprint, and its MLflow run once it has one (a resume continues it)."""
+def write_run_record(folder: Path, run_name: str, run_fingerprint: dict) -> None:
+    """`RUN_RECORD`: the run's name and fingerprint (its MLflow run: `training.tracking.recorded_run_id`)."""
     from training.fileio import atomic_write_text
 
-    record = {"run_name": run_name, "fingerprint": run_fingerprint, "mlflow_run_id": mlflow_run_id}
+    record = {"run_name": run_name, "fingerprint": run_fingerprint}
     atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2))
-
-
-def recorded_mlflow_run(folder: Path) -> str | None:
-    """The MLflow run id `RUN_RECORD` holds (None: none, or no readable record)."""
-    try:
-        return json.loads((folder / RUN_RECORD).read_text()).get("mlflow_run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 HISTORY_RECORD = "history.json"  # the mean losses of every logging interval so far, rewritten at each
@@ -155,8 +147,9 @@ def style_record(style_cfg, paths: dict[str, Path]) -> dict:
     """What `STYLE_RECORD` holds: the style's name, its settings and each painting's path and sha256;
     for a single-style model also `image` and `sha256`, the painting the export bakes by default."""
     from training.config import style_image_sha256
+    from training.fileio import recorded_path
 
-    images = [{"name": name, "path": str(Path(path).resolve()), "sha256": style_image_sha256(path)}
+    images = [{"name": name, "path": recorded_path(path), "sha256": style_image_sha256(path)}
               for name, path in paths.items()]
     record = {"name": style_cfg.name, "strength": float(style_cfg.strength), "texture_size": int(style_cfg.texture_size),
               "single": len(images) == 1, "images": images}

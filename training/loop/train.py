@@ -19,8 +19,8 @@ from training.config import check_cpu_memory, data_workers, validate_train_confi
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
-from training.loop.runs import (HISTORY_RECORD, STYLE_RECORD, fingerprint, read_history, recorded_mlflow_run, run_folder,
-                                style_record, write_run_record)
+from training.loop.runs import (HISTORY_RECORD, STYLE_RECORD, fingerprint, read_history, run_folder, style_record,
+                                write_run_record)
 
 log = logging.getLogger("stylepipe.train")
 
@@ -250,9 +250,11 @@ def _build(objective, optimizer, image_size, style_size=None):
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train (or resume) the stylization network as configured; returns the final metrics."""
+    """Train (or resume) the stylization network as configured; returns the final metrics (metrics.json)
+    with this run's `images_per_second` and `mlflow_run_id`."""
     validate_train_config(cfg)
-    from training.tracking import check_tracking_store, log_skipped_files, mlflow_run, scrub_path
+    from training.tracking import (check_tracking_store, log_skipped_files, mlflow_run, record_run_id, recorded_run_id,
+                                   scrub_path)
 
     check_tracking_store(cfg.mlflow.tracking_uri)
     from training.distribute import accelerators
@@ -306,9 +308,9 @@ def train(cfg: DictConfig) -> dict:
             log.info("resuming from %s (step %d)", latest[1], start_step)
             use_configured_learning_rate(optimizer, float(cfg.trainer.learning_rate))
         # A resume continues the earlier part's MLflow run and loss history.
-        earlier_run = recorded_mlflow_run(train_dir) if start_step else None
+        earlier_run = recorded_run_id(train_dir) if start_step else None
         earlier_history = read_history(train_dir, start_step) if start_step else []
-        write_run_record(train_dir, cfg.run_name, run_fingerprint, earlier_run)
+        write_run_record(train_dir, cfg.run_name, run_fingerprint)
         total_steps = int(cfg.trainer.steps)
         remaining = max(0, total_steps - start_step)
 
@@ -316,7 +318,7 @@ def train(cfg: DictConfig) -> dict:
 
         tags = {"stage": "train", "style": cfg.style.name, "model": cfg.model.name, "resumed_from_step": str(start_step)}
         with mlflow_run(cfg, cfg.run_name, tags=tags, continue_run_id=earlier_run) as run:
-            write_run_record(train_dir, cfg.run_name, run_fingerprint, run.info.run_id)
+            record_run_id(train_dir, run.info.run_id)
             mlflow.log_params({"style": cfg.style.name, "model": cfg.model.name, "backbone": cfg.backbone.name,
                                "keras_backend": keras.backend.backend(), "vgg16_weights_origin": vgg_origin,
                                "style_images": len(trained_style["images"]),
@@ -393,23 +395,26 @@ def train(cfg: DictConfig) -> dict:
                 # mean losses of the last logging interval, an earlier part's when this one trained nothing
                 "train": progress.last_logs or ({k: v for k, v in progress.history[-1].items() if k != "step"}
                                                 if progress.history else None),
-                "images_per_second": progress.images_per_second(cfg.trainer.batch_size),
                 "fixed_style_targets": fixed_targets,  # VGG-16 style targets computed once, not per batch
                 "skipped_files": skipped.count(),
                 "skipped_by_reason": skipped.by_reason(),
                 "styles": list(styles),
                 "heldout_photos": content.heldout_names,
                 "keras_backend": keras.backend.backend(),
-                "mlflow_run_id": run.info.run_id,
                 "history": progress.history,
             }
             atomic_write_text(train_dir / "metrics.json", json.dumps(metrics, indent=2))
-            if metrics["images_per_second"] is not None:
-                mlflow.log_metric("images_per_second", metrics["images_per_second"])
+            # This run's speed and MLflow run: in MLflow and the returned metrics, not in the folder's
+            # files, which are the same for the same training wherever it runs (DVC hashes them).
+            this_run = {"images_per_second": progress.images_per_second(cfg.trainer.batch_size),
+                        "mlflow_run_id": run.info.run_id}
+            if this_run["images_per_second"] is not None:
+                mlflow.log_metric("images_per_second", this_run["images_per_second"])
+                log.info("trained at %.1f images/s", this_run["images_per_second"])
             mlflow.log_artifact(str(grid_path), "samples")
             mlflow.log_artifact(str(train_dir / "metrics.json"))
             mlflow.log_artifact(str(train_dir / STYLE_RECORD), "model")
             mlflow.log_artifact(str(model_path), "model")
             log.info("wrote %s (style %s: %s), %s and %s", model_path, cfg.style.name, train_dir / STYLE_RECORD, grid_path,
                      train_dir / "metrics.json")
-    return metrics
+    return {**metrics, **this_run}

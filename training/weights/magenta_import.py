@@ -242,7 +242,7 @@ def import_magenta(cfg) -> dict:
     from training.fileio import atomic_write_text, save_keras_atomically
     from training.network.stylizer import build_stylizer
     from training.schema import check_config
-    from training.tracking import mlflow_run
+    from training.tracking import mlflow_run, record_run_id
 
     check_config(cfg, "import_magenta", allow_other_keys=True)
     out_dir = Path(cfg.paths.magenta_published_dir)
@@ -267,6 +267,7 @@ def import_magenta(cfg) -> dict:
                 f"(need {p.min_transfer_psnr_db}), predictor cosine {parity['min_predictor_cosine']:.4f} "
                 f"(need {p.min_predictor_cosine}); nothing written to {out_dir}")
         save_keras_atomically(stylizer, out_dir / "model.keras")
-        atomic_write_text(out_dir / "parity.json", json.dumps({**parity, "mlflow_run_id": run.info.run_id}, indent=2))
+        atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2))
+        record_run_id(out_dir, run.info.run_id)
         mlflow.log_artifact(str(out_dir / "parity.json"))
     return parity

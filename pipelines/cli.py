@@ -50,6 +50,7 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
         fail(_undeclared_override(config_name, args, err) or _one_line(err))
     try:
         check_config(cfg, config_name)
+        check_output_folders(cfg, config_name)
         if check is not None:
             check(cfg)
         if "mlflow" in cfg:  # stages that log runs
@@ -57,6 +58,27 @@ def preflight(config_name: str, check: Callable | None = None, argv: list[str] |
     except StylepipeError as err:
         fail(str(err))
     return cfg
+
+
+def output_folders(cfg, stage: str) -> dict[str, Path]:
+    """The folders a stage writes, by the key that sets each."""
+    from omegaconf import OmegaConf
+
+    keys = {"prepare": ["report", "paths.cache_dir"], "import_magenta": ["paths.magenta_published_dir"],
+            "train": ["paths.train_dir"], "export": ["export.output_dir"], "evaluate": ["evaluate.output_dir"],
+            "stylize": ["output"]}[stage]
+    folders = {key: Path(str(OmegaConf.select(cfg, key))) for key in keys}
+    return {key: folder.parent if folder.suffix else folder for key, folder in folders.items()}  # a file: its folder
+
+
+def check_output_folders(cfg, stage: str) -> None:
+    """Refuse, before any work, a stage whose output folder is read-only, not writable or on a full disk."""
+    from training.errors import StylepipeError
+    from training.fileio import unwritable_reason
+
+    for key, folder in output_folders(cfg, stage).items():
+        if reason := unwritable_reason(folder):
+            raise StylepipeError(f"{key}={folder}: cannot write there ({reason}); choose a writable folder with free space")
 
 
 def hydra_quoted(value) -> str:
@@ -94,6 +116,7 @@ def _one_line(err: Exception) -> str:
 def run_stage(stage, cfg):
     """Run `stage(cfg)`; an expected failure prints `error: ...` and exits 1, no traceback."""
     from training.errors import Interrupted, StylepipeError
+    from training.fileio import write_failure
 
     logging.getLogger("stylepipe").setLevel(logging.INFO)
     for chatty in ("coremltools", "tensorflow", "absl"):  # their INFO lines bury ours (coremltools prints whole graphs)
@@ -109,6 +132,25 @@ def run_stage(stage, cfg):
     except StylepipeError as err:
         _log_to_files(str(err))
         fail(str(err))
+    except OSError as err:  # a disk that filled up or turned read-only during the stage
+        if (message := write_failure(err)) is None:
+            raise
+        _log_to_files(message)
+        fail(message)
+    except Exception as err:  # MLflow's store failing the same way under its database
+        if (message := tracking_write_failure(cfg, err)) is None:
+            raise
+        fail(message)
+
+
+def tracking_write_failure(cfg, err: Exception) -> str | None:
+    """One line for a tracking database that became read-only or full during the stage, else None."""
+    text = str(err)
+    if "mlflow" not in cfg or not any(s in text for s in ("readonly database", "database or disk is full", "disk I/O error")):
+        return None
+    return (f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}: the tracking database cannot be written "
+            f"({text.strip().splitlines()[0][:160]}); the stage's files are kept. Free space or make it writable, "
+            "and run the same command again")
 
 
 def _log_to_files(message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import errno
 import os
 import re
 import tempfile
@@ -28,6 +29,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -95,3 +101,41 @@ def _renumber_shared_objects(content: bytes) -> bytes:
     # Keras matches a shared object's uses by this id within one config: any distinct numbers do.
     numbers: dict[bytes, int] = {}
     return SHARED_OBJECT_ID.sub(lambda m: b'"shared_object_id": %d' % numbers.setdefault(m.group(1), len(numbers)), content)
+
+
+MIN_FREE_BYTES = 100 * 2**20  # a stage writes up to tens of MB (models, checkpoints, exports): refuse to start below this
+WRITE_FAILURES = {errno.ENOSPC: "no space left on its disk", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "the file outgrew what its disk or the process may write",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def _existing(folder: str | os.PathLike) -> Path:
+    """`folder`, or the nearest folder above it that exists (where it would be created)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why nothing can be written in `folder` (created if missing), or None when it can: checked before any work."""
+    existing = _existing(folder)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "permission denied"
+    free = os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"only {free / 2**20:.1f} MB free on its disk (a stage needs at least {MIN_FREE_BYTES // 2**20} MB)"
+    return None
+
+
+def write_failure(err: BaseException) -> str | None:
+    """One line for a write that failed for want of space or permission (the file and the cause), else None."""
+    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+        where = err.filename or "a file"
+        return (f"{where}: {WRITE_FAILURES[err.errno]}; the files written before are kept as they were. "
+                "Free space or choose a writable folder, and run the same command again")
+    return None

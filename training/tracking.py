@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from training.errors import Interrupted, StylepipeError
-from training.fileio import atomic_write_text
+from training.fileio import atomic_write_text, unwritable_reason
 
 log = logging.getLogger("stylepipe.tracking")
 MAX_PARAM_VALUE = 6000
@@ -154,6 +154,11 @@ def check_tracking_store(uri: str) -> None:
     elif db := _sqlite_path(uri):
         if not db.parent.is_dir():
             raise TrackingStoreError(f"mlflow.tracking_uri={scrub_path(uri)}: folder {db.parent} does not exist")
+        # sqlite writes a journal beside the database: its folder must take writes, and the file itself.
+        reason = unwritable_reason(db.parent) or (db.exists() and not os.access(db, os.W_OK) and "the file is read-only")
+        if reason:
+            raise TrackingStoreError(f"mlflow.tracking_uri={scrub_path(uri)}: the tracking database cannot be written "
+                                     f"({reason}); make it writable or use another, e.g. mlflow.tracking_uri=sqlite:///mlflow.db")
 
 
 def _mlflow_error_code(err: urllib.error.HTTPError) -> str | None:

@@ -22,8 +22,9 @@ TINY = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.held
 UNTRACKED_STAGES = {"stylize"}  # stages without an MLflow run (and no mlflow config)
 
 
-def run_stage(stage: str, args: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m pipelines.<stage> ...` from the repo root, writing only under tmp_path."""
+def run_stage(stage: str, args: list[str], tmp_path: Path, wrap: list[str] = (), **kwargs) -> subprocess.CompletedProcess:
+    """`python -m pipelines.<stage> ...` from the repo root, writing only under tmp_path (`wrap`: a command
+    that runs it, e.g. in its own mount namespace)."""
     tracked = stage not in UNTRACKED_STAGES and not any(a.startswith("mlflow.tracking_uri=") for a in args)
     cmd = [sys.executable, "-m", f"pipelines.{stage}", f"paths.output_dir={tmp_path / 'outputs'}",
            f"paths.cache_dir={CACHE_DIR}", *([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"] if tracked else []),
@@ -31,7 +32,7 @@ def run_stage(stage: str, args: list[str], tmp_path: Path, **kwargs) -> subproce
     if stage == "train":
         cmd.append("trainer.progress=false")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+    return subprocess.run([*wrap, *cmd], cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
 
 
 def error_lines(stderr: str) -> list[str]:

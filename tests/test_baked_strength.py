@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CACHE_DIR, CONTENT_DIR, REPO
+from helpers import CONTENT_DIR, REPO, compose_export, photo, random_bottleneck, realtime_stylizer
 
 STRENGTHS = (0.0, 0.5, 1.0)
 SIZE = 64
-
-
-def photo(height: int, width: int, name: str = "chelsea.jpg") -> np.ndarray:
-    from training.data.datasets import fit_crop, load_image
-
-    return fit_crop(load_image(CONTENT_DIR / name), height, width)[None]
-
-
-def random_bottleneck(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(1, 1, 1, 100)).astype(np.float32)
 
 
 def strength_feed(strength: float) -> np.ndarray:
@@ -108,16 +98,12 @@ def test_neutral_bottleneck_is_the_mean_over_the_readable_photos(tmp_path):
 @pytest.mark.slow
 def test_realtime_baked_tflite_takes_strength_within_the_gpu_rules(tmp_path):
     import keras
-    from omegaconf import OmegaConf
 
     from export.strength import STRENGTH_SIGNATURE, blend
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert_signatures, run_signature
-    from training.network.stylizer import build_stylizer
 
-    keras.utils.set_random_seed(0)
-    cfg = OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml")
-    stylizer = build_stylizer(cfg, OmegaConf.create({"name": "mobilenet_v2", "weights": None, "trainable": False}), "/tmp")
+    stylizer = realtime_stylizer()
     transformer = stylizer.get_layer("transformer")
     neutral, style = random_bottleneck(3), random_bottleneck(4)
     modules = {"serve": make_module("baked", stylizer, SIZE, SIZE, style),
@@ -140,17 +126,12 @@ def test_realtime_baked_tflite_takes_strength_within_the_gpu_rules(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, published_model_path):
-    from hydra import compose, initialize_config_dir
-
     from export.stage import export
 
     tmp = tmp_path_factory.mktemp("strength-export")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("export", overrides=[
-            f"paths.root_dir={REPO}", f"paths.output_dir={tmp / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", f"export.model_path={published_model_path}",
-            f"export.sizes=[[{SIZE},{SIZE}]]", "export.parity_photos=1", "export.style=starry",
-            "export.formats=[frozen_graph,tflite_fp16,coreml,bender]", "export.arbitrary_formats=[]"])
+    cfg = compose_export(tmp, published_model_path, [
+        f"export.sizes=[[{SIZE},{SIZE}]]", "export.parity_photos=1", "export.style=starry",
+        "export.formats=[frozen_graph,tflite_fp16,coreml,bender]", "export.arbitrary_formats=[]"])
     manifest = export(cfg)
     return manifest, tmp / "outputs" / "export", cfg
 

@@ -14,7 +14,9 @@ Any photo size: `size=model` resizes and centre-crops to the model's size, `size
 model's size and back, `size=tile` stylizes overlapping model-size tiles at full resolution and blends
 them with raised-cosine weights, so no tile edge shows (`size=auto`: tile when the photo is larger than
 the model, else resize). `strength` mixes the painting's style bottleneck with the photo's own, as
-Magenta does. Videos are decoded and encoded with PyAV (its wheels ship FFmpeg), frame by frame.
+Magenta does; a baked model takes it through its `serve_strength` signature (export/strength.py:
+towards the neutral style of an average photo). Videos are decoded and encoded with PyAV (its wheels
+ship FFmpeg), frame by frame.
 """
 
 from __future__ import annotations
@@ -52,29 +54,17 @@ class StylizeError(StylepipeError):
 
 def validate_stylize_config(cfg) -> None:
     """Checks that need no model and no decoding (run before Hydra starts): each value's (training/schema.py),
-    then the input, the painting, and what the model asked for can do."""
+    then the input and the painting."""
     check_config(cfg, "stylize", allow_other_keys=True)
     if cfg.input is None or str(cfg.input) == "":
         raise ConfigError("input is not set: python -m pipelines.stylize input=path/to/photo.jpg "
                           "(a photo, a folder of photos or a video)")
     if not Path(cfg.input).exists():
         raise StylizeError(f"{cfg.input}: no such file or folder (input= takes a photo, a folder of photos or a video)")
-    if cfg.strength is not None and not _is_keras(cfg.stylizer) and not _is_arbitrary(cfg):
-        raise ConfigError(f"strength={cfg.strength} is not available for a baked model (its style is fixed at export): "
-                          "use stylizer=arbitrary style.image=path/to/painting.jpg, or leave strength out")
     if cfg.style.image is not None and not Path(cfg.style.image).is_file():
         raise StylizeError(f"style.image={cfg.style.image}: no such file (give a painting's image file)")
     if str(cfg.stylizer) == "arbitrary" and cfg.style.image is None:
         raise ConfigError("stylizer=arbitrary needs a painting: add style.image=path/to/painting.jpg")
-
-
-def _is_keras(stylizer) -> bool:
-    return str(stylizer).endswith(".keras")
-
-
-def _is_arbitrary(cfg) -> bool:
-    """stylizer=arbitrary, or a .tflite path of an arbitrary transfer model."""
-    return str(cfg.stylizer) == "arbitrary" or Path(str(cfg.stylizer)).name.startswith("arbitrary_")
 
 
 # ---------------------------------------------------------------- models
@@ -107,14 +97,28 @@ def _style_input(image: np.ndarray) -> np.ndarray:
     return style_crop(image, STYLE_IMAGE_SIZE)
 
 
-def _signature_runner(path: Path):
+def _signature_runner(path: Path, signature: str = "serve"):
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        return Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1).get_signature_runner("serve")
+        return Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1).get_signature_runner(signature)
     except (ValueError, RuntimeError) as err:
-        raise StylizeError(f"{path}: not a TFLite model with a `serve` signature ({str(err).splitlines()[0]}); "
+        raise StylizeError(f"{path}: not a TFLite model with a `{signature}` signature ({str(err).splitlines()[0]}); "
                            f"{FIX_EXPORT}") from None
+
+
+def _baked_strength_runner(path: Path, strength: float):
+    """The baked model's `strength` signature, as a call of one image at `strength`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.strength import STRENGTH_INPUT, STRENGTH_SHAPE, STRENGTH_SIGNATURE
+
+    if STRENGTH_SIGNATURE not in Interpreter(model_path=str(path)).get_signature_list():
+        raise StylizeError(f"{path}: this baked model has no strength input (exported before it had one): run "
+                           "`python -m pipelines.export` again, or leave strength out")
+    runner = _signature_runner(path, STRENGTH_SIGNATURE)
+    value = np.full(STRENGTH_SHAPE, strength, np.float32)
+    return lambda x: runner(content_image=x[None].astype(np.float32), **{STRENGTH_INPUT: value})["stylized_image"][0]
 
 
 def _manifests(export_dir: Path) -> list[Path]:
@@ -155,6 +159,10 @@ def _tflite_model(cfg, manifest: dict, entry: dict, export_dir: Path) -> Model:
     size = _shape_hw(entry)
     if entry["variant"] == "baked":
         style = entry.get("style") or manifest.get("style") or "baked"
+        if cfg.strength is not None:
+            at_strength = _baked_strength_runner(path, float(cfg.strength))
+            return Model(f"{path} (baked TFLite, strength {float(cfg.strength):g})", style, size,
+                         lambda x, _b: at_strength(x), strength=float(cfg.strength))
         return Model(f"{path} (baked TFLite)", style, size,
                      lambda x, _b: runner(content_image=x[None].astype(np.float32))["stylized_image"][0])
     predictors = _tflite_entries(manifest, "arbitrary", "predictor")

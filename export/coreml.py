@@ -2,7 +2,9 @@
 
 Apps pass a CVPixelBuffer straight in: `content_image` / `style_image` are RGB ImageTypes with
 scale 1/255 (pixels 0..255 -> the model's [0, 1]); `stylized_image` is an RGB ImageType (the
-graph emits NCHW 0..255 for it). Converted from a frozen GraphDef (coremltools takes a GraphDef
+graph emits NCHW 0..255 for it). The baked model's `strength` is a [1] tensor input with the default
+value 1 (an optional input, Core ML spec 7 / iOS 16): an app that does not set it gets full style.
+Converted from a frozen GraphDef (coremltools takes a GraphDef
 object; it fails on a .pb path). Predictions need macOS, so on Linux the MIL program is executed
 by `export.mil_executor`.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.strength import STRENGTH_DEFAULT, STRENGTH_INPUT, STRENGTH_SHAPE
 from export.tf_graph import STYLE_IMAGE_SIZE, constant_module, freeze
 from training.network.layers import BOTTLENECK_DIM
 
@@ -30,6 +33,11 @@ def _coreml_module(module, variant: str, height: int, width: int):
         def serve(content_image):
             y = constant.serve(content_image)["stylized_image"]
             return {"pixels": tf.identity(tf.transpose(y * 255.0, [0, 3, 1, 2]), name=IMAGE_OUTPUT_NODE)}
+    elif variant == "baked_strength":
+        @tf.function(input_signature=[content, tf.TensorSpec(STRENGTH_SHAPE, tf.float32, name=STRENGTH_INPUT)])
+        def serve(content_image, strength):
+            y = constant.serve(content_image, strength)["stylized_image"]
+            return {"pixels": tf.identity(tf.transpose(y * 255.0, [0, 3, 1, 2]), name=IMAGE_OUTPUT_NODE)}
     elif variant == "transfer":
         @tf.function(input_signature=[content, tf.TensorSpec([1, 1, 1, BOTTLENECK_DIM], tf.float32, name="style_bottleneck")])
         def serve(content_image, style_bottleneck):
@@ -45,7 +53,7 @@ def _coreml_module(module, variant: str, height: int, width: int):
 
 
 def convert(module, variant: str, height: int, width: int, metadata: dict):
-    """The mlprogram of one variant ("baked", "transfer" or "predictor") at a static size."""
+    """The mlprogram of one variant ("baked", "baked_strength", "transfer" or "predictor") at a static size."""
     import coremltools as ct
 
     graph_def, _, _ = freeze(_coreml_module(module, variant, height, width))
@@ -58,6 +66,9 @@ def convert(module, variant: str, height: int, width: int, metadata: dict):
         inputs = [image("content_image", (height, width))]
         if variant == "transfer":
             inputs.append(ct.TensorType(name="style_bottleneck", shape=(1, 1, 1, BOTTLENECK_DIM)))
+        if variant == "baked_strength":
+            inputs.append(ct.TensorType(name=STRENGTH_INPUT, shape=STRENGTH_SHAPE,
+                                        default_value=np.full(STRENGTH_SHAPE, STRENGTH_DEFAULT, np.float32)))
         outputs = [ct.ImageType(name=IMAGE_OUTPUT_NODE, color_layout=ct.colorlayout.RGB)]
     mlmodel = ct.convert(graph_def, source="tensorflow", convert_to="mlprogram", inputs=inputs, outputs=outputs,
                          minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT16)
@@ -78,6 +89,7 @@ def convert(module, variant: str, height: int, width: int, metadata: dict):
             "content_image": f"RGB photo, {width}x{height}, pixels 0..255",
             "style_image": f"RGB style image, {STYLE_IMAGE_SIZE}x{STYLE_IMAGE_SIZE}, pixels 0..255",
             "style_bottleneck": "style embedding from the style predictor, 1x1x1x100",
+            STRENGTH_INPUT: "style strength, 0 (neutral) to 1 (the full baked style); optional, default 1",
         }[feature]
     for feature in described.output_description:
         described.output_description[feature] = {
@@ -104,11 +116,24 @@ def io_description(mlmodel) -> tuple[list[dict], list[dict]]:
     return describe(description.input), describe(description.output)
 
 
+def input_defaults(mlmodel) -> dict[str, np.ndarray]:
+    """{name: value} of the optional tensor inputs with a default value (what Core ML feeds when left out)."""
+    defaults = {}
+    for feature in mlmodel.get_spec().description.input:
+        array = feature.type.multiArrayType
+        if feature.type.isOptional and feature.type.WhichOneof("Type") == "multiArrayType":
+            kind = array.WhichOneof("defaultOptionalValue")
+            if kind is not None:
+                defaults[feature.name] = np.full([int(d) for d in array.shape], getattr(array, kind), np.float32)
+    return defaults
+
+
 def predict(path, executable, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a saved model: Core ML itself on macOS, else the MIL program on the numpy executor.
 
     Image inputs are (H, W, 3) arrays in 0..255; the image output comes back under
-    `stylized_image` as an (H, W, 3) array in 0..255.
+    `stylized_image` as an (H, W, 3) array in 0..255. An optional input left out gets its default
+    value, as Core ML gives it.
     """
     import platform
 
@@ -122,6 +147,6 @@ def predict(path, executable, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
         return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
     from export.mil_executor import run_mil_program
 
-    outputs = run_mil_program(executable, inputs)  # image output as an app reads it: uint8 pixels
+    outputs = run_mil_program(executable, {**input_defaults(executable), **inputs})  # image output as an app reads it: uint8 pixels
     renames = {IMAGE_OUTPUT_NODE: "stylized_image", BOTTLENECK_OUTPUT_NODE: "style_bottleneck"}
     return {renames.get(k, k): v for k, v in outputs.items()}

@@ -38,7 +38,12 @@ def _size_bytes(path: Path) -> int:
 
 
 class Exporter:
-    """Writes artifacts into a staging folder and records their manifest entries."""
+    """Writes artifacts into a staging folder and records their manifest entries.
+
+    A check is {label: [(feeds, Keras reference)]}: label None for an artifact without a strength
+    input; for a baked one "default" (strength left out, against the style's own bottleneck) and each
+    of PARITY_STRENGTHS (against the Keras transformer fed the blended bottleneck).
+    """
 
     def __init__(self, cfg, stylizer, staging: Path, photos: list[np.ndarray], style: dict, style_image: np.ndarray):
         self.cfg, self.stylizer, self.staging = cfg, stylizer, staging
@@ -50,31 +55,52 @@ class Exporter:
         self.transformer = stylizer.get_layer("transformer")
         self.predictor = stylizer.get_layer("style_predictor")
         self.bottleneck = keras.ops.convert_to_numpy(self.predictor(style_image[None], training=False))
+        self.neutral = None  # export.strength.NeutralBottleneck, once a baked format with the strength input runs
         self.entries: list[dict] = []
 
     # -- references --
-    def keras_stylized(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def keras_stylized(self, height: int, width: int, bottleneck=None) -> list[tuple[np.ndarray, np.ndarray]]:
         from training.data.datasets import fit_crop
 
+        bottleneck = self.bottleneck if bottleneck is None else bottleneck
         pairs = []
         for photo in self.photos:
             x = fit_crop(photo, height, width)[None]
-            pairs.append((x, keras.ops.convert_to_numpy(self.transformer([x, self.bottleneck], training=False))))
+            pairs.append((x, keras.ops.convert_to_numpy(self.transformer([x, bottleneck], training=False))))
         return pairs
 
-    def record(self, fmt, variant, model, path: Path, inputs, outputs, outputs_vs_reference):
+    def strength_checks(self, height: int, width: int, baked_ref) -> dict:
+        """The baked checks: strength left out (its default, 1) and each of PARITY_STRENGTHS."""
+        from export.strength import PARITY_STRENGTHS, STRENGTH_INPUT, STRENGTH_SHAPE, blend
+
+        checks = {"default": baked_ref}
+        for strength in PARITY_STRENGTHS:
+            blended = blend(self.neutral.values, self.bottleneck, strength)
+            checks[f"{strength:g}"] = [({"content_image": x, STRENGTH_INPUT: np.full(STRENGTH_SHAPE, strength, np.float32)}, y)
+                                       for x, y in self.keras_stylized(height, width, blended)]
+        return checks
+
+    def record(self, fmt, variant, model, path: Path, inputs, outputs, results: dict, strength: dict | None = None):
+        """One manifest entry; results: {check label: [(ours, reference)]} (Exporter's docstring)."""
         # Images are in [0, 1]; a predictor's bottleneck is compared relative to its own range.
         peak = lambda ref: 1.0 if model != "predictor" else float(np.abs(ref).max())  # noqa: E731
-        psnrs = [psnr_db(ours, ref, peak(ref)) for ours, ref in outputs_vs_reference]
-        worst = max(max_abs(ours, ref) for ours, ref in outputs_vs_reference)
+        parity = {label: (min(psnr_db(ours, ref, peak(ref)) for ours, ref in pairs),
+                          max(max_abs(ours, ref) for ours, ref in pairs)) for label, pairs in results.items()}
         entry = {
             "format": fmt, "variant": variant, "model": model,
             "style": self.style_name if variant == "baked" else None,
             "path": path.name, "inputs": inputs, "outputs": outputs,
-            "parity": {"psnr_db": min(psnrs), "max_abs": worst, "photos": len(psnrs)},
+            "parity": {"psnr_db": min(p for p, _ in parity.values()), "max_abs": max(m for _, m in parity.values()),
+                       "photos": len(next(iter(results.values())))},
         }
+        if strength is not None:
+            entry["strength"] = strength
+        if set(parity) != {None}:
+            entry["parity"]["strength"] = {label: {"psnr_db": p, "max_abs": m} for label, (p, m) in parity.items()}
         self.entries.append(entry)
-        log.info("%-12s %-9s %-9s %-28s PSNR %.1f dB  max-abs %.2e", fmt, variant, model, path.name, min(psnrs), worst)
+        for label, (p, m) in parity.items():
+            at = "" if label is None else f"strength {label}"
+            log.info("%-12s %-9s %-9s %-28s %-16s PSNR %.1f dB  max-abs %.2e", fmt, variant, model, path.name, at, p, m)
 
     def metadata(self, variant, model) -> dict:
         """What each artifact says about itself (TFLite metadata `stylepipe`, Core ML user metadata)."""
@@ -83,29 +109,36 @@ class Exporter:
                 "variant": variant, "model": model}
 
     # -- formats --
-    def frozen_graph(self, variant, model, module, name, reference):
-        from export.tf_graph import check_frozen_graph, freeze, run_frozen_graph
+    def frozen_graph(self, variant, model, module, name, checks):
+        from export.strength import STRENGTH_DEFAULT, STRENGTH_INPUT, STRENGTH_SHAPE, strength_input
+        from export.tf_graph import check_frozen_graph, freeze, run_frozen_graph, with_input_default
 
         graph_def, inputs, outputs = freeze(module)
+        strength = None
+        if STRENGTH_INPUT in inputs:  # left out, it is 1: the graph runs as the baked graph without the input did
+            graph_def = with_input_default(graph_def, STRENGTH_INPUT, np.full(STRENGTH_SHAPE, STRENGTH_DEFAULT, np.float32))
+            strength = strength_input(default=STRENGTH_DEFAULT)
         problems = check_frozen_graph(graph_def, inputs, outputs)
         if problems:
             raise StylepipeError(f"frozen graph {name}: " + "; ".join(problems))
         path = self.staging / name
         atomic_write_bytes(path, graph_def.SerializeToString(deterministic=True))  # maps in key order
-        placeholder = {n.name: n for n in graph_def.node if n.op == "Placeholder"}
-        io = lambda names, shapes: [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes)]  # noqa: E731
+        placeholder = {n.name: n for n in graph_def.node if n.op in ("Placeholder", "PlaceholderWithDefault")}
         in_shapes = [[d.size for d in placeholder[n].attr["shape"].shape.dim] for n in inputs]
-        pairs = [(run_frozen_graph(graph_def, feeds, outputs)[outputs[0]], ref) for feeds, ref in reference]
-        out_shapes = [list(pairs[0][0].shape)]
-        self.record("frozen_graph", variant, model, path, io(inputs, in_shapes), io(outputs, out_shapes), pairs)
+        results = {label: [(run_frozen_graph(graph_def, feeds, outputs)[outputs[0]], ref) for feeds, ref in pairs]
+                   for label, pairs in checks.items()}
+        out_shapes = [list(next(iter(results.values()))[0][0].shape)]
+        self.record("frozen_graph", variant, model, path, _io(inputs, in_shapes, strength), _io(outputs, out_shapes),
+                    results, strength)
 
-    def tflite_fp16(self, variant, model, module, name, reference):
+    def tflite_fp16(self, variant, model, modules: dict, name, checks):
+        """modules: {signature key: module}; a baked model has `serve` (strength 1) and STRENGTH_SIGNATURE."""
+        from export.strength import STRENGTH_INPUT, STRENGTH_SIGNATURE, strength_input
         from export.tf_graph import constant_module
-        from export.tflite import check_gpu_delegate_rules, convert, run_signature, signature_io
+        from export.tflite import check_gpu_delegate_rules, convert_signatures, run_signature, signature_io, with_metadata
 
-        from export.tflite import with_metadata
-
-        flatbuffer = with_metadata(convert(constant_module(module), "serve", fp16=True), self.metadata(variant, model))
+        functions = {key: constant_module(module).serve for key, module in modules.items()}
+        flatbuffer = with_metadata(convert_signatures(functions, fp16=True), self.metadata(variant, model))
         report = check_gpu_delegate_rules(flatbuffer)
         if not report.ok:
             raise StylepipeError(f"TFLite {name} breaks the GPU delegate's rules: " + "; ".join(report.problems[:5]))
@@ -113,19 +146,29 @@ class Exporter:
         atomic_write_bytes(path, flatbuffer)
         inputs, outputs = signature_io(path, "serve")
         key = outputs[0]["name"]
-        pairs = [(run_signature(path, "serve", feeds)[key], ref) for feeds, ref in reference]
-        self.record("tflite_fp16", variant, model, path, inputs, outputs, pairs)
-        self.entries[-1]["ops"] = dict(report.ops)
+        signature = lambda feeds: STRENGTH_SIGNATURE if STRENGTH_INPUT in feeds else "serve"  # noqa: E731
+        results = {label: [(run_signature(path, signature(feeds), feeds)[key], ref) for feeds, ref in pairs]
+                   for label, pairs in checks.items()}
+        strength = None
+        if STRENGTH_SIGNATURE in modules:
+            strength = strength_input(default=None, signature=STRENGTH_SIGNATURE)
+            strength["inputs"] = signature_io(path, STRENGTH_SIGNATURE)[0]
+        self.record("tflite_fp16", variant, model, path, inputs, outputs, results, strength)
+        self.entries[-1]["ops"] = dict(report.signature_ops.get("serve", report.ops))
+        if STRENGTH_SIGNATURE in modules:
+            self.entries[-1]["ops_strength"] = dict(report.signature_ops[STRENGTH_SIGNATURE])
 
-    def coreml(self, variant, model, module, name, reference, height, width):
+    def coreml(self, variant, model, module, name, checks, height, width):
         from export import coreml
+        from export.strength import STRENGTH_DEFAULT, STRENGTH_INPUT, strength_input
 
         # Free text (training/schema.py): a version Hydra read as a number is Core ML's text all the same.
         metadata = {k: str(v) for k, v in OmegaConf.to_container(self.cfg.export.metadata, resolve=True).items()}
         metadata["description"] = (f"stylepipe {variant} {model}" + (f", style {self.style_name}" if variant == "baked" else "")
                                    + f", {width}x{height}")
         metadata["user"] = self.metadata(variant, model)
-        kind = "baked" if variant == "baked" else model  # coreml.convert: baked | transfer | predictor
+        # coreml.convert: baked_strength (the baked model has the strength input) | transfer | predictor
+        kind = "baked_strength" if variant == "baked" else model
         from export.mil_executor import UnsupportedMILOp
 
         mlmodel, executable = coreml.convert(module, kind, height, width, metadata)
@@ -133,18 +176,21 @@ class Exporter:
         mlmodel.save(str(path))
         reproducible_mlpackage(path)
         inputs, outputs = coreml.io_description(mlmodel)
-        pairs = []
-        for feeds, ref in reference:
-            image_feeds = {k: (v[0] * 255.0 if k in ("content_image", "style_image") else v) for k, v in feeds.items()}
-            try:
-                result = coreml.predict(path, executable, image_feeds)
-            except UnsupportedMILOp as err:
-                raise StylepipeError(f"Core ML {name} cannot be verified here: {err}") from None
-            if model == "predictor":
-                pairs.append((np.asarray(result["style_bottleneck"], np.float32).reshape(ref.shape), ref))
-            else:
-                pairs.append((np.asarray(result["stylized_image"], np.float32)[None] / 255.0, ref))
-        self.record("coreml", variant, model, path, inputs, outputs, pairs)
+        results = {}
+        for label, pairs in checks.items():
+            results[label] = []
+            for feeds, ref in pairs:
+                image_feeds = {k: (v[0] * 255.0 if k in ("content_image", "style_image") else v) for k, v in feeds.items()}
+                try:
+                    result = coreml.predict(path, executable, image_feeds)
+                except UnsupportedMILOp as err:
+                    raise StylepipeError(f"Core ML {name} cannot be verified here: {err}") from None
+                if model == "predictor":
+                    results[label].append((np.asarray(result["style_bottleneck"], np.float32).reshape(ref.shape), ref))
+                else:
+                    results[label].append((np.asarray(result["stylized_image"], np.float32)[None] / 255.0, ref))
+        strength = strength_input(default=STRENGTH_DEFAULT) if any(i["name"] == STRENGTH_INPUT for i in inputs) else None
+        self.record("coreml", variant, model, path, _with_default(inputs, strength), outputs, results, strength)
 
     def bender(self, name, reference, height, width):
         from export import bender
@@ -162,42 +208,66 @@ class Exporter:
                  for feeds, ref in reference]
         io = [{"name": "content_image", "shape": [1, height, width, 3], "dtype": "float32"}]
         out = [{"name": "stylized_image", "shape": [1, height, width, 3], "dtype": "float16"}]
-        self.record("bender", "baked", "transfer", path, io, out, pairs)
+        # Bender's converter takes one image input and maps no Mul by a runtime value (docs/bender.md).
+        self.record("bender", "baked", "transfer", path, io, out, {None: pairs}, {"input": None, "fixed": 1.0})
         weights_dir = self.staging / f"bender_weights_{self.style_file_name}"
         if not weights_dir.exists():
             bender.write_benderthon_weights(net, weights_dir, f"stylepipe_{self.style_file_name}")
 
     def run(self):
+        from export.strength import STRENGTH_SIGNATURE, neutral_bottleneck
         from export.tf_graph import STYLE_IMAGE_SIZE, make_module
 
         e = self.cfg.export
         extension = {"frozen_graph": "pb", "tflite_fp16": "tflite", "coreml": "mlpackage", "bender": "bender.pb"}
+        if set(e.formats) & STRENGTH_FORMATS:
+            self.neutral = neutral_bottleneck(self.predictor, e.neutral_photos, STYLE_IMAGE_SIZE)
         for height, width in e.sizes:
             stylized = self.keras_stylized(height, width)
             baked_ref = [({"content_image": x}, y) for x, y in stylized]
             transfer_ref = [({"content_image": x, "style_bottleneck": self.bottleneck}, y) for x, y in stylized]
+            baked_checks = self.strength_checks(height, width, baked_ref) if self.neutral else None
             for fmt in e.formats:
                 name = f"baked_{self.style_file_name}_{height}x{width}.{extension[fmt]}"
                 if fmt == "bender":
                     self.bender(name, baked_ref, height, width)
                     continue
-                module = make_module("baked", self.stylizer, height, width, self.bottleneck)
-                self._format(fmt, "baked", "transfer", module, name, baked_ref, height, width)
+                module = make_module("baked_strength", self.stylizer, height, width, self.bottleneck, self.neutral.values)
+                if fmt == "tflite_fp16":  # no input defaults in TFLite: `serve` keeps strength 1, a second signature takes it
+                    module = {"serve": make_module("baked", self.stylizer, height, width, self.bottleneck),
+                              STRENGTH_SIGNATURE: module}
+                self._format(fmt, "baked", "transfer", module, name, baked_checks, height, width)
             for fmt in e.arbitrary_formats:
                 module = make_module("transfer", self.stylizer, height, width)
                 name = f"arbitrary_transfer_{height}x{width}.{extension[fmt]}"
-                self._format(fmt, "arbitrary", "transfer", module, name, transfer_ref, height, width)
+                self._format(fmt, "arbitrary", "transfer", module, name, {None: transfer_ref}, height, width)
         predictor_ref = [({"style_image": self.style_image[None]}, self.bottleneck)]
         for fmt in e.arbitrary_formats:
             module = make_module("predictor", self.stylizer, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE)
             name = f"arbitrary_predictor_{STYLE_IMAGE_SIZE}x{STYLE_IMAGE_SIZE}.{extension[fmt]}"
-            self._format(fmt, "arbitrary", "predictor", module, name, predictor_ref, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE)
+            self._format(fmt, "arbitrary", "predictor", module, name, {None: predictor_ref}, STYLE_IMAGE_SIZE, STYLE_IMAGE_SIZE)
 
-    def _format(self, fmt, variant, model, module, name, reference, height, width):
+    def _format(self, fmt, variant, model, module, name, checks, height, width):
         if fmt == "coreml":
-            self.coreml(variant, model, module, name, reference, height, width)
+            self.coreml(variant, model, module, name, checks, height, width)
+        elif fmt == "tflite_fp16":
+            self.tflite_fp16(variant, model, module if isinstance(module, dict) else {"serve": module}, name, checks)
         else:
-            getattr(self, fmt)(variant, model, module, name, reference)
+            self.frozen_graph(variant, model, module, name, checks)
+
+
+STRENGTH_FORMATS = {"frozen_graph", "tflite_fp16", "coreml"}  # baked formats with the strength input (not Bender)
+
+
+def _io(names, shapes, strength: dict | None = None) -> list[dict]:
+    return _with_default([{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes)], strength)
+
+
+def _with_default(inputs: list[dict], strength: dict | None) -> list[dict]:
+    """Inputs with the strength input's default value, if it has one, in its row."""
+    if strength is None or strength.get("default") is None:
+        return inputs
+    return [{**i, "default": strength["default"]} if i["name"] == strength["input"] else i for i in inputs]
 
 
 def _parity_failures(entries: list[dict], thresholds) -> list[str]:
@@ -288,10 +358,15 @@ def export(cfg) -> dict:
         try:
             exporter = Exporter(cfg, stylizer, staging, photos, style, style_image)
             exporter.run()
+            if exporter.neutral:
+                mlflow.log_params({"neutral_photos": scrub_path(exporter.neutral.photos_dir),
+                                   "neutral_photo_count": exporter.neutral.photos})
             failures = _parity_failures(exporter.entries, e.thresholds)
             for entry in exporter.entries:
                 key = f"{entry['format']}.{entry['variant']}.{entry['model']}.{Path(entry['path']).stem.split('_')[-1]}"
                 mlflow.log_metric(f"psnr_db.{key}", min(entry["parity"]["psnr_db"], 1e3))
+                for label, parity in entry["parity"].get("strength", {}).items():
+                    mlflow.log_metric(f"psnr_db.{key}.strength_{label}", min(parity["psnr_db"], 1e3))
             if failures:
                 raise ExportParityError("export failed parity, previous artifacts left untouched: " + "; ".join(failures))
             for entry in exporter.entries:
@@ -301,7 +376,9 @@ def export(cfg) -> dict:
                         "style": style["name"],  # baked into the `baked` artifacts; the painting and where it came from:
                         "style_image": style["image"], "style_sha256": style["sha256"], "style_source": style["source"],
                         "trained_style": style["trained"],  # the model's own (style.json); None: none recorded
-                        "thresholds": OmegaConf.to_container(e.thresholds), "artifacts": exporter.entries}
+                         # strength 0 of the baked models (export/strength.py); None: no baked format has the input
+                         "neutral_bottleneck": exporter.neutral.manifest() if exporter.neutral else None,
+                         "thresholds": OmegaConf.to_container(e.thresholds), "artifacts": exporter.entries}
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
             record_run_id(staging, run.info.run_id)
             _swap_in(staging, output_dir)

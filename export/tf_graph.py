@@ -1,8 +1,8 @@
 """TensorFlow functions with static shapes for each export variant, and frozen GraphDefs.
 
 Names are the contract with apps: inputs `content_image` [1, H, W, 3] and `style_bottleneck`
-[1, 1, 1, 100] or `style_image` [1, 256, 256, 3], all float32 in [0, 1]; outputs
-`stylized_image` [1, H, W, 3] in [0, 1] and `style_bottleneck`.
+[1, 1, 1, 100] or `style_image` [1, 256, 256, 3], all float32 in [0, 1], and the baked variant's
+`strength` [1] (export/strength.py); outputs `stylized_image` [1, H, W, 3] in [0, 1] and `style_bottleneck`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from training.network.layers import BOTTLENECK_DIM
 # A graph with any other op (file or network I/O, py_func, control flow, variables) is refused before
 # TensorFlow imports it: importing and running a GraphDef runs whatever ops it holds.
 FROZEN_GRAPH_OPS = frozenset({
-    "Placeholder", "Const", "Identity", "NoOp", "StopGradient", "Reshape", "Squeeze", "ExpandDims", "ConcatV2",
+    "Placeholder", "PlaceholderWithDefault", "Const", "Identity", "NoOp", "StopGradient", "Reshape", "Squeeze",
+    "ExpandDims", "ConcatV2",
     "Add", "AddV2", "Sub", "Mul", "RealDiv", "Pow", "Square", "SquaredDifference", "Rsqrt", "Sqrt", "Mean",
     "Maximum", "Minimum", "Relu", "Relu6", "Sigmoid", "Tanh", "BiasAdd", "Conv2D", "Conv2DBackpropInput",
     "DepthwiseConv2dNative", "Pad", "MirrorPad", "ResizeNearestNeighbor", "ResizeBilinear",
@@ -29,11 +30,14 @@ TRAINING_OPS = {"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2
 STYLE_IMAGE_SIZE = 256  # the predictor's input size (Magenta's published predictor: 256 x 256)
 
 
-def make_module(variant: str, stylizer, height: int, width: int, bottleneck: np.ndarray | None = None):
+def make_module(variant: str, stylizer, height: int, width: int, bottleneck: np.ndarray | None = None,
+                neutral: np.ndarray | None = None):
     """A tf.Module whose `serve` function is the variant at a static size.
 
     variant: "baked" (content -> stylized, `bottleneck` folded in as a constant),
-    "transfer" (content + bottleneck -> stylized), "predictor" (style image -> bottleneck).
+    "baked_strength" (content + strength [1] -> stylized: `bottleneck` at strength 1, `neutral` at 0,
+    folded by export.strength.fold_strength), "transfer" (content + bottleneck -> stylized),
+    "predictor" (style image -> bottleneck).
     """
     import tensorflow as tf
 
@@ -48,6 +52,16 @@ def make_module(variant: str, stylizer, height: int, width: int, bottleneck: np.
         @tf.function(input_signature=[content])
         def serve(content_image):
             y = transformer([content_image, tf.constant(constant)], training=False)
+            return {"stylized_image": tf.identity(y, name="stylized_image")}
+    elif variant == "baked_strength":
+        from export.strength import STRENGTH_INPUT, STRENGTH_SHAPE, fold_strength
+
+        folded = fold_strength(transformer, neutral, bottleneck)
+        module.models.append(folded)
+
+        @tf.function(input_signature=[content, tf.TensorSpec(STRENGTH_SHAPE, tf.float32, name=STRENGTH_INPUT)])
+        def serve(content_image, strength):
+            y = folded([content_image, tf.reshape(strength, [1, 1, 1, 1])], training=False)
             return {"stylized_image": tf.identity(y, name="stylized_image")}
     elif variant == "transfer":
         @tf.function(input_signature=[content, tf.TensorSpec([1, 1, 1, BOTTLENECK_DIM], tf.float32, name="style_bottleneck")])
@@ -78,6 +92,25 @@ def freeze(module):
     inputs = [t.name.split(":")[0] for t in frozen.inputs]
     outputs = sorted(concrete.structured_outputs)  # identity nodes named like the outputs
     return graph_def, inputs, outputs
+
+
+def with_input_default(graph_def, name: str, value: np.ndarray):
+    """`graph_def` with its placeholder `name` made a PlaceholderWithDefault of `value`: a caller that
+    does not feed it gets `value` (TensorFlow's only form of an input default)."""
+    import tensorflow as tf
+
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    node = next((n for n in out.node if n.name == name and n.op == "Placeholder"), None)
+    if node is None:
+        raise ValueError(f"no placeholder named {name}")
+    default = out.node.add()
+    default.name, default.op = f"{name}/default", "Const"
+    default.attr["dtype"].type = node.attr["dtype"].type
+    default.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(value, np.float32)))
+    node.op = "PlaceholderWithDefault"
+    node.input.append(default.name)
+    return out
 
 
 def constant_module(module):

@@ -27,8 +27,9 @@ DYNAMIC_SHAPE_OPS = {"SHAPE", "PACK", "STRIDED_SLICE", "FILL", "BROADCAST_TO"}
 
 @dataclass
 class GpuReport:
-    ops: Counter = field(default_factory=Counter)
+    ops: Counter = field(default_factory=Counter)  # every subgraph's ops together
     problems: list[str] = field(default_factory=list)
+    signature_ops: dict[str, Counter] = field(default_factory=dict)  # each signature's subgraph's ops
 
     @property
     def ok(self) -> bool:
@@ -42,6 +43,7 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAsModel(flatbuffer, 0)
     report = GpuReport()
+    subgraph_ops = [Counter() for _ in range(model.SubgraphsLength())]
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
 
@@ -61,7 +63,8 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
             code = model.OperatorCodes(op.OpcodeIndex())
             name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
             report.ops[name] += 1
-            where = f"op {i} {name}"
+            subgraph_ops[s][name] += 1
+            where = f"op {i} {name}" if model.SubgraphsLength() == 1 else f"subgraph {s} op {i} {name}"
             inputs = [op.Inputs(j) for j in range(op.InputsLength())]
             if name in DYNAMIC_SHAPE_OPS:
                 report.problems.append(f"{where}: a dynamic-shape op; export with static shapes")
@@ -80,6 +83,9 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
                 report.problems.append(f"{where}: axes must be a constant int32 tensor")
             elif name in ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR") and constant(inputs[1]) is None:
                 report.problems.append(f"{where}: the output size must be constant")
+    for i in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(i)
+        report.signature_ops[signature.SignatureKey().decode()] = subgraph_ops[signature.SubgraphIndex()]
     return report
 
 
@@ -89,11 +95,22 @@ def convert(module, signature_key: str, fp16: bool = True) -> bytes:
 
     Going through a SavedModel keeps the signature and tensor names (`content_image`, ...).
     """
+    return convert_signatures({signature_key: module.serve}, fp16)
+
+
+def convert_signatures(functions: dict, fp16: bool = True) -> bytes:
+    """One TFLite model with a signature per {key: tf.function of a variable-free module}; the
+    converter stores a constant the signatures share (the network's weights) once."""
     import tensorflow as tf
 
+    holder = tf.Module()
+    for i, function in enumerate(functions.values()):
+        # Not `serve`: with several signatures the converter takes a module with a `serve`
+        # attribute for a `model.export` archive and keeps that one function alone.
+        setattr(holder, f"signature_{i}", function)
     with tempfile.TemporaryDirectory() as saved:
-        tf.saved_model.save(module, saved, signatures={signature_key: module.serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[signature_key])
+        tf.saved_model.save(holder, saved, signatures=dict(functions))
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(functions))
         if fp16:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]

@@ -100,7 +100,9 @@ def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, publishe
     baked = ct.models.MLModel(str(tmp_path / "outputs" / "export" / entries[("baked", "transfer")]["path"]), skip_model_load=True)
     spec = baked.get_spec()
     assert spec.specificationVersion >= 7  # iOS 16
-    assert [f.type.WhichOneof("Type") for f in spec.description.input] == ["imageType"]
+    # The photo, and the optional style strength (default 1: tests/test_baked_strength.py).
+    assert [(f.name, f.type.WhichOneof("Type")) for f in spec.description.input] == [
+        ("content_image", "imageType"), ("strength", "multiArrayType")]
     assert [f.type.WhichOneof("Type") for f in spec.description.output] == ["imageType"]
     assert spec.description.output[0].name == "stylized_image"
     assert baked.author == "stylepipe" and "Apache-2.0" in baked.license
@@ -110,4 +112,5 @@ def test_coreml_models_have_image_io_metadata_and_match_keras(tmp_path, publishe
     from export.mil_executor import mil_ops_used
 
     ops = mil_ops_used(baked)  # read back from the saved package
-    assert ops["conv"] == 16 and ops["pad"] == 16 and ops["resize_nearest_neighbor"] == 2
+    # The network's 16 convs and, per norm parameter, the 1x1 conv of the strength.
+    assert ops["conv"] == 16 + 26 and ops["pad"] == 16 and ops["resize_nearest_neighbor"] == 2

@@ -225,7 +225,7 @@ def test_strength_mixes_the_paintings_style_with_the_photos_own(tmp_path, export
     ("unreadable_video", "not a readable video"),
     ("no_export", "no export found"),
     ("changed_export", "differs from the one exported"),
-    ("strength_baked", "strength=0.5 is not available for a baked model"),
+    ("strength_out_of_range", "strength=1.5 is not allowed: a number from 0"),
     ("model_key", "stylize takes the model as stylizer=arbitrary"),
 ])
 @pytest.mark.slow
@@ -248,14 +248,14 @@ def test_each_unusable_input_or_export_is_one_line(tmp_path, export_dir, case, e
         shutil.copytree(export_dir, folder)
         model = folder / f"baked_starry_{SIZE}x{SIZE}.tflite"
         model.write_bytes(model.read_bytes()[:-4] + b"\0\0\0\0")
-    elif case == "strength_baked":
-        args = ["strength=0.5"]
+    elif case == "strength_out_of_range":
+        args = ["strength=1.5"]
     elif case == "model_key":
         args = ["model=arbitrary"]
     result = run_stage("stylize", [f"input={photo}", f"export_dir={folder}", *args], tmp_path)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
-    assert str(photo if case.endswith(("input", "photo", "video")) else folder) in lines[0] or case in ("strength_baked", "model_key")
+    assert str(photo if case.endswith(("input", "photo", "video")) else folder) in lines[0] or case in ("strength_out_of_range", "model_key")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs" / "stylized").exists()

@@ -208,7 +208,12 @@ def style_image_path(name: str, paths_cfg) -> str:
 
 
 def validate_export_config(cfg) -> None:
-    """The schema's checks of each value (training/schema.py), then the style to bake, when one is named."""
+    """The schema's checks of each value (training/schema.py), then the style to bake, when one is named, and
+    the photos whose mean style is the baked models' strength 0, when a baked format has the input."""
     check_config(cfg, "export", allow_other_keys=True)
-    if cfg.export.style is not None:  # null: the trained style (export/style.py)
-        style_image_path(cfg.export.style, cfg.paths)
+    e = cfg.export
+    if set(e.formats) - {"bender"} and (problem := folder_problem(Path(str(e.neutral_photos)))):
+        raise ConfigError(f"export.neutral_photos={e.neutral_photos}: {problem} (the photos whose mean style is "
+                          "the baked models' strength 0; data/samples/content by default)")
+    if e.style is not None:  # null: the trained style (export/style.py)
+        style_image_path(e.style, cfg.paths)

@@ -278,6 +278,7 @@ STAGE_KEYS: dict[str, dict[str, Rule]] = {
         "export.arbitrary_formats": list_of(choice(*ARBITRARY_FORMATS), allowed=(
             f"a list of {', '.join(ARBITRARY_FORMATS)} (not bender: Bender has no conditional instance norm)")),
         "export.parity_photos": POSITIVE,
+        "export.neutral_photos": PATH,
         **{f"export.thresholds.{fmt}": number(above=0, why="the minimum PSNR in dB against the Keras model")
            for fmt in EXPORT_FORMATS},
         **{f"export.metadata.{key}": FREE_TEXT for key in ("author", "license", "version")},

@@ -49,6 +49,13 @@ def record_run_id(folder, run_id: str) -> None:
     atomic_write_text(Path(folder) / RUN_ID_RECORD, json.dumps({"mlflow_run_id": run_id}) + "\n")
 
 
+def last_logged_step(run_id: str, metric: str = "loss") -> int:
+    """The last step at which an MLflow run holds a point of `metric` (0: none)."""
+    import mlflow
+
+    return max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, metric)), default=0)
+
+
 def recorded_run_id(folder) -> str | None:
     """The MLflow run `record_run_id` wrote in `folder`; None: none, or no readable record."""
     try:

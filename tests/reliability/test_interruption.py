@@ -78,6 +78,11 @@ def test_kill_during_a_save_resumes_from_the_last_whole_checkpoint(tmp_path):
     assert metrics["resumed_from_step"] == EVERY
     assert killed_during - metrics["resumed_from_step"] <= EVERY  # at most one interval lost
     assert not [n for n in os.listdir(ckpt_dir) if TEMP.match(n)]  # the interrupted save's file is gone
+    # One MLflow run holds the whole loss curve once: the steps logged before the kill are not logged again.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = mlflow.search_runs(output_format="list", search_all_experiments=True)
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+    assert len(steps) == len(set(steps)) and max(steps) == killed_during + EVERY, steps
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -33,7 +33,7 @@ class TrainingProgress(keras.callbacks.Callback):
     """Progress bar (or log lines when not on a terminal), MLflow metrics, checkpoints, NaN guard."""
 
     def __init__(self, start_step, total_steps, checkpoints, optimizer, log_every, checkpoint_every, show_bar, mlflow_module,
-                 checkpoint_minutes=None, history=(), history_path=None):
+                 checkpoint_minutes=None, history=(), history_path=None, mlflow_logged_through=0):
         super().__init__()
         self.step = start_step
         self.start_step = start_step
@@ -46,6 +46,8 @@ class TrainingProgress(keras.callbacks.Callback):
         self.last_checkpoint_time = time.monotonic()
         self.timed_checkpoint_step: int | None = None  # a step needs_current_state found due by wall time
         self.mlflow = mlflow_module
+        # A run killed after its last checkpoint logged steps it now trains again: MLflow keeps the first points.
+        self.mlflow_logged_through = mlflow_logged_through
         self.history: list[dict] = list(history)  # mean losses of each logging interval, a resumed run's earlier ones first
         self.history_path = history_path  # rewritten at each interval, for a resume to continue the history
         self.last_logs: dict = {}
@@ -109,7 +111,7 @@ class TrainingProgress(keras.callbacks.Callback):
             if self.bar.disable:
                 log.info("step %d/%d %s", self.step, self.total_steps,
                          " ".join(f"{k}={v:.4g}" for k, v in interval.items()))
-            if self.mlflow is not None:
+            if self.mlflow is not None and self.step > self.mlflow_logged_through:
                 self.mlflow.log_metrics(interval, step=self.step)
         if self._checkpoint_due(previous, self.step):
             try:
@@ -253,8 +255,8 @@ def train(cfg: DictConfig) -> dict:
     """Train (or resume) the stylization network as configured; returns the final metrics (metrics.json)
     with this run's `images_per_second` and `mlflow_run_id`."""
     validate_train_config(cfg)
-    from training.tracking import (check_tracking_store, log_skipped_files, mlflow_run, record_run_id, recorded_run_id,
-                                   scrub_path)
+    from training.tracking import (check_tracking_store, last_logged_step, log_skipped_files, mlflow_run, record_run_id,
+                                   recorded_run_id, scrub_path)
 
     check_tracking_store(cfg.mlflow.tracking_uri)
     from training.distribute import accelerators
@@ -334,6 +336,7 @@ def train(cfg: DictConfig) -> dict:
                 start_step, total_steps, checkpoints, optimizer, cfg.trainer.log_every,
                 cfg.trainer.checkpoint_every, cfg.trainer.progress, mlflow, cfg.trainer.checkpoint_minutes,
                 history=earlier_history, history_path=train_dir / HISTORY_RECORD,
+                mlflow_logged_through=last_logged_step(run.info.run_id) if earlier_run else 0,
             )
             fixed_targets = False
             if remaining:

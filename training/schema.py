@@ -110,7 +110,7 @@ SIZES = list_of(list_of(SIDE, length=2, allowed="[height, width]"), at_least=1,
                 allowed="[[height, width], ...] with each side an integer >= 16 divisible by 4")
 # Adam moves each weight by about the learning rate per step: 1e-3 trains from scratch, 2e-4 fine-tunes;
 # past 0.1 a step is larger than the conv weights themselves.
-LEARNING_RATE = number(above=0, high=0.1, why="Adam's step size, e.g. 1e-3")
+LEARNING_RATE = number(above=0, why="Adam's step size, e.g. 1e-3")  # too large a one diverges: the NaN guard stops it
 STEPS = integer(0)
 POSITIVE = integer(1)
 WEIGHT = number(0)

@@ -116,3 +116,19 @@ def test_run_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path,
     assert [p.read_text() for p in expected.rglob("hello.txt")] == ["hello"]
     assert list(elsewhere.iterdir()) == []
     assert run.info.artifact_uri.startswith(expected.resolve().as_uri())
+
+
+def test_a_parent_run_missing_from_the_store_is_left_out(tmp_path):
+    """A stage whose input was made with another tracking store (its recorded run id is not in this one)
+    starts its run without a parent instead of failing in MLflow."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from training.tracking import mlflow_run
+
+    cfg = OmegaConf.create({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "stylepipe"},
+                            "run_name": "orphan"})
+    with mlflow_run(cfg, "orphan", parent_run_id="0123456789abcdef0123456789abcdef") as run:
+        run_id = run.info.run_id
+    stored = mlflow.MlflowClient().get_run(run_id)
+    assert stored.info.status == "FINISHED" and "mlflow.parentRunId" not in stored.data.tags

@@ -343,6 +343,10 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict | None = None, parent_
     pipeline = pipeline_run_id(cfg, experiment.experiment_id)
     if pipeline:
         client.update_run(pipeline, status="RUNNING")
+    if parent_run_id and not _continuable_run(client, parent_run_id, experiment.experiment_id):
+        log.info("MLflow: run %s (the parent recorded beside the input) is not in this store; this run has no parent",
+                 parent_run_id)
+        parent_run_id = None
     earlier = _continuable_run(client, continue_run_id, experiment.experiment_id) if not (pipeline or parent_run_id) else None
     status = "FAILED"
     try:

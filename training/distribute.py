@@ -88,3 +88,30 @@ def data_parallel(devices: int, batch_size: int):
 
         with tf.distribute.MirroredStrategy(found[:devices]).scope():
             yield
+
+
+def device_memory() -> tuple[int, int] | None:
+    """(peak bytes in use, bytes the allocator may use) of the first accelerator; None on the CPU
+    or where the backend does not say."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform != "cpu"]
+        stats = gpus[0].memory_stats() if gpus else None
+        if not stats or "peak_bytes_in_use" not in stats:
+            return None
+        return int(stats["peak_bytes_in_use"]), int(stats.get("bytes_limit", 0))
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.max_memory_allocated()), int(torch.cuda.get_device_properties(0).total_memory)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return None
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), 0
+    return None

@@ -259,7 +259,7 @@ def train(cfg: DictConfig) -> dict:
                                    recorded_run_id, scrub_path)
 
     check_tracking_store(cfg.mlflow.tracking_uri)
-    from training.distribute import accelerators
+    from training.distribute import accelerators, device_memory
 
     if not accelerators():  # the step's activations live in this machine's memory
         check_cpu_memory(cfg)
@@ -414,6 +414,12 @@ def train(cfg: DictConfig) -> dict:
             if this_run["images_per_second"] is not None:
                 mlflow.log_metric("images_per_second", this_run["images_per_second"])
                 log.info("trained at %.1f images/s", this_run["images_per_second"])
+            memory = device_memory()
+            if memory is not None:  # what data.image_size and trainer.batch_size cost on this GPU
+                this_run["peak_device_memory_bytes"] = memory[0]
+                mlflow.log_metric("peak_device_memory_gb", memory[0] / 1e9)
+                log.info("peak GPU memory %.2f GB of %.2f GB (batch %d at %d px)", memory[0] / 1e9, memory[1] / 1e9,
+                         cfg.trainer.batch_size, cfg.data.image_size)
             mlflow.log_artifact(str(grid_path), "samples")
             mlflow.log_artifact(str(train_dir / "metrics.json"))
             mlflow.log_artifact(str(train_dir / STYLE_RECORD), "model")

@@ -10,7 +10,7 @@ style distance to the painting by Magenta's published style predictor, style sta
 by its ImageNet MobileNetV2, palette distance, structure similarity), none of which is the training loss. Writes `style_knobs.png` (a row per setting, the
 published model's row first when the run starts from it) and `style_knobs.json` (the measures over
 steps) and `stylized.npz` (the held-out photos and each setting's final images, uint8), and prints
-the table. On a CPU add `trainer=smoke`; on a GPU the default profile.
+the table. On a CPU add `experiment=smoke`; on a GPU the defaults (experiment=full).
 
 `--init-weights FILE.npz` loads the starting weights from a file written by `--save-init-weights`
 (a machine without LiteRT, which reads Magenta's published TFLite files, can then start from them).

@@ -1,4 +1,4 @@
-"""python -m pipelines.train style=starry [trainer=smoke] [model=magenta] ...: the training stage."""
+"""python -m pipelines.train style=starry [experiment=smoke] [model=magenta] ...: the training stage."""
 
 from __future__ import annotations
 

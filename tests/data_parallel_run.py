@@ -34,9 +34,9 @@ def main(out_dir: Path, device_counts: list[int]) -> None:
     for devices in device_counts:
         (out_dir / f"devices{devices}").mkdir(parents=True, exist_ok=True)  # holds the run's sqlite store
         cfg = compose_train([
-            "trainer=smoke", "trainer.steps=2", "trainer.log_every=1", "trainer.batch_size=4",
+            "experiment=smoke", "trainer.steps=2", "trainer.log_every=1", "trainer.batch_size=4",
             f"trainer.devices={devices}", "trainer.data_workers=2",
-            "trainer.space_to_depth_channels=32",  # as the GPU profile: convs on pixel blocks, per-device batches
+            "trainer.space_to_depth_channels=32",  # as accelerator=gpu: convs on pixel blocks, per-device batches
             "style=all",  # arbitrary styles: each example its own crop and colour jitter, sharded with it
             "backbone=vgg16", "backbone.weights=null", "data.heldout_count=2",
             "data.image_size=32", "data.resize_short_side=[32,40]", "data.style_size=32", "data.heldout_size=32",

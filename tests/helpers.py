@@ -19,7 +19,7 @@ STYLE_DIR = REPO / "data" / "samples" / "style"
 CACHE_DIR = REPO / ".cache" / "stylepipe"
 
 
-# The training stage at toy sizes (the old smoke sizes), for tests of its plumbing; the smoke profile
+# The training stage at toy sizes (the old smoke sizes), for tests of its plumbing; experiment=smoke
 # itself is a real fine-tune (tests/test_magenta_import.py runs it as is).
 TINY_TRAINING = ["trainer.batch_size=2", "data.image_size=64", "data.resize_short_side=[64,80]",
                  "data.style_size=64", "data.heldout_size=64"]

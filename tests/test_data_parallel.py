@@ -39,7 +39,7 @@ def test_more_devices_than_visible_is_a_config_error(tmp_path):
     from training.errors import ConfigError
     from training.loop.train import train
 
-    cfg = compose_train(["trainer=smoke", "trainer.devices=64", "trainer.batch_size=64"], tmp_path)
+    cfg = compose_train(["experiment=smoke", "trainer.devices=64", "trainer.batch_size=64"], tmp_path)
     with pytest.raises(ConfigError, match=r"trainer.devices=64 is not allowed: \d+ device\(s\) visible"):
         train(cfg)
     assert not (tmp_path / "outputs" / "train" / "model.keras").exists()

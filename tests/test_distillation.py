@@ -13,7 +13,7 @@ from helpers import REPO, TINY_TRAINING, compose_train
 PUBLISHED_DIR = REPO / "models" / "magenta-published"
 # Tiny student runs (random loss network: nothing to download) distilling the published model; the
 # distillation term dominates so that a dozen steps move it.
-TINY_DISTILL = ["style=starry", "model=realtime", "teacher=magenta_published", "trainer=smoke", *TINY_TRAINING,
+TINY_DISTILL = ["style=starry", "model=realtime", "teacher=magenta_published", "experiment=smoke", *TINY_TRAINING,
                 "loss_network.weights=null", "data.heldout_count=1", "teacher.weight=100",
                 "trainer.log_every=2", "trainer.checkpoint_every=6"]
 
@@ -101,11 +101,11 @@ scored against the teacher and the sample grid shows its column."""
 
 def test_a_fine_tune_of_the_published_model_keeps_it_as_its_teacher(tmp_path):
     """init=magenta_published brings the published model in as the teacher at init.teacher_weight (5;
-    init.smoke_teacher_weight, 20, at trainer=smoke), so the fine-tune adds the painting's style to its rendering (docs/objective.md); `~teacher` trains
+    init.smoke_teacher_weight, 20, at experiment=smoke), so the fine-tune adds the painting's style to its rendering (docs/objective.md); `~teacher` trains
     without it, teacher.weight= still sets it, and a realtime student keeps the teacher's own weight."""
     fine_tune = compose_train(["style=starry", "init=magenta_published"], tmp_path)
     assert (fine_tune.teacher.name, fine_tune.teacher.weight) == ("magenta_published", 5.0)
-    smoke = compose_train(["style=starry", "init=magenta_published", "trainer=smoke"], tmp_path)
+    smoke = compose_train(["style=starry", "init=magenta_published", "experiment=smoke"], tmp_path)
     assert smoke.teacher.weight == 20  # 24 noisy steps of batch 4 need a firmer hold
     assert compose_train(["style=starry", "init=magenta_published", "~teacher"], tmp_path).get("teacher") is None
     assert compose_train(["style=starry", "init=magenta_published", "teacher.weight=2"], tmp_path).teacher.weight == 2

@@ -109,7 +109,7 @@ def test_compared_exports_get_a_row_per_model_with_ratios_and_measures(published
     from helpers import TINY_TRAINING, compose_train
     from training.loop.train import train
 
-    train(compose_train(["style=starry", "model=realtime", "trainer=smoke", *TINY_TRAINING, "trainer.steps=2",
+    train(compose_train(["style=starry", "model=realtime", "experiment=smoke", *TINY_TRAINING, "trainer.steps=2",
                          "loss_network.weights=null", "data.heldout_count=1"], tmp_path))
     size = ["export.sizes=[[384,384]]", "export.parity_photos=1", "export.formats=[tflite_fp16]",
             "export.arbitrary_formats=[]", "export.style=starry"]

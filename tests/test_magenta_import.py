@@ -74,7 +74,7 @@ def test_int8_transfer_model_imports_dequantised():
 def test_style_strength_trades_the_photo_for_the_painting(tmp_path):
     """The `dvc repro` fine-tune at two strengths, judged by measures that are not the training loss:
     the stronger one's held-out photos take more of the painting's colours and keep less of the photo.
-    Without the teacher (`~teacher`): at the smoke profile's weight it holds 24 steps so close to the
+    Without the teacher (`~teacher`): at experiment=smoke's weight it holds 24 steps so close to the
     published model that the knob's effect is within noise; this is the knob alone."""
     from evaluation.quality import palette_distance, structure_similarity
     from training.data import datasets as data_lib
@@ -82,7 +82,7 @@ def test_style_strength_trades_the_photo_for_the_painting(tmp_path):
     from training.loop.train import stylize, train
 
     def fine_tune(strength):
-        cfg = compose_train(["style=starry", "trainer=smoke", "init=magenta_published", "~teacher",
+        cfg = compose_train(["style=starry", "experiment=smoke", "init=magenta_published", "~teacher",
                              f"style.strength={strength}"],
                             tmp_path / str(strength))
         metrics = train(cfg)

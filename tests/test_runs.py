@@ -8,7 +8,7 @@ from helpers import compose_train
 def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
     from training.loop.runs import fingerprint, run_folder, write_run_record
 
-    cfg = compose_train(["trainer=smoke", "style=starry"], tmp_path)
+    cfg = compose_train(["experiment=smoke", "style=starry"], tmp_path)
     train_dir = tmp_path / "outputs" / "train"
     assert run_folder(cfg) == (train_dir, None)  # free
     (train_dir / ".hydra").mkdir(parents=True)  # Hydra's files alone: still free
@@ -16,7 +16,7 @@ def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
 
     write_run_record(train_dir, cfg.run_name, fingerprint(cfg))
     assert run_folder(cfg) == (train_dir, None)  # this run: resumed there
-    other = compose_train(["trainer=smoke", "style=starry", "init=magenta_published"], tmp_path)
+    other = compose_train(["experiment=smoke", "style=starry", "init=magenta_published"], tmp_path)
     own, moved = run_folder(other)
     assert own.parent == tmp_path / "outputs" / "runs" and own.name.startswith(f"{other.run_name}-")
     assert moved == f"{train_dir} is taken by another run (differs in: backbone, init, teacher) -> this run writes to {own}"
@@ -24,7 +24,7 @@ def test_a_run_resumes_its_own_folder_and_never_takes_another_runs(tmp_path):
     write_run_record(own, other.run_name, fingerprint(other))
     assert run_folder(other)[0] == own  # resumed in its own folder
     # trainer.resume=false starts over in a free folder; the recorded runs stay as they were.
-    fresh = compose_train(["trainer=smoke", "style=starry", "init=magenta_published", "trainer.resume=false"], tmp_path)
+    fresh = compose_train(["experiment=smoke", "style=starry", "init=magenta_published", "trainer.resume=false"], tmp_path)
     assert run_folder(fresh)[0] == own.with_name(f"{own.name}-2")
     assert (train_dir / "run.json").is_file() and (own / "run.json").is_file()
 
@@ -33,7 +33,7 @@ def test_a_folder_of_outputs_without_a_record_is_another_runs(tmp_path):
     """A model or checkpoints written before run records existed: never resumed, never overwritten."""
     from training.loop.runs import run_folder
 
-    cfg = compose_train(["trainer=smoke", "style=starry"], tmp_path)
+    cfg = compose_train(["experiment=smoke", "style=starry"], tmp_path)
     train_dir = tmp_path / "outputs" / "train"
     (train_dir / "checkpoints").mkdir(parents=True)
     (train_dir / "checkpoints" / "ckpt-00000024.npz").write_bytes(b"")
@@ -50,9 +50,9 @@ def test_the_fingerprint_covers_the_data(tmp_path):
     photos.mkdir()
     for photo in sorted(CONTENT_DIR.glob("*.jpg"))[:2]:
         (photos / photo.name).write_bytes(photo.read_bytes())
-    shipped = fingerprint(compose_train(["trainer=smoke"], tmp_path))
-    other = fingerprint(compose_train(["trainer=smoke", f"data.content_dir={photos}"], tmp_path))
+    shipped = fingerprint(compose_train(["experiment=smoke"], tmp_path))
+    other = fingerprint(compose_train(["experiment=smoke", f"data.content_dir={photos}"], tmp_path))
     assert other["data"]["content"] != shipped["data"]["content"]
     assert {k for k in shipped if shipped[k] != other[k]} == {"data"}
     # Not the step count or the learning rate: a longer run or another rate continues the same run.
-    assert fingerprint(compose_train(["trainer=smoke", "trainer.steps=99", "trainer.learning_rate=1e-5"], tmp_path)) == shipped
+    assert fingerprint(compose_train(["experiment=smoke", "trainer.steps=99", "trainer.learning_rate=1e-5"], tmp_path)) == shipped

@@ -87,14 +87,16 @@ def test_the_cases_cover_every_stage():
 
 
 def _shipped():
-    """Each option of each config group once, in the first stage composing the group, and each stage as it is."""
+    """Each option of each config group once, in the first stage composing the group (an experiment in every
+    stage: each takes its own part of it), and each stage as it is."""
     done = set()
     for stage in STAGES:
         yield stage, []
         for group in stage_groups(stage):
             for option in sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")):
-                if (group, option) not in done:
-                    done.add((group, option))
+                key = (stage, group, option) if group == "experiment" else (group, option)
+                if key not in done:
+                    done.add(key)
                     yield stage, [f"{group}={option}"]
 
 
@@ -146,13 +148,52 @@ EXAMPLES = [
      "evaluate.threads=[0] is not allowed: a list of LiteRT thread counts, each an integer >= 1"),
     ("evaluate", ["evaluate.compare=abc"],
      "evaluate.compare='abc' is not allowed: a list of export folders, e.g. [outputs/export-teacher]"),
-    ("evaluate", ["profile.runs=0"], "profile.runs=0 is not allowed: an integer >= 1"),
+    ("evaluate", ["evaluate.warmup=-1"], "evaluate.warmup=-1 is not allowed: an integer >= 0"),
     ("stylize", ["strength=2"],
      "strength=2 is not allowed: a number from 0 (the photo's own style) to 1 (the painting's), or null"),
     ("stylize", ["tile.overlap=0.75"], "tile.overlap=0.75 is not allowed: a fraction of the tile from 0 to 0.5"),
     ("import_magenta", ["parity.content_size=383"], "parity.content_size=383 is not allowed: an integer >= 16 "
      "divisible by 4"),
 ]
+
+
+def test_every_config_group_is_composed_by_a_stage():
+    """No dangling groups: each folder of configs/ is a group some stage composes (configs/experiment/<stage>/
+    are the experiments' parts, each read by its stage)."""
+    composed = {group for stage in STAGES for group in stage_groups(stage)}
+    assert {p.name for p in CONFIGS.iterdir() if p.is_dir()} == composed
+    assert {p.name for p in (CONFIGS / "experiment").iterdir() if p.is_dir()} <= set(STAGES)
+
+
+def test_the_accelerators_set_the_same_keys():
+    gpu, cpu = (OmegaConf.load(CONFIGS / "accelerator" / f"{name}.yaml") for name in ("gpu", "cpu"))
+    assert list(gpu) == list(cpu)
+
+
+@pytest.mark.parametrize("stage, values", [
+    ("train", {"trainer.precision": "float32", "trainer.allow_cpu": True, "trainer.steps": 24, "trainer.batch_size": 4,
+               "data.image_size": 128}),
+    ("export", {"export.sizes": [[384, 384]]}),
+    ("evaluate", {"evaluate.sizes": [[384, 384]], "evaluate.runs": 5, "evaluate.warmup": 1}),
+])
+def test_one_experiment_choice_sets_each_stage_its_part(stage, values):
+    """experiment=smoke is one choice for every stage that takes it; each stage gets its own part of it, and
+    experiment=full is each stage's default."""
+    smoke, full, default = (OmegaConf.to_container(composed(stage, overrides), resolve=True)
+                            for overrides in (["experiment=smoke"], ["experiment=full"], []))
+    assert {key: _select(smoke, key) for key in values} == values
+    assert full == default and all(_select(default, key) != value for key, value in values.items())
+
+
+def _select(plain: dict, dotted: str):
+    for part in dotted.split("."):
+        plain = plain[part]
+    return plain
+
+
+def test_an_accelerator_on_the_command_line_replaces_the_experiments():
+    assert composed("train", ["experiment=smoke", "accelerator=gpu"]).trainer.precision == "mixed_bfloat16"
+    assert composed("train", ["accelerator=cpu"]).trainer.precision == "float32"
 
 
 @pytest.mark.parametrize("stage, overrides, message", EXAMPLES, ids=[" ".join(e[1]) for e in EXAMPLES])

@@ -21,7 +21,7 @@ def test_sweep_writes_one_grid_the_curves_and_the_images(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.style_knobs", "--steps", "2", "--eval-every", "1", "--workers", "1", "--out", str(out),
          "--settings", "style.strength=2", "style.strength=9",
-         "--", "init=magenta_published", "trainer=smoke", "data.image_size=64", f"paths.cache_dir={CACHE_DIR}"],
+         "--", "init=magenta_published", "experiment=smoke", "data.image_size=64", f"paths.cache_dir={CACHE_DIR}"],
         cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "style_knobs.json").read_text())

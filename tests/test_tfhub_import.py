@@ -14,7 +14,7 @@ import pytest
 from helpers import CACHE_DIR, CONTENT_DIR, STYLE_DIR, compose_train
 
 # Small and fast: no training, one held-out photo scored at 64 px, style images at 96 px (InceptionV3 needs 76+).
-SMALL = ["trainer=smoke", "trainer.steps=0", "data.heldout_count=1", "data.heldout_size=64", "data.style_size=96"]
+SMALL = ["experiment=smoke", "trainer.steps=0", "data.heldout_count=1", "data.heldout_size=64", "data.style_size=96"]
 
 
 def _randomize(stylizer, seed=0):

@@ -29,12 +29,12 @@ STAGE = textwrap.dedent("""
 def _project(tmp_path, second_cmd="ok"):
     """A dvc project of two stages running STAGE, with the repo's params.yaml choices."""
     (tmp_path / "stage.py").write_text(STAGE)
-    (tmp_path / "params.yaml").write_text("style: starry\nmodel: magenta_lite\ntrainer: smoke\n")
+    (tmp_path / "params.yaml").write_text("style: starry\nmodel: magenta_lite\nexperiment: smoke\n")
     (tmp_path / "dvc.yaml").write_text(textwrap.dedent(f"""
         stages:
           train:
             cmd: python stage.py train-starry-magenta_lite ok
-            params: [style, model, trainer]
+            params: [style, model, experiment]
             outs: [train-starry-magenta_lite.done]
           export:
             cmd: python stage.py export-starry-magenta_lite {second_cmd}
@@ -60,7 +60,7 @@ def test_one_pipeline_run_per_dvc_repro_with_stage_runs_as_children(tmp_path):
     by_name, runs = _runs(tmp_path)
     assert sorted(by_name) == ["export-starry-magenta_lite", "pipeline-starry-magenta_lite", "train-starry-magenta_lite"]
     pipeline = by_name["pipeline-starry-magenta_lite"]
-    assert pipeline.data.params == {"style": "starry", "model": "magenta_lite", "trainer": "smoke"}
+    assert pipeline.data.params == {"style": "starry", "model": "magenta_lite", "experiment": "smoke"}
     assert pipeline.info.status == "FINISHED" and pipeline.data.tags["stage"] == "pipeline"
     for stage in ("train-starry-magenta_lite", "export-starry-magenta_lite"):
         assert by_name[stage].data.tags["mlflow.parentRunId"] == pipeline.info.run_id

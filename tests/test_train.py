@@ -1,4 +1,4 @@
-"""The training stage end to end on the real sample photos (trainer=smoke)."""
+"""The training stage end to end on the real sample photos (experiment=smoke)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def run_cli(args: list[str], tmp_path, env_extra: dict | None = None, **kwargs):
 def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
     from training.loop.train import train
 
-    untrained = train(compose_train(["style=starry", "trainer=smoke", "trainer.steps=0", *TINY_TRAINING], tmp_path / "untrained"))
-    cfg = compose_train(["style=starry", "trainer=smoke", "trainer.steps=16", "trainer.log_every=1", *TINY_TRAINING], tmp_path)
+    untrained = train(compose_train(["style=starry", "experiment=smoke", "trainer.steps=0", *TINY_TRAINING], tmp_path / "untrained"))
+    cfg = compose_train(["style=starry", "experiment=smoke", "trainer.steps=16", "trainer.log_every=1", *TINY_TRAINING], tmp_path)
     metrics = train(cfg)
 
     train_dir = tmp_path / "outputs" / "train"
@@ -61,10 +61,10 @@ def test_smoke_training_writes_model_metrics_grid_and_mlflow_run(tmp_path):
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     from training.loop.train import train
 
-    first = train(compose_train(["trainer=smoke", "trainer.steps=6", *TINY_TRAINING], tmp_path))
+    first = train(compose_train(["experiment=smoke", "trainer.steps=6", *TINY_TRAINING], tmp_path))
     assert first["trained_steps"] == 6
     assert (tmp_path / "outputs" / "train" / "checkpoints" / "ckpt-00000006.npz").is_file()
-    second = train(compose_train(["trainer=smoke", "trainer.steps=10", *TINY_TRAINING], tmp_path))
+    second = train(compose_train(["experiment=smoke", "trainer.steps=10", *TINY_TRAINING], tmp_path))
     assert second["resumed_from_step"] == 6
     assert second["trained_steps"] == 4
 
@@ -79,7 +79,7 @@ def test_another_run_goes_to_its_own_folder_and_leaves_the_first_untouched(tmp_p
     """`dvc repro` leaves a finished run in outputs/train; a hand run with other data (or config) used
     to fail on its checkpoints, or resume them and train 0 steps. It writes to its own folder instead,
     Hydra's .hydra/ and train.log included, and a rerun of it resumes there."""
-    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
+    tiny = ["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
     first = run_cli([*tiny, "trainer.steps=2"], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     train_dir = tmp_path / "outputs" / "train"
@@ -117,7 +117,7 @@ def test_a_resumed_run_uses_the_configured_learning_rate(tmp_path, caplog):
     used to train on at the old one."""
     from training.loop.train import train
 
-    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
+    tiny = ["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
     train(compose_train([*tiny, "trainer.steps=1", "trainer.learning_rate=1e-3"], tmp_path))
     with caplog.at_level("INFO", logger="stylepipe.train"):
         resumed = train(compose_train([*tiny, "trainer.steps=2", "trainer.learning_rate=2e-4"], tmp_path))
@@ -134,7 +134,7 @@ def test_checkpoints_are_also_written_by_wall_time(tmp_path):
     passed (here a few milliseconds: every step), so a kill loses at most that much work."""
     from training.loop.train import train
 
-    tiny = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1",
+    tiny = ["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1",
             "trainer.steps=3", "trainer.checkpoint_every=1000", "trainer.keep_checkpoints=5"]
     train(compose_train([*tiny, "trainer.checkpoint_minutes=1e-5"], tmp_path / "timed"))
     train(compose_train([*tiny, "trainer.checkpoint_minutes=null"], tmp_path / "steps"))
@@ -146,7 +146,7 @@ def test_checkpoints_are_also_written_by_wall_time(tmp_path):
 
 
 def test_jax_backend_completes_a_smoke_run(tmp_path):
-    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
+    result = run_cli(["experiment=smoke", "trainer.steps=4", *TINY_TRAINING], tmp_path, env_extra={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["keras_backend"] == "jax"
@@ -155,7 +155,7 @@ def test_jax_backend_completes_a_smoke_run(tmp_path):
 
 def test_non_default_backbone_completes_a_smoke_run(tmp_path):
     # No internet here: MobileNetV2 without ImageNet weights (the code path is the same).
-    result = run_cli(["trainer=smoke", "trainer.steps=4", *TINY_TRAINING, "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
+    result = run_cli(["experiment=smoke", "trainer.steps=4", *TINY_TRAINING, "backbone=mobilenet_v2", "backbone.weights=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "outputs" / "train" / "model.keras").is_file()
 
@@ -180,7 +180,7 @@ def test_uint8_input_trains_like_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(data_lib.TrainingBatches, "batch", batch_as_made)
     runs, fed = {}, {}
     for dtype in ("float32", "uint8"):
-        cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+        cfg = compose_train(["experiment=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
                              "loss_network.weights=null", "data.heldout_count=1", f"trainer.input_dtype={dtype}"],
                             tmp_path / dtype)
         made.clear()
@@ -200,7 +200,7 @@ def train_alike(tmp_path, settings: dict[str, list[str]], common: tuple[str, ...
     """Two-step runs under each of two `settings` (name -> overrides) give the same losses."""
     from training.loop.train import train
 
-    runs = [train(compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+    runs = [train(compose_train(["experiment=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
                                  "loss_network.weights=null", "data.heldout_count=1", *common, *overrides],
                                 tmp_path / name))
             for name, overrides in settings.items()]
@@ -249,7 +249,7 @@ def test_several_steps_per_execution_train_the_same_steps(tmp_path):
     runs = {}
     for per_execution in (1, 2):
         out = tmp_path / f"spe{per_execution}"
-        cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=5", "trainer.log_every=2",
+        cfg = compose_train(["experiment=smoke", *TINY_TRAINING, "trainer.steps=5", "trainer.log_every=2",
                              "trainer.checkpoint_every=2", "trainer.keep_checkpoints=5", "loss_network.weights=null",
                              "data.heldout_count=1", f"trainer.steps_per_execution={per_execution}"], out)
         metrics = train(cfg)
@@ -281,7 +281,7 @@ def test_fixed_style_targets_train_like_targets_from_every_batch(tmp_path):
     for styles in ("starry", "two"):
         extra = ["+style.images.wave=${paths.data_dir}/samples/style/great_wave.jpg", "style.name=two"] if styles == "two" else []
         for fixed in (False, True):
-            cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
+            cfg = compose_train(["experiment=smoke", *TINY_TRAINING, "trainer.steps=2", "trainer.log_every=1",
                                  "loss_network.weights=null", "data.heldout_count=1", *extra,
                                  f"trainer.fixed_style_targets={str(fixed).lower()}"], tmp_path / f"{styles}{fixed}")
             runs[styles, fixed] = train(cfg)
@@ -308,7 +308,7 @@ def test_fit_reads_style_targets_from_the_fixed_table(tmp_path, monkeypatch):
     from training.loop import train as train_lib
     from training.loop.train import _build, _build_objective
 
-    cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"], tmp_path)
+    cfg = compose_train(["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"], tmp_path)
     objective, optimizer, _ = _build_objective(cfg, CACHE_DIR)
     _build(objective, optimizer, 64)
     styles, _ = data_lib.load_style_images(cfg.style)
@@ -350,7 +350,7 @@ def test_fit_applies_each_style_crops_colour_jitter(tmp_path):
     from training.data.color_jitter import jitter_colours
     from training.loop.train import _build, _build_objective
 
-    cfg = compose_train(["trainer=smoke", *TINY_TRAINING, "style=all", "loss_network.weights=null",
+    cfg = compose_train(["experiment=smoke", *TINY_TRAINING, "style=all", "loss_network.weights=null",
                          "data.heldout_count=1", "trainer.input_dtype=uint8"], tmp_path)
     objective, optimizer, _ = _build_objective(cfg, CACHE_DIR)
     _build(objective, optimizer, 64)

@@ -94,14 +94,16 @@ def check_teacher(teacher_cfg) -> None:
                               "python -m pipelines.train)")
 
 
-# Training images/s per CPU core at 256 px crops, the GPU profile's work: about 6 on a 2-core host
+# Training images/s per CPU core at 256 px crops, the default run's work: about 6 on a 2-core host
 # (its 20,000 steps of batch 64 take about 58 h there). Only for a rough estimate.
 CPU_IMAGES_PER_SECOND_PER_CORE = 3.0
+# The preset to run instead on a machine without a GPU.
+CPU_EXPERIMENT = "experiment=smoke"
 
 
 def check_accelerator(cfg, args: list[str]) -> None:
-    """Stop the GPU profile on a machine without a GPU before any work (days of CPU time), unless
-    trainer.allow_cpu=true; `args`: the command's overrides, for the command to run instead."""
+    """Stop a run for GPUs (accelerator=gpu) on a machine without a GPU before any work (days of CPU time),
+    unless trainer.allow_cpu=true; `args`: the command's overrides, for the command to run instead."""
     if cfg.trainer.allow_cpu:
         return
     from training.distribute import accelerators
@@ -112,14 +114,16 @@ def check_accelerator(cfg, args: list[str]) -> None:
     cores = os.cpu_count() or 1
     images = t.steps * t.batch_size * (cfg.data.image_size / 256) ** 2
     hours = images / (CPU_IMAGES_PER_SECOND_PER_CORE * cores) / 3600
-    instead = " ".join(["python -m pipelines.train", *(a for a in args if not a.startswith("trainer=")), "trainer=smoke"])
-    log.warning("this is the GPU profile (%s, batch %d, %d steps): about %s on this machine's %d CPU core(s); "
+    kept = (a for a in args if not a.startswith(("experiment=", "accelerator=")))
+    instead = " ".join(["python -m pipelines.train", *kept, CPU_EXPERIMENT])
+    log.warning("this run is for GPUs (%s, batch %d, %d steps): about %s on this machine's %d CPU core(s); "
                 "for minutes instead: %s", t.precision, t.batch_size, t.steps,
                 f"{hours:.0f} h" if hours >= 1 else f"{hours * 60:.0f} min", cores, instead)
-    raise ConfigError("no GPU here for the GPU profile: add trainer=smoke, or trainer.allow_cpu=true to run it anyway")
+    raise ConfigError(f"no GPU here for accelerator=gpu: add {CPU_EXPERIMENT} for a short CPU run, or accelerator=cpu "
+                      "to run this one on the CPU")
 
 
-# Host memory a CPU training step takes, measured with trainer=smoke in float32 (peak RSS at batch 4:
+# Host memory a CPU training step takes, measured with experiment=smoke in float32 (peak RSS at batch 4:
 # 4.0 GB at data.image_size=512, 11.9 GB at 1024): about 2.5 KB per pixel of the batch's crops, over
 # about 2 GB for the networks, the data and the held-out scoring.
 CPU_BYTES_PER_TRAINING_PIXEL = 2.5e3

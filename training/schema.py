@@ -1,8 +1,9 @@
 """The schema of every stage's config: each key's type, range or choices, declared once, and the check
 that walks a composed config against it before any work.
 
-A stage's keys are those of its config groups (the `defaults` of configs/<stage>.yaml; GROUP_KEYS)
-and those of its own file (STAGE_KEYS). Keys are dotted; `*` stands for any name (a style's
+A stage's keys are those of its config groups (the `defaults` of configs/<stage>.yaml and of its
+experiment parts; GROUP_KEYS, under GROUP_PACKAGES' name where a group's files name another) and those
+of its own file (STAGE_KEYS). Keys are dotted; `*` stands for any name (a style's
 paintings). The first value the schema refuses, or a key it does not declare, is a ConfigError
 naming the key, the value and what is allowed. Checks that relate keys to each other or need the
 filesystem or the hardware stay beside the code they guard (training/config.py, export/apply.py).
@@ -202,25 +203,28 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "learning_rate": LEARNING_RATE,
         "teacher_weight": WEIGHT,
         "clipnorm": optional(number(above=0)),
-        "precision": choice(*PRECISIONS),
-        "jit_compile": choice(True, False, "auto"),
         "checkpoint_every": POSITIVE,
         "checkpoint_minutes": optional(number(above=0, why="minutes"), "for checkpoints by steps only"),
         "log_every": POSITIVE,
         "keep_checkpoints": POSITIVE,
         "resume": BOOLEAN,
-        "allow_cpu": BOOLEAN,
         "progress": BOOLEAN,
+    },
+    # Its files' package is `trainer`: these are trainer.* keys.
+    "accelerator": {
+        "precision": choice(*PRECISIONS),
+        "jit_compile": choice(True, False, "auto"),
+        "steps_per_execution": POSITIVE,
         "devices": POSITIVE,
         "data_workers": either(POSITIVE, choice("auto"), allowed="an integer >= 1, or auto (one per CPU core: at most "
                                "8 threads, or all cores but 2 as processes)"),
         "data_worker_processes": BOOLEAN,
         "input_dtype": choice(*INPUT_DTYPES),
-        "steps_per_execution": POSITIVE,
         "fixed_style_targets": BOOLEAN,
         "space_to_depth_channels": integer(0, why="0: off"),
         "shifted_sum_depthwise": choice(*SHIFTED_SUM_DEPTHWISE),
         "relu_gradient_from_output": BOOLEAN,
+        "allow_cpu": BOOLEAN,
     },
     "teacher": {
         "name": choice(*TEACHERS),
@@ -242,8 +246,11 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "experiment": NAME,
         "artifact_dir": optional(PATH, "(mlruns/ beside a sqlite store)"),
     },
-    "profile": {"sizes": SIZES, "runs": POSITIVE, "warmup": integer(0)},
+    # Its files set keys of the stage's other groups (configs/experiment/<stage>/).
+    "experiment": {},
 }
+# The package of a group whose files put their keys under another group's name.
+GROUP_PACKAGES = {"accelerator": "trainer"}
 
 # ---------------------------------------------------------------- each stage's own keys (configs/<stage>.yaml)
 
@@ -317,9 +324,18 @@ STAGE_KEYS: dict[str, dict[str, Rule]] = {
 
 @cache
 def stage_groups(stage: str) -> tuple[str, ...]:
-    """The config groups configs/<stage>.yaml composes (its defaults list)."""
-    defaults = OmegaConf.load(CONFIG_DIR / f"{stage}.yaml").get("defaults", [])
-    return tuple(next(iter(entry)) for entry in defaults if isinstance(entry, DictConfig))
+    """The config groups configs/<stage>.yaml composes: those of its defaults list, then those its experiment
+    parts add (configs/experiment/<stage>/: train's accelerator)."""
+    return tuple(dict.fromkeys(_groups(CONFIG_DIR / f"{stage}.yaml")
+                               + [g for part in sorted((CONFIG_DIR / "experiment" / stage).glob("*.yaml"))
+                                  for g in _groups(part)]))
+
+
+def _groups(file: Path) -> list[str]:
+    """The groups a config file's defaults list names (`/group` or `group`), less its experiment's stage part."""
+    names = (next(iter(e)).removeprefix("optional ").split("@")[0].lstrip("/")
+             for e in OmegaConf.load(file).get("defaults", []) if isinstance(e, DictConfig))
+    return [name for name in names if not name.startswith("experiment/")]
 
 
 @cache
@@ -327,7 +343,8 @@ def stage_rules(stage: str) -> dict[tuple[str, ...], Rule]:
     """Every key a `stage` config may hold, as its dotted path's parts, with its rule."""
     if stage not in STAGE_KEYS:
         raise ValueError(f"no schema for stage {stage!r}: one of {', '.join(STAGE_KEYS)}")
-    keys = {f"{group}.{key}": rule for group in stage_groups(stage) for key, rule in GROUP_KEYS[group].items()}
+    keys = {f"{GROUP_PACKAGES.get(group, group)}.{key}": rule
+            for group in stage_groups(stage) for key, rule in GROUP_KEYS[group].items()}
     return {tuple(key.split(".")): rule for key, rule in {**keys, **STAGE_KEYS[stage]}.items()}
 
 

@@ -56,7 +56,7 @@ def test_dvc_repro_runs_every_stage_once_and_then_nothing(dvc_pipeline):
     runs = mlflow.search_runs(experiment_names=["stylepipe"], output_format="list")
     pipelines = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
     assert [p.info.run_name for p in pipelines] == ["pipeline-starry-magenta_lite"]
-    assert pipelines[0].data.params["trainer"] == "smoke" and pipelines[0].info.status == "FINISHED"
+    assert pipelines[0].data.params["experiment"] == "smoke" and pipelines[0].info.status == "FINISHED"
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == pipelines[0].info.run_id}
     assert children == STAGE_RUNS
     assert len(runs) == len(STAGE_RUNS) + 1

@@ -63,11 +63,11 @@ def write_clip(path, frames=6, size=(160, 120)) -> None:
 
 def test_readme_own_painting_commands_on_a_fresh_clone(dvc_pipeline, tmp_path):
     clone = dvc_pipeline.path
-    assert "wrote" in run(clone, "pipelines.train", "style=starry", "trainer=smoke")  # right after `dvc repro`
+    assert "wrote" in run(clone, "pipelines.train", "style=starry", "experiment=smoke")  # right after `dvc repro`
 
     painting = tmp_path / "my_painting.jpg"
     write_painting(painting)
-    log = run(clone, "pipelines.train", f"style.image={painting}", "init=magenta_published", "trainer=smoke")
+    log = run(clone, "pipelines.train", f"style.image={painting}", "init=magenta_published", "experiment=smoke")
     moved = re.search(r"-> this run writes to (\S+)", log)
     train_dir = moved.group(1) if moved else str(clone / "outputs" / "train")
     assert json.loads((clone / train_dir / "style.json").read_text())["name"] == "my_painting"

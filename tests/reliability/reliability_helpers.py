@@ -16,7 +16,7 @@ from helpers import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING
 
 PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
 # A tiny training run: random loss-network weights (nothing to download), 64 px crops and style.
-TINY = ["trainer=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
+TINY = ["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1"]
 
 
 UNTRACKED_STAGES = {"stylize"}  # stages without an MLflow run (and no mlflow config)

@@ -73,7 +73,7 @@ def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts
     """Guards pipelines.cli.preflight and the validators: without them Hydra prints a multi-line
     block (unknown style) or the stage fails after creating outputs/ and importing TensorFlow."""
     start = time.perf_counter()
-    result = run_stage(stage, ["trainer=smoke", *override.split()] if stage == "train" else [override], tmp_path)
+    result = run_stage(stage, ["experiment=smoke", *override.split()] if stage == "train" else [override], tmp_path)
     elapsed = time.perf_counter() - start
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == error_lines(result.stderr), result.stderr  # nothing but the error
@@ -118,7 +118,7 @@ def _files(folder):
 def _refused_leaving_outputs_alone(tmp_path, stage, override, starts):
     _earlier_run(tmp_path / "outputs")
     before = _files(tmp_path)
-    args = ["trainer=smoke", override] if stage == "train" else [f"input={PHOTOS[0]}", override] if stage == "stylize" \
+    args = ["experiment=smoke", override] if stage == "train" else [f"input={PHOTOS[0]}", override] if stage == "stylize" \
         else [override]
     result = run_stage(stage, args, tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
@@ -140,35 +140,37 @@ def test_each_schema_example_is_one_line_and_writes_nothing(tmp_path, stage, ove
     _refused_leaving_outputs_alone(tmp_path, stage, override, starts)
 
 
-def test_gpu_profile_on_a_cpu_stops_before_any_work(tmp_path):
-    """Guards training.config.check_accelerator: the default (GPU) profile on this CPU-only machine used
-    to start a run of days; it says so in one line with an estimate and the command to run instead,
-    then stops in one error line, before Hydra creates the run folder."""
+def test_gpu_accelerator_on_a_cpu_stops_before_any_work(tmp_path):
+    """Guards training.config.check_accelerator: the default run (accelerator=gpu) on this CPU-only machine
+    used to start a run of days; it says so in one line with an estimate and the command to run instead
+    (its experiment replaced by experiment=smoke), then stops in one error line, before Hydra creates the
+    run folder."""
     from training.distribute import accelerators
 
     if accelerators():
-        pytest.skip("this machine has a GPU: the GPU profile runs")
-    result = run_stage("train", ["style=starry", "init=magenta_published"], tmp_path)
+        pytest.skip("this machine has a GPU: accelerator=gpu runs")
+    result = run_stage("train", ["style=starry", "init=magenta_published", "experiment=full"], tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     [line] = error_lines(result.stderr)
-    assert line == "error: no GPU here for the GPU profile: add trainer=smoke, or trainer.allow_cpu=true to run it anyway"
-    [warning] = [l for l in result.stderr.splitlines() if l.startswith("this is the GPU profile")]
+    assert line == ("error: no GPU here for accelerator=gpu: add experiment=smoke for a short CPU run, or "
+                    "accelerator=cpu to run this one on the CPU")
+    [warning] = [l for l in result.stderr.splitlines() if l.startswith("this run is for GPUs")]
     assert "(mixed_bfloat16, batch 64, 2000 steps): about " in warning and " h on this machine's " in warning, warning
     assert warning.endswith("for minutes instead: python -m pipelines.train " + " ".join(
         [f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
          f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "style=starry", "init=magenta_published",
-         "trainer.progress=false", "trainer=smoke"])), warning
+         "trainer.progress=false", "experiment=smoke"])), warning
     assert not (tmp_path / "outputs").exists()
 
 
-def test_gpu_profile_runs_on_a_cpu_when_allowed(tmp_path):
+def test_gpu_accelerator_runs_on_a_cpu_when_allowed(tmp_path):
     """trainer.allow_cpu=true passes the guard: the run goes on to its data (a missing folder here,
     so it ends in seconds with that error instead)."""
     result = run_stage("train", ["style=starry", "trainer.allow_cpu=true", f"data.content_dir={tmp_path / 'none'}"],
                        tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert error_lines(result.stderr) == [f"error: data.content_dir={tmp_path / 'none'}: no such folder"]
-    assert "GPU profile" not in result.stderr
+    assert "run is for GPUs" not in result.stderr
 
 
 def test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
@@ -177,7 +179,7 @@ def test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
     from helpers import compose_train
     from training.config import ConfigError, check_cpu_memory
 
-    cfg = compose_train(["style=starry", "trainer=smoke", "data.image_size=1024", "data.resize_short_side=[1024,1100]"],
+    cfg = compose_train(["style=starry", "experiment=smoke", "data.image_size=1024", "data.resize_short_side=[1024,1100]"],
                         tmp_path)
     with pytest.raises(ConfigError) as err:
         check_cpu_memory(cfg, total_bytes=8e9)
@@ -195,7 +197,7 @@ def test_a_step_too_large_for_this_machine_is_one_line_before_any_work(tmp_path)
     side = 4096  # 4 x 4096^2 pixels: about 170 GB
     if 2e9 + 2.5e3 * 4 * side * side <= psutil.virtual_memory().total:
         pytest.skip("this machine has the memory for it")
-    result = run_stage("train", ["style=starry", "trainer=smoke", f"data.image_size={side}",
+    result = run_stage("train", ["style=starry", "experiment=smoke", f"data.image_size={side}",
                                  f"data.resize_short_side=[{side},{side}]"], tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     [line] = error_lines(result.stderr)

@@ -145,6 +145,17 @@ def check_cpu_memory(cfg, total_bytes: int | None = None) -> None:
                           f"more than its {total_bytes / 1e9:.0f} GB: lower data.image_size or trainer.batch_size")
 
 
+def out_of_memory(err: BaseException, cfg) -> ConfigError | None:
+    """The one-line error for a training step that ran out of accelerator memory (XLA's
+    RESOURCE_EXHAUSTED, CUDA's "out of memory"), naming what to lower; None for any other error."""
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+        return None
+    t, size = cfg.trainer, int(cfg.data.image_size)
+    return ConfigError(f"out of memory training at data.image_size={size} with trainer.batch_size={t.batch_size} "
+                       f"({text.splitlines()[0][:120]}): lower data.image_size or trainer.batch_size")
+
+
 def _readable_file(path) -> bool:
     return path is not None and Path(path).is_file() and os.access(path, os.R_OK)
 

@@ -189,6 +189,23 @@ def test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
     check_cpu_memory(cfg, total_bytes=16e9)
 
 
+def test_a_step_out_of_device_memory_is_one_line_naming_what_to_lower(tmp_path):
+    """Guards training.config.out_of_memory, which turns an allocation the device refused during the
+    training step into one line; here a real one (XLA's RESOURCE_EXHAUSTED on this CPU). Other errors pass."""
+    import jax.numpy as jnp
+    from helpers import compose_train
+    from training.config import out_of_memory
+
+    cfg = compose_train(["style=starry", "experiment=smoke"], tmp_path)
+    with pytest.raises(Exception) as err:
+        jnp.ones((2**40,), jnp.uint8).block_until_ready()  # 1 TB
+    refusal = out_of_memory(err.value, cfg)
+    assert str(refusal) == ("out of memory training at data.image_size=128 with trainer.batch_size=4 "
+                            "(RESOURCE_EXHAUSTED: Out of memory allocating 1099511627776 bytes.): "
+                            "lower data.image_size or trainer.batch_size")
+    assert out_of_memory(ValueError("a shape mismatch"), cfg) is None
+
+
 @pytest.mark.slow
 def test_a_step_too_large_for_this_machine_is_one_line_before_any_work(tmp_path):
     """The same through the CLI on this machine: exit 1, one line, nothing trained or written but the log."""

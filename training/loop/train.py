@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.data.batch_processes import fork_available
 from training.loop.callbacks import lagged_callbacks
 from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import check_cpu_memory, data_workers, validate_train_config
+from training.config import check_cpu_memory, data_workers, out_of_memory, validate_train_config
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
@@ -356,6 +356,10 @@ def train(cfg: DictConfig) -> dict:
                                   callbacks=lagged_callbacks([progress], objective))
                 except KeyboardInterrupt:
                     raise Interrupted(interrupted_run(checkpoints, stylizer, optimizer, total_steps)) from None
+                except Exception as err:  # the step's activations did not fit: one line, the checkpoints kept
+                    if (refusal := out_of_memory(err, cfg)) is None:
+                        raise
+                    raise refusal from None
             if progress.diverged_at is not None:
                 last = checkpoints.latest()
                 raise TrainingDivergedError(

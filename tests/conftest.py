@@ -13,6 +13,28 @@ import pytest
 
 from helpers import CACHE_DIR, CONTENT_DIR, REPO
 
+# Scopes whose fixtures a module's tests share: under pytest-xdist those tests stay on one worker.
+SHARED_SCOPES = {"module", "package", "class"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Work units for `pytest -n N` (--dist loadgroup): the e2e tests together on one worker (one fresh
+    clone and `dvc repro`), first, so the longest chain starts at once; a module whose tests share a
+    module-scoped fixture (an export, a trained model) as one unit, so the fixture is built once;
+    every other test on its own."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("e2e"):
+            group = "e2e"
+        elif any(d.scope in SHARED_SCOPES for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs):
+            group = item.nodeid.split("::")[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not item.get_closest_marker("e2e"))  # stable: the rest keep their order
+
 
 @pytest.fixture
 def real_photo():

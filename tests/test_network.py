@@ -141,6 +141,36 @@ def test_saved_stylizer_reloads_in_safe_mode_with_same_output(tmp_path, real_pho
     )
 
 
+@pytest.mark.parametrize("model", ["magenta_lite", "realtime"])
+def test_a_stylizer_trained_in_mixed_precision_loads_computing_in_float32(tmp_path, real_photo, model):
+    """A model.keras written by a bf16 GPU run (layers saved with the mixed_bfloat16 policy) loads as
+    float32 layers with the same weights: what export, stylize and a teacher need (a bf16 graph would
+    hold Cast ops and lose precision)."""
+    from helpers import CACHE_DIR, compose_train
+    from training.network.stylizer import build_stylizer, load_stylizer
+
+    cfg = compose_train([f"model={model}", "backbone.weights=null", "experiment=smoke"], tmp_path)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        trained = build_stylizer(cfg.model, cfg.backbone, CACHE_DIR)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    trained.save(tmp_path / "model.keras")
+
+    loaded = load_stylizer(tmp_path / "model.keras")
+    policies = {layer.dtype_policy.name for part in ("transformer", "style_predictor")
+                for layer in loaded.get_layer(part).layers}
+    assert policies == {"float32"}
+    reference = build_stylizer(cfg.model, cfg.backbone, CACHE_DIR)  # float32, the trained weights
+    reference.set_weights(trained.get_weights())
+    images = {"content": real_photo[None, :64, :64], "style": real_photo[None, :64, :64]}
+    stylized = loaded(images)
+    assert keras.backend.standardize_dtype(stylized.dtype) == "float32"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stylized), keras.ops.convert_to_numpy(reference(images)),
+                               atol=1e-5)
+
+
 def test_alpha_must_be_positive():
     with pytest.raises(ValueError, match="model.alpha"):
         build_transfer_network(alpha=0.0)

@@ -8,6 +8,8 @@ Two models make up a stylizer, like Magenta's published pair:
 
 from __future__ import annotations
 
+import json
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -58,8 +60,41 @@ def build_stylizer(model_cfg, backbone_cfg, cache_dir) -> keras.Model:
     return keras.Model({"content": content, "style": style}, stylized, name="stylizer")
 
 
+# What a model trained in mixed precision saved as its layers' dtypes, and what it is loaded as.
+MIXED_PRECISION = {"mixed_bfloat16": "float32", "mixed_float16": "float32", "bfloat16": "float32", "float16": "float32"}
+
+
+def _float32_config(config):
+    """`config` with every mixed-precision dtype policy and half-precision tensor dtype made float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") in MIXED_PRECISION:
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: (MIXED_PRECISION.get(v, v) if k == "dtype" and isinstance(v, str) else _float32_config(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def _in_float32(path: Path, folder: Path) -> Path:
+    """`path`, or a copy of it in `folder` whose layers compute in float32 when it was trained in mixed
+    precision: what export, stylize and a teacher run (the weights are float32 either way)."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        float32 = _float32_config(config)
+        if float32 == config:
+            return path
+        copy = folder / path.name
+        with zipfile.ZipFile(copy, "w") as out:
+            for item in archive.infolist():
+                data = json.dumps(float32).encode() if item.filename == "config.json" else archive.read(item)
+                out.writestr(item, data)
+    return copy
+
+
 def load_stylizer(path) -> keras.Model:
-    """Load a stylizer written by the training or import stage (safe mode), or explain why not."""
+    """Load a stylizer written by the training or import stage (safe mode), computing in float32
+    whatever precision it was trained in, or explain why not."""
     path = Path(path)
     if not path.is_file():
         raise StylepipeError(f"{path}: no such model file (run `python -m pipelines.train` or `python -m pipelines.import_magenta` first)")
@@ -67,7 +102,8 @@ def load_stylizer(path) -> keras.Model:
         raise StylepipeError(f"{path}: not a readable Keras model file (not a whole .keras zip archive: "
                              "truncated, damaged or another format)")
     try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = keras.models.load_model(_in_float32(path, Path(tmp)), safe_mode=True, compile=False)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise StylepipeError(f"{path}: not a readable Keras model file ({first_line})") from None

@@ -123,16 +123,19 @@ def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000001.npz"]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path, backend, monkeypatch):
     """Ctrl-C in a terminal (SIGINT to the whole process group, batch worker processes included):
     the run checkpoints the step it reached, exits 130 within seconds with one `interrupted:` line and
     no traceback from any process, its MLflow run is KILLED, and the same command resumes there,
-    continuing that MLflow run and the loss history in metrics.json."""
+    continuing that MLflow run and the loss history in metrics.json. On JAX, whose training step keeps
+    the weights outside the model's variables while it runs, too."""
     args = [*TINY, "trainer.steps=400", "trainer.checkpoint_every=1000", "trainer.log_every=2",
             "trainer.data_worker_processes=true", "trainer.data_workers=2"]
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
            f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
            "trainer.progress=false", *args]
+    monkeypatch.setenv("KERAS_BACKEND", backend)  # this run and its resume
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # the log is on stdout
     seen = ""

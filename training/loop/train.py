@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.data.batch_processes import fork_available
 from training.loop.callbacks import lagged_callbacks
 from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
-from training.config import check_cpu_memory, data_workers, out_of_memory, validate_train_config
+from training.config import check_cpu_memory, check_device_memory, data_workers, out_of_memory, validate_train_config
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
 from training.objective.objective import DISTILL_LOSS, LOSS_NAMES
@@ -132,9 +132,28 @@ class TrainingProgress(keras.callbacks.Callback):
         return self.timed_steps * batch_size / (self.timer_end - self.timer_start)
 
 
-def interrupted_run(checkpoints, stylizer, optimizer, total_steps: int) -> str:
+def _weights_in_variables(objective) -> bool:
+    """Put the weights of the last finished step back into the model's variables, where JAX's fit keeps
+    them outside while it runs; False when the backend has already given those arrays to a step."""
+    try:
+        if hasattr(objective, "jax_state_sync"):
+            objective.jax_state_sync()
+        keras.ops.convert_to_numpy(objective.optimizer.iterations)
+    except RuntimeError:  # JAX: "Array has been deleted"
+        return False
+    return True
+
+
+def interrupted_run(checkpoints, objective, stylizer, total_steps: int) -> str:
     """Ctrl-C during training: checkpoint the step the weights are at (unless one holds it already) and
     say how to go on. The optimizer counts every step applied, resumed ones included."""
+    optimizer = objective.optimizer
+    if not _weights_in_variables(objective):
+        latest = checkpoints.latest()
+        if latest is None:
+            return "stopped during a step, before any checkpoint: nothing saved; the same command starts again"
+        return (f"stopped during a step: the newest checkpoint is step {latest[0]} of {total_steps} ({latest[1]}); "
+                "the same command resumes from it")
     step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     latest = checkpoints.latest()
     if latest is None or latest[0] < step:
@@ -263,6 +282,8 @@ def train(cfg: DictConfig) -> dict:
 
     if not accelerators():  # the step's activations live in this machine's memory
         check_cpu_memory(cfg)
+    elif (memory := device_memory()) is not None and memory[1]:  # or in each GPU's
+        check_device_memory(cfg, memory[1])
     from training.data import datasets as data_lib
 
     keras.utils.set_random_seed(int(cfg.seed))
@@ -355,7 +376,7 @@ def train(cfg: DictConfig) -> dict:
                     objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                                   callbacks=lagged_callbacks([progress], objective))
                 except KeyboardInterrupt:
-                    raise Interrupted(interrupted_run(checkpoints, stylizer, optimizer, total_steps)) from None
+                    raise Interrupted(interrupted_run(checkpoints, objective, stylizer, total_steps)) from None
                 except Exception as err:  # the step's activations did not fit: one line, the checkpoints kept
                     if (refusal := out_of_memory(err, cfg)) is None:
                         raise

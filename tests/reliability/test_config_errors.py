@@ -189,6 +189,25 @@ def test_a_cpu_step_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
     check_cpu_memory(cfg, total_bytes=16e9)
 
 
+def test_a_gpu_step_too_large_for_the_gpu_is_refused_with_its_estimate(tmp_path):
+    """Guards training.config.check_device_memory: each GPU's share of the batch is checked against
+    what its allocator may use (about 0.9 KB per pixel, measured on an H100) before any work."""
+    from helpers import compose_train
+    from training.config import ConfigError, check_device_memory
+
+    cfg = compose_train(["style=starry", "data.image_size=1024", "data.resize_short_side=[1024,1100]"], tmp_path)
+    assert cfg.trainer.batch_size == 64
+    with pytest.raises(ConfigError) as err:
+        check_device_memory(cfg, total_bytes=60e9)  # an H100's share for JAX
+    assert str(err.value) == ("data.image_size=1024 with trainer.batch_size=64 needs about 61 GB of memory to train "
+                              "on each GPU (about 0.9 KB per pixel of the batch), more than its 60 GB: lower "
+                              "data.image_size or trainer.batch_size")
+    check_device_memory(cfg, total_bytes=100e9)  # an H200's
+    two = compose_train(["style=starry", "data.image_size=1024", "data.resize_short_side=[1024,1100]",
+                         "trainer.devices=2"], tmp_path)
+    check_device_memory(two, total_bytes=60e9)  # half the batch on each of two
+
+
 def test_a_step_out_of_device_memory_is_one_line_naming_what_to_lower(tmp_path):
     """Guards training.config.out_of_memory, which turns an allocation the device refused during the
     training step into one line; here a real one (XLA's RESOURCE_EXHAUSTED on this CPU). Other errors pass."""

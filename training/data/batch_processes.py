@@ -77,8 +77,10 @@ def _views(buffer, layout, slot: int, slot_bytes: int) -> dict[str, np.ndarray]:
 def _work(make, dtype, buffer, layout, slot_bytes, tasks, done) -> None:
     """A worker's loop: make each (batch, slot) asked for into its slot until told to stop (None)."""
     # Ctrl-C reaches the whole process group: the training process saves and stops the workers, and
-    # a worker of its own would only print a traceback per process.
+    # a worker of its own would only print a traceback per process. Blocked since the fork (see
+    # _Workers), so one that came before this line is dropped here too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     while (task := tasks.get()) is not None:
         index, slot = task
         try:
@@ -122,8 +124,12 @@ class _Workers:
             # JAX warns on every fork that it may deadlock; the children never touch JAX, and a hang
             # is reported by ProcessBatches after STALL_S instead.
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            for p in self.processes:
-                p.start()
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
+            try:
+                for p in self.processes:
+                    p.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._finalizer = weakref.finalize(self, _stop, self.processes, self.tasks, self.buffer)
 
     def close(self) -> None:

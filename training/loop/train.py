@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from training.data.batch_processes import fork_available
 from training.loop.callbacks import lagged_callbacks
 from training.loop.checkpoints import CheckpointManager, NonFiniteWeightsError
+from training.loop.interrupt import stop_fit_on_ctrl_c
 from training.config import check_cpu_memory, check_device_memory, data_workers, out_of_memory, validate_train_config
 from training.errors import Interrupted, StylepipeError
 from training.fileio import atomic_write_bytes, atomic_write_text, save_keras_atomically
@@ -373,8 +374,11 @@ def train(cfg: DictConfig) -> dict:
                 dataset = batches.training_input(start_step, remaining, workers=workers, dtype=cfg.trainer.input_dtype,
                                                  processes=processes)
                 try:
-                    objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
-                                  callbacks=lagged_callbacks([progress], objective))
+                    with stop_fit_on_ctrl_c() as ctrl_c:
+                        objective.fit(dataset, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
+                                      callbacks=lagged_callbacks([progress, ctrl_c], objective))
+                    if ctrl_c.requested and progress.step < total_steps:
+                        raise KeyboardInterrupt
                 except KeyboardInterrupt:
                     raise Interrupted(interrupted_run(checkpoints, objective, stylizer, total_steps)) from None
                 except Exception as err:  # the step's activations did not fit: one line, the checkpoints kept

@@ -91,8 +91,8 @@ def data_parallel(devices: int, batch_size: int):
 
 
 def device_memory() -> tuple[int, int] | None:
-    """(peak bytes in use, bytes the allocator may use) of the first accelerator; None on the CPU
-    or where the backend does not say."""
+    """(peak bytes in use, bytes the allocator may use, 0 where unknown) of the first accelerator;
+    None on the CPU or where the backend does not say."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

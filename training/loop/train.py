@@ -447,7 +447,8 @@ def train(cfg: DictConfig) -> dict:
             if memory is not None:  # what data.image_size and trainer.batch_size cost on this GPU
                 this_run["peak_device_memory_bytes"] = memory[0]
                 mlflow.log_metric("peak_device_memory_gb", memory[0] / 1e9)
-                log.info("peak GPU memory %.2f GB of %.2f GB (batch %d at %d px)", memory[0] / 1e9, memory[1] / 1e9,
+                usable = f" of {memory[1] / 1e9:.2f} GB" if memory[1] else ""  # TensorFlow does not say
+                log.info("peak GPU memory %.2f GB%s (batch %d at %d px)", memory[0] / 1e9, usable,
                          cfg.trainer.batch_size, cfg.data.image_size)
             mlflow.log_artifact(str(grid_path), "samples")
             mlflow.log_artifact(str(train_dir / "metrics.json"))

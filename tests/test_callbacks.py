@@ -1,14 +1,19 @@
-"""LaggedCallbackList: callbacks see every execution's losses, one execution after fit dispatched it."""
+"""LaggedCallbackList: callbacks see every execution's losses, one execution after fit dispatched it.
+StopOnCtrlC: Ctrl-C ends fit at a step boundary wherever the signal lands."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import weakref
 
 import keras
 import numpy as np
 import pytest
 
 from training.loop.callbacks import lagged_callbacks
+from training.loop.interrupt import stop_fit_on_ctrl_c
 
 
 class Recorder(keras.callbacks.Callback):
@@ -96,3 +101,42 @@ def test_images_per_second_counts_the_fit_only():
     assert 0 < rate <= 3 * 8 / 0.15 * 1.01  # 3 timed steps of 8 images in at least 0.15 s
     time.sleep(0.2)
     assert progress.images_per_second(batch_size=8) == rate
+
+
+class CtrlCInsideAWeakrefCallback(keras.callbacks.Callback):
+    """Presses Ctrl-C (SIGINT to this process) while the main thread runs a weakref callback, at `batch`:
+    where a KeyboardInterrupt is printed as "Exception ignored" and lost."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.ended = batch, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ended.append(batch)
+        if batch == self.batch:
+            garbage = type("Garbage", (), {})()
+            weakref.finalize(garbage, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))
+            del garbage
+
+
+def test_ctrl_c_landing_in_a_weakref_callback_stops_fit_after_the_step_in_flight():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((40, 4), "float32"), np.zeros((40, 1), "float32")
+    press = CtrlCInsideAWeakrefCallback(batch=2)
+    with stop_fit_on_ctrl_c() as ctrl_c:
+        model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=lagged_callbacks([press, ctrl_c], model))
+    assert ctrl_c.requested
+    assert press.ended == [0, 1, 2, 3]  # the step dispatched before the request, then no more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    with stop_fit_on_ctrl_c() as ctrl_c:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)

@@ -8,6 +8,10 @@ Fixtures stay in conftest.py.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,27 @@ CONTENT_DIR = REPO / "data" / "samples" / "content"
 STYLE_DIR = REPO / "data" / "samples" / "style"
 # Pretrained weights are fetched once per machine into the repo's cache, shared by all tests.
 CACHE_DIR = REPO / ".cache" / "stylepipe"
+
+
+def tracking_uri(folder: Path) -> str:
+    """`sqlite:///<folder>/mlflow.db`, an MLflow store with its tables made: copied from one made once per
+    test process, as making them costs each new store about 2 s. A test of a new store's own creation
+    names its store itself."""
+    store = Path(folder) / "mlflow.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store(), store)
+    return f"sqlite:///{store}"
+
+
+@functools.cache
+def _empty_store() -> Path:
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="stylepipe-test-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # makes the tables
+    return folder / "mlflow.db"
 
 
 # The training stage at toy sizes (the old smoke sizes), for tests of its plumbing; experiment=smoke
@@ -37,7 +62,7 @@ def compose_train(overrides: list[str], tmp_path: Path):
                 f"paths.root_dir={REPO}",
                 f"paths.output_dir={tmp_path / 'outputs'}",
                 f"paths.cache_dir={CACHE_DIR}",
-                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
                 "trainer.progress=false",
                 *overrides,
             ],
@@ -51,7 +76,7 @@ def compose_export(tmp_path: Path, model_path, overrides=()):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose("export", overrides=[
             f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.model_path={model_path}", *overrides])
+            f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"export.model_path={model_path}", *overrides])
 
 
 def photo(height: int, width: int, name: str = "chelsea.jpg") -> np.ndarray:

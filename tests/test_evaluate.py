@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from PIL import Image
 
-from helpers import CACHE_DIR, REPO
+from helpers import CACHE_DIR, REPO, tracking_uri
 
 SIZES = "[[64,64],[64,128]]"
 
@@ -20,7 +20,7 @@ def compose(name, tmp_path, overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return hydra_compose(name, overrides=[
             f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+            f"mlflow.tracking_uri={tracking_uri(tmp_path)}", *overrides])
 
 
 @pytest.fixture(scope="module")

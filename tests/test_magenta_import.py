@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import CACHE_DIR, REPO, compose_train
+from helpers import CACHE_DIR, REPO, compose_train, tracking_uri
 from training.weights.magenta_import import (
     PUBLISHED_PREDICTOR_INT8,
     PUBLISHED_TRANSFER_FP16,
@@ -29,7 +29,7 @@ def compose_import(tmp_path, overrides=()):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose("import_magenta", overrides=[
             f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+            f"mlflow.tracking_uri={tracking_uri(tmp_path)}", *overrides])
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CACHE_DIR, CONTENT_DIR, REPO, STYLE_DIR
+from helpers import CACHE_DIR, CONTENT_DIR, REPO, STYLE_DIR, tracking_uri
 from reliability.reliability_helpers import error_lines, run_stage
 
 SIZE = 128
@@ -34,7 +34,7 @@ def export_dir(tmp_path_factory, published_model_path):
     from export.stage import export
 
     tmp = tmp_path_factory.mktemp("stylize-export")
-    export(compose("export", tmp, [f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+    export(compose("export", tmp, [f"mlflow.tracking_uri={tracking_uri(tmp)}",
                                    f"export.model_path={published_model_path}", f"export.sizes=[[{SIZE},{SIZE}]]",
                                    "export.parity_photos=1", "export.formats=[tflite_fp16]",
                                    "export.arbitrary_formats=[tflite_fp16]", "export.style=starry"]))

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import CACHE_DIR, REPO, TINY_TRAINING, compose_train
+from helpers import CACHE_DIR, REPO, TINY_TRAINING, compose_train, tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def run_cli(args: list[str], tmp_path, env_extra: dict | None = None, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
            "trainer.progress=false", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
 

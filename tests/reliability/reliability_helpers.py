@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING
+from helpers import CACHE_DIR, CONTENT_DIR, REPO, TINY_TRAINING, tracking_uri
 
 PHOTOS = sorted(CONTENT_DIR.glob("*.jpg"))
 # A tiny training run: random loss-network weights (nothing to download), 64 px crops and style.
@@ -27,7 +27,7 @@ def run_stage(stage: str, args: list[str], tmp_path: Path, wrap: list[str] = (),
     that runs it, e.g. in its own mount namespace)."""
     tracked = stage not in UNTRACKED_STAGES and not any(a.startswith("mlflow.tracking_uri=") for a in args)
     cmd = [sys.executable, "-m", f"pipelines.{stage}", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", *([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"] if tracked else []),
+           f"paths.cache_dir={CACHE_DIR}", *([f"mlflow.tracking_uri={tracking_uri(tmp_path)}"] if tracked else []),
            *args]
     if stage == "train":
         cmd.append("trainer.progress=false")

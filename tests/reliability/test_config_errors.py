@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import CACHE_DIR
+from helpers import CACHE_DIR, tracking_uri
 from reliability_helpers import PHOTOS, error_lines, run_stage
 
 CASES = [
@@ -117,6 +117,7 @@ def _files(folder):
 
 def _refused_leaving_outputs_alone(tmp_path, stage, override, starts):
     _earlier_run(tmp_path / "outputs")
+    tracking_uri(tmp_path)  # the earlier run's MLflow store, byte for byte as it was after the refusal too
     before = _files(tmp_path)
     args = ["experiment=smoke", override] if stage == "train" else [f"input={PHOTOS[0]}", override] if stage == "stylize" \
         else [override]
@@ -158,7 +159,7 @@ def test_gpu_accelerator_on_a_cpu_stops_before_any_work(tmp_path):
     assert "(mixed_bfloat16, batch 64, 2000 steps): about " in warning and " h on this machine's " in warning, warning
     assert warning.endswith("for minutes instead: python -m pipelines.train " + " ".join(
         [f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "style=starry", "init=magenta_published",
+         f"mlflow.tracking_uri={tracking_uri(tmp_path)}", "style=starry", "init=magenta_published",
          "trainer.progress=false", "experiment=smoke"])), warning
     assert not (tmp_path / "outputs").exists()
 

@@ -18,7 +18,7 @@ import sys
 import keras
 import pytest
 
-from helpers import CACHE_DIR, REPO, compose_export as compose_export_config
+from helpers import CACHE_DIR, REPO, compose_export as compose_export_config, tracking_uri
 from reliability_helpers import error_lines, run_stage
 from training.errors import StylepipeError
 
@@ -130,7 +130,7 @@ def test_an_export_killed_at_any_step_of_its_install_leaves_one_whole_set(tmp_pa
     second = [*args, "export.sizes=[[64,96]]"]
     cmd = [sys.executable, str(REPO / "tests" / "reliability" / "export_killer.py"), point,
            f"paths.output_dir={tmp_path / 'outputs'}", f"paths.cache_dir={CACHE_DIR}",
-           f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *second]
+           f"mlflow.tracking_uri={tracking_uri(tmp_path)}", *second]
     killed = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 

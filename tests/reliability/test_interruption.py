@@ -23,7 +23,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import CACHE_DIR, REPO, compose_train
+from helpers import CACHE_DIR, REPO, compose_train, tracking_uri
 from reliability_helpers import TINY, run_stage
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_kill_during_a_save_resumes_from_the_last_whole_checkpoint(tmp_path):
     checkpoint 1 (losing one interval), and the interrupted save's temporary file is removed."""
     args = [*TINY, "trainer.steps=400", f"trainer.checkpoint_every={EVERY}"]
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
            "trainer.progress=false", *args]
     ckpt_dir = tmp_path / "outputs" / "train" / "checkpoints"
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -133,7 +133,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path, backend, monk
     args = [*TINY, "trainer.steps=400", "trainer.checkpoint_every=1000", "trainer.log_every=2",
             "trainer.data_worker_processes=true", "trainer.data_workers=2"]
     cmd = [sys.executable, "-m", "pipelines.train", f"paths.output_dir={tmp_path / 'outputs'}",
-           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           f"paths.cache_dir={CACHE_DIR}", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
            "trainer.progress=false", *args]
     monkeypatch.setenv("KERAS_BACKEND", backend)  # this run and its resume
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,

@@ -68,7 +68,6 @@ CASES = [
 
 
 @pytest.mark.parametrize("stage, override, starts, allowed", CASES, ids=[c[1] for c in CASES])
-@pytest.mark.slow
 def test_bad_value_is_one_line_before_any_work(tmp_path, stage, override, starts, allowed):
     """Guards pipelines.cli.preflight and the validators: without them Hydra prints a multi-line
     block (unknown style) or the stage fails after creating outputs/ and importing TensorFlow."""
@@ -135,7 +134,6 @@ def test_a_bad_value_leaves_an_earlier_run_as_it_was(tmp_path):
 
 
 @pytest.mark.parametrize("stage, override, starts", SCHEMA_CASES, ids=[c[1] for c in SCHEMA_CASES])
-@pytest.mark.slow
 def test_each_schema_example_is_one_line_and_writes_nothing(tmp_path, stage, override, starts):
     """The schema's examples through the real CLI of each stage: exit 1, one line, every file as it was."""
     _refused_leaving_outputs_alone(tmp_path, stage, override, starts)

@@ -14,7 +14,6 @@ import pytest
 
 from reliability_helpers import TINY, error_lines, run_stage
 
-pytestmark = pytest.mark.slow
 
 
 def _namespaces_work() -> bool:
@@ -78,6 +77,7 @@ def test_a_full_disk_stops_before_any_work(tmp_path):
 
 
 @needs_namespaces
+@pytest.mark.slow
 def test_a_disk_filling_up_during_training_is_one_line_and_leaves_no_partial_files(tmp_path):
     """The files the run writes outgrow what the process may write (the kernel's file-size limit, EFBIG, as a
     disk that fills up mid-run): one line naming the file; no half-written file left behind."""

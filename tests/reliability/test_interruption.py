@@ -175,6 +175,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_in_one_line(tmp_path, backend, monk
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((tmp_path / "outputs" / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == step and metrics["trained_steps"] == 2
+    assert metrics["keras_backend"] == backend  # a whole CLI run on each backend
     # The resume continues the same MLflow run, and metrics.json holds the whole loss history.
     from training.tracking import recorded_run_id
 

@@ -132,3 +132,28 @@ def test_a_parent_run_missing_from_the_store_is_left_out(tmp_path):
         run_id = run.info.run_id
     stored = mlflow.MlflowClient().get_run(run_id)
     assert stored.info.status == "FINISHED" and "mlflow.parentRunId" not in stored.data.tags
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="Linux: where the kernel's boot time follows the wall clock")
+def test_a_process_keeps_its_name_when_the_wall_clock_is_stepped(monkeypatch):
+    """Stages find their `dvc repro`'s pipeline run, and killed runs are told from running ones, by
+    `<pid>-<start>`. The kernel's boot time follows the wall clock (NTP, a VM's clock steps), so a start
+    in wall-clock time moved between stages and split one repro into several pipeline runs."""
+    import psutil
+    from psutil import _pslinux
+
+    from training.tracking import _process_id
+
+    first = _process_id(os.getpid())
+    steps = iter(range(5, 500, 5))
+    real_boot_time = _pslinux.boot_time
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: real_boot_time() + next(steps))  # the clock stepped
+    assert psutil.Process().create_time() != psutil.Process().create_time()  # what psutil then reports
+    assert _process_id(os.getpid()) == first
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _process_id(child.pid) not in (None, first)  # another process, another name
+    finally:
+        child.kill()
+        child.wait()
+    assert _process_id(child.pid) is None  # ended

@@ -210,7 +210,8 @@ def dvc_invocation_key() -> str | None:
             except psutil.Error:  # another user's process, or gone
                 continue
             if _is_dvc_command(argv):
-                key = f"{process.pid}-{process.create_time():.3f}"
+                if (key := _process_id(process.pid)) is None:  # ended meanwhile
+                    return None
                 experiment = os.environ.get("DVC_EXP_NAME")
                 return f"{key}-{experiment}" if experiment else key
     except psutil.Error:
@@ -275,7 +276,19 @@ HOST_TAG, PROCESS_TAG = "stylepipe.host", "stylepipe.process"  # which process o
 
 
 def _process_id(pid: int) -> str | None:
-    """`<pid>-<start time>`: names one process, not a later one that reuses its pid; None if it is gone."""
+    """`<pid>-<start>`: names one process, not a later one that reuses its pid; None if it is gone.
+
+    On Linux the start is the kernel's clock-tick count at the process's start (/proc/<pid>/stat). psutil's
+    create_time adds that to the kernel's boot time, which the kernel derives from the wall clock, so it
+    moves when the clock is stepped (NTP, a VM's clock): one process's create_time has read 5 to 53 s
+    apart, which split one `dvc repro` into several pipeline runs and would make a running process look ended.
+    """
+    if Path("/proc/self/stat").is_file():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        return f"{pid}-{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime; the name may hold spaces
     import psutil
 
     try:

@@ -15,7 +15,6 @@ import pytest
 from reliability_helpers import TINY, error_lines, run_stage
 
 
-
 def _namespaces_work() -> bool:
     return shutil.which("unshare") is not None and subprocess.run(
         ["unshare", "-rm", "true"], capture_output=True).returncode == 0

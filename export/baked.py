@@ -168,12 +168,21 @@ def _bake_realtime(transformer: keras.Model, params) -> BakedNetwork:
                               depthwise=_np(depthwise.kernel)))
         net.residual.append(tuple(block))
         i += 1
-    for i, activation in ((1, "relu"), (2, "sigmoid")):
-        scope = f"transformer/expand/conv{i}/conv"
+    def upsampling(scope, activation):
         if isinstance(layer(scope), keras.layers.Conv2DTranspose):
-            net.expand.append(conv(scope, scope, activation, stride=layer(scope).strides[0], transpose=True))
-        else:  # upsample="nearest": resize x2 + 3x3 conv
-            net.expand.append(conv(scope, scope, activation, upsample=2))
+            return conv(scope, scope, activation, stride=layer(scope).strides[0], transpose=True)
+        return conv(scope, scope, activation, upsample=2)  # upsample="nearest": resize x2 + 3x3 conv
+
+    full_res = has(dotted("transformer/expand/conv3/conv"))  # model.full_res_channels > 0
+    net.expand.append(upsampling("transformer/expand/conv1/conv", "relu"))
+    i = 1
+    while has(dotted(f"transformer/expand/half{i}/depthwise")):  # model.half_res_blocks
+        scope = f"transformer/expand/half{i}"
+        net.expand.append(conv(scope, f"{scope}/pointwise", "relu", depthwise=_np(layer(f"{scope}/depthwise").kernel)))
+        i += 1
+    net.expand.append(upsampling("transformer/expand/conv2/conv", "relu" if full_res else "sigmoid"))
+    if full_res:
+        net.expand.append(conv("transformer/expand/conv3/conv", "transformer/expand/conv3/conv", "sigmoid"))
     return net
 
 

@@ -127,6 +127,32 @@ def test_nearest_upsampling_network_maps_too():
     assert psnr_db(run_bender_numpy(graph, image[0], report=report), want) >= BENDER_MIN_PSNR_DB
 
 
+def test_detail_head_maps_too():
+    """model.half_res_blocks / full_res_channels: the separable block at 1/2 resolution (its norm included),
+    the transposed conv to 8 channels (its bias on a constant channel of the block before) and the 5x5
+    conv that makes RGB, with the sigmoid fused by Bender; the graph computes the Keras model."""
+    stylizer = realtime_stylizer(seed=3, residual_blocks=1, half_res_blocks=1, full_res_channels=8, full_res_kernel=5)
+    style = random_bottleneck(7)
+    net = bake(stylizer.get_layer("transformer"), style)
+    assert [(c.scope, c.activation) for c in net.expand] == [
+        ("transformer/expand/conv1/conv", "relu"), ("transformer/expand/half1", "relu"),
+        ("transformer/expand/conv2/conv", "relu"), ("transformer/expand/conv3/conv", "sigmoid")]
+    graph = build_bender_graph(net, *SIZE)
+    report = check_bender_graph(graph)
+    assert report.ok, report.summary()
+    assert report.layers[-10:] == ["ConvTranspose", "InstanceNorm", "Neuron", "DepthwiseConvolution", "Convolution",
+                                   "InstanceNorm", "Neuron", "ConvTranspose", "Neuron", "Convolution"]
+    assert report.details[-1].params["neuron"] == "Sigmoid" and report.details[-1].computes == OUTPUT_NAME
+    for name in ("coffee.jpg", "astronaut.jpg"):
+        image = photo(*SIZE, name)
+        want = keras_stylized(stylizer, image, style)
+        np.testing.assert_allclose(reference_forward(net, image[0]), want, atol=1e-5)
+        np.testing.assert_allclose(run_tensorflow(graph, image), want, atol=1e-5)
+        fp32 = run_bender_numpy(graph, image[0], fp16=False, eps=BENDER_INSTANCE_NORM_EPSILON, clamp=None, report=report)
+        np.testing.assert_allclose(fp32, want, atol=1e-4)
+        assert psnr_db(run_bender_numpy(graph, image[0], report=report), want) >= BENDER_MIN_PSNR_DB, name
+
+
 def test_depthwise_hand_over_is_read_transposed_by_mps():
     """Bender's convMapper gives a DepthwiseConv2dNative filter to MPS as HWIOtoIOWH(filter) with kernelWidth
     and kernelHeight swapped; MPSCNNDepthWiseConvolution reads weights[C][kernelHeight][kernelWidth]. Done
@@ -225,3 +251,21 @@ def test_export_stage_writes_and_verifies_core_ml_and_bender(stylizer, tmp_path)
     assert weights["transformer-residual-residual1-conv1-depthwise-weights-0"] == 4 * 48 * 3 * 3
     assert weights["transformer-expand-conv2-conv-weights-0"] == 4 * 3 * 2 * 2 * 24
     assert weights["transformer-expand-conv2-conv-biases-0"] == 4 * 3
+
+
+@pytest.mark.slow
+def test_export_stage_verifies_the_detail_head_in_every_format(tmp_path):
+    """The head options for finer detail export like the default design: the stage writes the four baked
+    formats (strength input included where it exists) and verifies each against Keras."""
+    from export.stage import export
+
+    stylizer = realtime_stylizer(seed=4, published_predictor=True, residual_blocks=1, half_res_blocks=1,
+                                 full_res_channels=8, full_res_kernel=5)
+    model_path = tmp_path / "model.keras"
+    stylizer.save(model_path)
+    manifest = export(compose_export(tmp_path, model_path, [
+        "export.sizes=[[64,96]]", "export.parity_photos=1", "export.style=starry", "export.arbitrary_formats=[]"]))
+    baked = {a["format"]: a for a in manifest["artifacts"] if a["variant"] == "baked"}
+    assert set(baked) == {"frozen_graph", "tflite_fp16", "coreml", "bender"}
+    for fmt, entry in baked.items():
+        assert entry["parity"]["psnr_db"] >= manifest["thresholds"][fmt], entry

@@ -12,7 +12,10 @@ norms at full resolution, 3x3 convolutions at 1/2 resolution), this one does lit
 - body: residual blocks at 1/4 resolution, each two depthwise-separable 3x3 convolutions
   (depthwise 3x3, pointwise 1x1) with conditional instance norms, x + CIN(sep(ReLU(CIN(sep(x)))));
 - head: two x2 upsamplings, the first with a conditional instance norm at 1/2 resolution, the last
-  a plain conv + sigmoid, so no normalisation and no mean reduction runs at full resolution. By
+  a plain conv + sigmoid, so no normalisation and no mean reduction runs at full resolution.
+  Options for finer detail: `half_res_blocks` separable 3x3 convs with conditional instance norms at
+  1/2 resolution, and `full_res_channels` > 0, where the last upsampling gives that many channels
+  (ReLU) and a `full_res_kernel` conv at full resolution makes the RGB image. By
   default each is a 2x2 stride-2 transposed convolution (a 1x1 conv to 4x the channels followed
   by depth-to-space: every output pixel of a 2x2 block has its own weights); `upsample="nearest"`
   (resize + 3x3 conv, as Magenta) is about twice as slow, nearly all of it at full resolution
@@ -81,6 +84,9 @@ def build_realtime_network(
     residual_blocks: int = 5,
     head_channels: int = 24,
     upsample: str = "transpose",
+    half_res_blocks: int = 0,
+    full_res_channels: int = 0,
+    full_res_kernel: int = 3,
     input_shape=(None, None, 3),
     dtype=None,
     name: str = "transformer",
@@ -91,8 +97,12 @@ def build_realtime_network(
     for key, value in (("channels", channels), ("stem_channels", stem_channels), ("head_channels", head_channels)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"model.{key} must be an integer >= 1, got {value!r}")
-    if not (isinstance(residual_blocks, int) and residual_blocks >= 0):
-        raise ValueError(f"model.residual_blocks must be an integer >= 0, got {residual_blocks!r}")
+    for key, value in (("residual_blocks", residual_blocks), ("half_res_blocks", half_res_blocks),
+                       ("full_res_channels", full_res_channels)):
+        if not (isinstance(value, int) and value >= 0):
+            raise ValueError(f"model.{key} must be an integer >= 0, got {value!r}")
+    if not (isinstance(full_res_kernel, int) and full_res_kernel >= 1 and full_res_kernel % 2):
+        raise ValueError(f"model.full_res_kernel must be an odd integer >= 1, got {full_res_kernel!r}")
     kw = {"dtype": dtype} if dtype else {}
     content = keras.Input(shape=input_shape, name="content_image")
     bottleneck = keras.Input(shape=(1, 1, BOTTLENECK_DIM), name="style_bottleneck")
@@ -123,18 +133,29 @@ def build_realtime_network(
         h = cin(h, f"{scope}.conv2", channels)
         x = layers.Add(name=f"{scope}.add", **kw)([x, h])
 
-    def up(x, scope, depth, activation):
+    def up(x, scope, depth, use_bias):
         if upsample == "nearest":
             x = NearestUpsample(2, name=f"{scope}.upsample", **kw)(x)
-            return layers.Conv2D(depth, 3, padding="same", use_bias=activation == "sigmoid", name=f"{scope}.conv", **kw)(x)
-        return layers.Conv2DTranspose(depth, 2, strides=2, padding="same", use_bias=activation == "sigmoid",
+            return layers.Conv2D(depth, 3, padding="same", use_bias=use_bias, name=f"{scope}.conv", **kw)(x)
+        return layers.Conv2DTranspose(depth, 2, strides=2, padding="same", use_bias=use_bias,
                                       name=f"{scope}.conv", **kw)(x)
 
     # Head: x2 with a conditional norm at 1/2 resolution, then x2 to full resolution with a plain conv.
-    x = up(x, "transformer.expand.conv1", head_channels, "relu")
+    x = up(x, "transformer.expand.conv1", head_channels, use_bias=False)
     x = layers.ReLU(name="transformer.expand.conv1.Relu", **kw)(cin(x, "transformer.expand.conv1.conv", head_channels))
-    x = up(x, "transformer.expand.conv2", 3, "sigmoid")
-    x = layers.Activation("sigmoid", name="transformer.expand.conv2.Sigmoid", **kw)(x)
+    # Optional separable blocks at 1/2 resolution: spatial mixing the transposed convolutions do not have.
+    for i in range(1, half_res_blocks + 1):
+        scope = f"transformer.expand.half{i}"
+        x = layers.ReLU(name=f"{scope}.Relu", **kw)(cin(separable(x, scope, head_channels), scope, head_channels))
+    if full_res_channels:
+        # Full-resolution detail: x2 to full_res_channels features, then a full_res_kernel conv to RGB.
+        x = layers.ReLU(name="transformer.expand.conv2.Relu", **kw)(
+            up(x, "transformer.expand.conv2", full_res_channels, use_bias=True))
+        x = layers.Conv2D(3, full_res_kernel, padding="same", name="transformer.expand.conv3.conv", **kw)(x)
+        x = layers.Activation("sigmoid", name="transformer.expand.conv3.Sigmoid", **kw)(x)
+    else:
+        x = up(x, "transformer.expand.conv2", 3, use_bias=True)
+        x = layers.Activation("sigmoid", name="transformer.expand.conv2.Sigmoid", **kw)(x)
     stylized = layers.Activation("linear", dtype="float32", name="stylized_image")(x)
     return keras.Model([content, bottleneck], stylized, name=name)
 
@@ -149,5 +170,8 @@ def build_realtime_from_config(model_cfg, input_shape=(None, None, 3)) -> keras.
         residual_blocks=int(model_cfg.get("residual_blocks", 5)),
         head_channels=width(int(model_cfg.get("head_channels", 24))),
         upsample=str(model_cfg.get("upsample", "transpose")),
+        half_res_blocks=int(model_cfg.get("half_res_blocks", 0)),
+        full_res_channels=width(int(model_cfg.get("full_res_channels", 0))) if model_cfg.get("full_res_channels") else 0,
+        full_res_kernel=int(model_cfg.get("full_res_kernel", 3)),
         input_shape=input_shape,
     )

@@ -53,6 +53,19 @@ def keras_stylized(stylizer, image, style):
     return np.asarray(stylizer.get_layer("transformer")([image, style], training=False))[0]
 
 
+def assert_graph_computes_keras(stylizer, style, net, graph, report, photos):
+    """reference_forward, the graph in TensorFlow and Bender's executor in float32 (with Bender's eps) all give
+    the Keras model's output on each photo; with Bender's float16 numerics it stays above the threshold."""
+    for name in photos:
+        image = photo(*SIZE, name)
+        want = keras_stylized(stylizer, image, style)
+        np.testing.assert_allclose(reference_forward(net, image[0]), want, atol=1e-5)
+        np.testing.assert_allclose(run_tensorflow(graph, image), want, atol=1e-5)
+        fp32 = run_bender_numpy(graph, image[0], fp16=False, eps=BENDER_INSTANCE_NORM_EPSILON, clamp=None, report=report)
+        np.testing.assert_allclose(fp32, want, atol=1e-4)
+        assert psnr_db(run_bender_numpy(graph, image[0], report=report), want) >= BENDER_MIN_PSNR_DB, name
+
+
 def run_tensorflow(graph_def, image):
     import tensorflow as tf
 
@@ -85,14 +98,7 @@ def test_bender_graph_maps_op_for_op(graph, report):
 def test_bender_graph_computes_the_keras_model(stylizer, style, net, graph, report):
     """The graph is the model: TensorFlow (orientations undone) and the executor in float32 with Bender's
     eps give reference_forward, which is Keras; with Bender's numerics it stays above the threshold."""
-    for name in ("chelsea.jpg", "astronaut.jpg"):
-        image = photo(*SIZE, name)
-        want = keras_stylized(stylizer, image, style)
-        np.testing.assert_allclose(reference_forward(net, image[0]), want, atol=1e-5)
-        np.testing.assert_allclose(run_tensorflow(graph, image), want, atol=1e-5)
-        fp32 = run_bender_numpy(graph, image[0], fp16=False, eps=BENDER_INSTANCE_NORM_EPSILON, clamp=None, report=report)
-        np.testing.assert_allclose(fp32, want, atol=1e-4)
-        assert psnr_db(run_bender_numpy(graph, image[0], report=report), want) >= BENDER_MIN_PSNR_DB, name
+    assert_graph_computes_keras(stylizer, style, net, graph, report, ("chelsea.jpg", "astronaut.jpg"))
 
 
 def test_bender_eps_is_matched_and_the_clamp_guarded(stylizer, style, net):
@@ -143,14 +149,7 @@ def test_detail_head_maps_too():
     assert report.layers[-10:] == ["ConvTranspose", "InstanceNorm", "Neuron", "DepthwiseConvolution", "Convolution",
                                    "InstanceNorm", "Neuron", "ConvTranspose", "Neuron", "Convolution"]
     assert report.details[-1].params["neuron"] == "Sigmoid" and report.details[-1].computes == OUTPUT_NAME
-    for name in ("coffee.jpg", "astronaut.jpg"):
-        image = photo(*SIZE, name)
-        want = keras_stylized(stylizer, image, style)
-        np.testing.assert_allclose(reference_forward(net, image[0]), want, atol=1e-5)
-        np.testing.assert_allclose(run_tensorflow(graph, image), want, atol=1e-5)
-        fp32 = run_bender_numpy(graph, image[0], fp16=False, eps=BENDER_INSTANCE_NORM_EPSILON, clamp=None, report=report)
-        np.testing.assert_allclose(fp32, want, atol=1e-4)
-        assert psnr_db(run_bender_numpy(graph, image[0], report=report), want) >= BENDER_MIN_PSNR_DB, name
+    assert_graph_computes_keras(stylizer, style, net, graph, report, ("coffee.jpg", "astronaut.jpg"))
 
 
 def test_depthwise_hand_over_is_read_transposed_by_mps():

@@ -66,6 +66,7 @@ class BakedNetwork:
     residual: list[tuple[BakedConv, BakedConv]] = field(default_factory=list)
     expand: list[BakedConv] = field(default_factory=list)
     architecture: str = "magenta"
+    border_pad: int = 0  # realtime: the photo reflect-padded by this much, the features cropped by a quarter of it after the residual blocks
 
     def convs(self) -> list[BakedConv]:
         return [*self.contract, *[c for block in self.residual for c in block], *self.expand]
@@ -154,7 +155,8 @@ def _bake_realtime(transformer: keras.Model, params) -> BakedNetwork:
             baked.epsilon = norm.epsilon * norm.prescale ** 2
         return baked
 
-    net = BakedNetwork(architecture="realtime")
+    border = layer("transformer/border_pad").pad if has(dotted("transformer/border_pad")) else 0
+    net = BakedNetwork(architecture="realtime", border_pad=border)
     for i in (1, 2):
         scope = f"transformer/contract/conv{i}"
         net.contract.append(conv(scope, scope, "relu", stride=layer(scope).strides[0]))
@@ -278,10 +280,15 @@ def apply_conv(x: np.ndarray, c: BakedConv) -> np.ndarray:
 def reference_forward(net: BakedNetwork, image: np.ndarray) -> np.ndarray:
     """(H, W, 3) content image in [0, 1] -> stylized (H, W, 3), float32 numpy."""
     x = np.asarray(image, np.float32)
+    p, crop = net.border_pad, net.border_pad // 4
+    if p:
+        x = np.pad(x, ((p, p), (p, p), (0, 0)), mode="reflect")
     for c in net.contract:
         x = apply_conv(x, c)
     for conv1, conv2 in net.residual:
         x = x + apply_conv(apply_conv(x, conv1), conv2)
+    if crop:
+        x = x[crop:-crop, crop:-crop]
     for c in net.expand:
         x = apply_conv(x, c)
     return x.astype(np.float32)

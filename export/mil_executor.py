@@ -617,6 +617,19 @@ def _expand_dims(op, get):
     return _reshaped(op, x, np.expand_dims(x, tuple(axes)).shape)
 
 
+@_op("slice_by_size")
+def _slice_by_size(op, get):
+    """x[begin : begin + size] per axis; a size of -1 runs to the end of its axis (MIL's definition)."""
+    x, begin, size = get("x"), _ints(get("begin")), _ints(get("size"))
+    if len(begin) != x.ndim or len(size) != x.ndim:
+        raise ValueError(f"{op.name}: begin {begin} and size {size} must have one entry per axis of {x.shape}")
+    index = tuple(slice(b, None if n == -1 else b + n) for b, n in zip(begin, size))
+    out = x[index]
+    if any(n != -1 and got != n for n, got in zip(size, out.shape)):
+        raise ValueError(f"{op.name}: slice begin {begin} size {size} runs past an input of shape {x.shape}")
+    return out
+
+
 @_op("concat")
 def _concat(op, get):
     values = [np.asarray(v) for v in get("values")]

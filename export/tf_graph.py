@@ -22,7 +22,7 @@ FROZEN_GRAPH_OPS = frozenset({
     "ExpandDims", "ConcatV2",
     "Add", "AddV2", "Sub", "Mul", "RealDiv", "Pow", "Square", "SquaredDifference", "Rsqrt", "Sqrt", "Mean",
     "Maximum", "Minimum", "Relu", "Relu6", "Sigmoid", "Tanh", "BiasAdd", "Conv2D", "Conv2DBackpropInput",
-    "DepthwiseConv2dNative", "Pad", "MirrorPad", "ResizeNearestNeighbor", "ResizeBilinear",
+    "DepthwiseConv2dNative", "Pad", "MirrorPad", "Slice", "ResizeNearestNeighbor", "ResizeBilinear",
     "AvgPool", "MaxPool",  # the style predictor's backbones (VGG-16's average pooling, Inception's max pooling)
 })
 TRAINING_OPS = {"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2", "Assign", "ApplyAdam",

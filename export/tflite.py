@@ -18,7 +18,7 @@ GPU_DELEGATE_OPS = {
     "ABS", "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "COS", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
     "DIV", "ELU", "EXP", "FULLY_CONNECTED", "HARD_SWISH", "LOG", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM",
     "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "PAD", "PRELU", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE",
-    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SIN", "SOFTMAX", "SQRT", "SQUARE",
+    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SIN", "SLICE", "SOFTMAX", "SQRT", "SQUARE",
     "SQUARED_DIFFERENCE", "SUB", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
 }
 # Ops that only appear when shapes are dynamic: the delegate needs static shapes.
@@ -79,6 +79,9 @@ def check_gpu_delegate_rules(flatbuffer: bytes) -> GpuReport:
                     report.problems.append(f"{where}: only REFLECT mirror padding is supported")
                 if constant(inputs[1]) is None or tuple(paddings.ShapeAsNumpy()) not in ((4, 2), (3, 2)):
                     report.problems.append(f"{where}: paddings must be a constant 4x2 or 3x2 tensor")
+            elif name == "SLICE" and (len(inputs) < 3 or len(graph.Tensors(inputs[0]).ShapeAsNumpy()) not in (3, 4)
+                                      or constant(inputs[1]) is None or constant(inputs[2]) is None):
+                report.problems.append(f"{where}: needs a 3- or 4-dimensional input and constant begin and size")
             elif name == "MEAN" and (constant(inputs[1]) is None or graph.Tensors(inputs[1]).Type() != schema.TensorType.INT32):
                 report.problems.append(f"{where}: axes must be a constant int32 tensor")
             elif name in ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR") and constant(inputs[1]) is None:

@@ -68,6 +68,21 @@ def test_gpu_rules_reject_a_dynamic_resize():
     assert any("dynamic" in p for p in report.problems)
 
 
+def test_gpu_rules_take_a_constant_slice_and_refuse_a_computed_one():
+    """The realtime network's border crop is a SLICE with constant bounds (the delegate takes 3- or
+    4-dimensional ones); bounds computed at run time are refused."""
+    import tensorflow as tf
+
+    def rules(fn, spec):
+        f = tf.function(fn, input_signature=[spec])
+        return check_gpu_delegate_rules(tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f).convert())
+
+    constant = rules(lambda x: tf.slice(x, [0, 4, 4, 0], [1, 8, 8, 3]), tf.TensorSpec([1, 16, 16, 3], tf.float32))
+    assert constant.ok and constant.ops["SLICE"] == 1, constant.problems
+    computed = rules(lambda x: tf.slice(x, [0, 1, 1, 0], tf.shape(x) - [0, 2, 2, 0]), tf.TensorSpec([1, None, None, 3], tf.float32))
+    assert any("SLICE" in p and "constant" in p for p in computed.problems), computed.problems
+
+
 def test_published_magenta_transfer_model_passes_the_rules():
     data = (REPO / "models" / "magenta-published" / "style_transfer_f16_384.tflite").read_bytes()
     report = check_gpu_delegate_rules(data)

@@ -235,6 +235,25 @@ def test_builder_instance_norm_and_upsample_match_numpy():
     np.testing.assert_array_equal(out["up"], np.repeat(np.repeat(out["norm"], 2, axis=2), 3, axis=3))
 
 
+def test_builder_slice_by_size_matches_numpy():
+    """The realtime network's border crop: constant begin and size, -1 running to the end of an axis;
+    a size past the input is an error, not a silently shorter slice."""
+    x = np.arange(2 * 3 * 10 * 12, dtype=np.float32).reshape(2, 3, 10, 12)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.slice_by_size(x=x, begin=[0, 1, 2, 3], size=[-1, 2, 6, -1], name="crop")
+
+    np.testing.assert_array_equal(run_mil_program(prog, {"x": x})["crop"], x[:, 1:3, 2:8, 3:])
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1, 4, 4))], opset_version=ct.target.iOS16)
+    def past(x):
+        return mb.slice_by_size(x=x, begin=[0, 0, 2, 0], size=[1, 1, 3, 4], name="past")
+
+    with pytest.raises(ValueError, match="runs past"):
+        run_mil_program(past, {"x": np.zeros((1, 1, 4, 4), np.float32)})
+
+
 def test_builder_elementwise_norm_and_shape_ops_match_numpy():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)

@@ -152,6 +152,25 @@ def test_detail_head_maps_too():
     assert_graph_computes_keras(stylizer, style, net, graph, report, ("coffee.jpg", "astronaut.jpg"))
 
 
+def test_border_pad_maps_too():
+    """model.border_pad: the reflect pad built from one-hot convs and ConcatV2 (concatenations of
+    concatenations past Bender's 10 inputs), the crop a VALID one-hot depthwise conv; the graph computes
+    the Keras model, and the padded photo leaves the output's size as the input's."""
+    stylizer = realtime_stylizer(seed=6, residual_blocks=1, border_pad=16)
+    style = random_bottleneck(8)
+    net = bake(stylizer.get_layer("transformer"), style)
+    assert net.border_pad == 16
+    graph = build_bender_graph(net, *SIZE)
+    report = check_bender_graph(graph)
+    assert report.ok, report.summary()
+    assert report.dropped == []
+    assert {n.op for n in graph.node}.isdisjoint({"MirrorPad", "Pad", "StridedSlice", "Slice"})
+    crop = next(layer for layer in report.details if layer.id == "transformer/border_crop/depthwise")
+    assert crop.type == "DepthwiseConvolution" and crop.out_size == (SIZE[0] // 4, SIZE[1] // 4, 48)
+    assert report.details[-1].out_size == (*SIZE, 3)
+    assert_graph_computes_keras(stylizer, style, net, graph, report, ("coffee.jpg", "rocket.jpg"))
+
+
 def test_depthwise_hand_over_is_read_transposed_by_mps():
     """Bender's convMapper gives a DepthwiseConv2dNative filter to MPS as HWIOtoIOWH(filter) with kernelWidth
     and kernelHeight swapped; MPSCNNDepthWiseConvolution reads weights[C][kernelHeight][kernelWidth]. Done
@@ -253,13 +272,16 @@ def test_export_stage_writes_and_verifies_core_ml_and_bender(stylizer, tmp_path)
 
 
 @pytest.mark.slow
-def test_export_stage_verifies_the_detail_head_in_every_format(tmp_path):
-    """The head options for finer detail export like the default design: the stage writes the four baked
-    formats (strength input included where it exists) and verifies each against Keras."""
+@pytest.mark.parametrize("design", [
+    {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5},  # the head options for finer detail
+    {"border_pad": 16},
+])
+def test_export_stage_verifies_the_design_options_in_every_format(tmp_path, design):
+    """The design options export like the default design: the stage writes the four baked formats
+    (strength input included where it exists) and verifies each against Keras."""
     from export.stage import export
 
-    stylizer = realtime_stylizer(seed=4, published_predictor=True, residual_blocks=1, half_res_blocks=1,
-                                 full_res_channels=8, full_res_kernel=5)
+    stylizer = realtime_stylizer(seed=4, published_predictor=True, residual_blocks=1, **design)
     model_path = tmp_path / "model.keras"
     stylizer.save(model_path)
     manifest = export(compose_export(tmp_path, model_path, [

@@ -58,30 +58,37 @@ def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
 
 # The head options for finer detail (configs/model/realtime.yaml): a separable block at 1/2 resolution and
 # an 8-channel full-resolution stage with a 5x5 conv to RGB.
-DETAIL_HEAD = {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5}
+# The design options (configs/model/realtime.yaml): a separable block at 1/2 resolution and an 8-channel
+# full-resolution stage with a 5x5 conv to RGB; the photo reflect-padded by 16 px.
+DESIGNS = {"default": {}, "detail_head": {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5},
+           "border_pad": {"border_pad": 16}}
 
 
 @pytest.fixture(scope="module")
-def detail_stylizer():
-    return realtime_stylizer(seed=5, **DETAIL_HEAD)
+def design_stylizers(stylizer):
+    return {name: realtime_stylizer(seed=5, **options) if options else stylizer for name, options in DESIGNS.items()}
 
 
-@pytest.mark.parametrize("design", ["default", "detail_head"])
+@pytest.mark.parametrize("design", list(DESIGNS))
 @pytest.mark.parametrize("variant", ["baked", "transfer"])
-def test_tflite_fp16_export_meets_gpu_rules_and_matches_float32(stylizer, detail_stylizer, design, variant):
+def test_tflite_fp16_export_meets_gpu_rules_and_matches_float32(design_stylizers, design, variant):
     from export.tf_graph import constant_module, make_module
     from export.tflite import check_gpu_delegate_rules, convert
     from training.weights.tflite_runner import tflite_runner
 
-    stylizer = detail_stylizer if design == "detail_head" else stylizer
+    stylizer = design_stylizers[design]
     style = bottleneck(3)
     flatbuffer = convert(constant_module(make_module(variant, stylizer, 384, 384, style if variant == "baked" else None)),
                          "serve", fp16=True)
     report = check_gpu_delegate_rules(flatbuffer)
     assert report.ok, report.problems
-    assert {"MIRROR_PAD", "RESIZE_NEAREST_NEIGHBOR"}.isdisjoint(report.ops)  # nothing the Bender graph would drop
-    detail = design == "detail_head"
-    assert report.ops["TRANSPOSE_CONV"] == 2 and report.ops["DEPTHWISE_CONV_2D"] == 10 + detail
+    assert "RESIZE_NEAREST_NEIGHBOR" not in report.ops
+    # border_pad: one MIRROR_PAD (REFLECT) and one SLICE with constant bounds (the Bender graph builds both
+    # from one-hot convs)
+    border = design == "border_pad"
+    assert (report.ops.get("MIRROR_PAD", 0), report.ops.get("SLICE", 0)) == (border, border)
+    assert "STRIDED_SLICE" not in report.ops
+    assert report.ops["TRANSPOSE_CONV"] == 2 and report.ops["DEPTHWISE_CONV_2D"] == 10 + (design == "detail_head")
     image = photo(384, 384)
     inputs = {"content_image": image} | ({"style_bottleneck": style} if variant == "transfer" else {})
     got = tflite_runner(flatbuffer, "serve", inputs, threads=2)()["stylized_image"]
@@ -90,15 +97,15 @@ def test_tflite_fp16_export_meets_gpu_rules_and_matches_float32(stylizer, detail
     assert np.abs(got - want).max() < 0.02, np.abs(got - want).max()
 
 
-@pytest.mark.parametrize("design", ["default", "detail_head"])
-def test_float16_network_is_finite_and_close_to_float32(stylizer, detail_stylizer, design):
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_float16_network_is_finite_and_close_to_float32(design_stylizers, design):
     """The whole network computed in float16 (as a phone GPU does) on a real photo."""
     import keras
 
     from training.network.realtime_network import build_realtime_network
 
-    transformer = (detail_stylizer if design == "detail_head" else stylizer).get_layer("transformer")
-    half = build_realtime_network(dtype="float16", **(DETAIL_HEAD if design == "detail_head" else {}))
+    transformer = design_stylizers[design].get_layer("transformer")
+    half = build_realtime_network(dtype="float16", **DESIGNS[design])
     half.set_weights(transformer.get_weights())
     assert half.get_layer("transformer.residual.residual1.conv1.StyleNorm").compute_dtype == "float16"
     image = photo(256, 384, "astronaut.jpg")

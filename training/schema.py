@@ -156,6 +156,7 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "upsample": choice("nearest", "transpose"),
         "half_res_blocks": integer(0),
         "full_res_channels": integer(0, why="0: the last upsampling gives RGB"),
+        "border_pad": integer(0, multiple_of=4, why="0: none"),
         "full_res_kernel": Rule("an odd integer >= 1 (1, 3, 5, ...)", lambda v: _is_int(v) and v >= 1 and v % 2 == 1),
     },
     "backbone": {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.bender.spec import BENDER_INSTANCE_NORM_CLAMP, INPUT_NAME, OUTPUT_NAME
+from export.bender.spec import BENDER_INSTANCE_NORM_CLAMP, INPUT_NAME, MAX_CONCAT_INPUTS, OUTPUT_NAME
 
 
 # TFConverter+Mappers.swift setupMappers(): TF op -> Bender layer class.
@@ -625,8 +625,8 @@ def _layer_size(layer: BenderLayer, in_sizes: list, problems: list[str]):
         return h, w, f
     if layer.type == "Concat" and p.get("axis"):
         axis = "hwf".index(p["axis"])
-        if len(in_sizes) > 10:
-            problems.append(f"{layer.id}: Concat takes at most 10 inputs (maxInputTextures), has {len(in_sizes)}")
+        if len(in_sizes) > MAX_CONCAT_INPUTS:
+            problems.append(f"{layer.id}: Concat takes at most {MAX_CONCAT_INPUTS} inputs (maxInputTextures), has {len(in_sizes)}")
         for s in in_sizes[1:]:
             if any(s[i] != in_sizes[0][i] for i in range(3) if i != axis):
                 problems.append(f"{layer.id}: Concat inputs differ off the {p['axis']} axis: {in_sizes}")

@@ -15,7 +15,7 @@ import numpy as np
 from export.baked import BakedConv, BakedNetwork
 from export.bender.converter import check_bender_graph
 from export.bender.norms import for_bender_norms, rescale_for_bender_clamp
-from export.bender.spec import (INPUT_NAME, OUTPUT_NAME, PADDING_FORMS, STRIDE2_FORMS, UPSAMPLE_FORMS,
+from export.bender.spec import (INPUT_NAME, MAX_CONCAT_INPUTS, OUTPUT_NAME, PADDING_FORMS, STRIDE2_FORMS, UPSAMPLE_FORMS,
                                 BenderExportError)
 
 
@@ -89,6 +89,15 @@ def fold_transpose_bias(net: BakedNetwork) -> BakedNetwork:
         taps = np.broadcast_to(c.bias[:, None], (*c.kernel.shape[:3], 1))
         expand[i] = replace(c, kernel=np.concatenate([c.kernel, taps], axis=3).astype(np.float32), bias=None)
     return replace(net, expand=expand)
+
+
+def crop_kernel(crop: int, channels: int) -> np.ndarray:
+    """The depthwise filter [2c+1, 2c+1, C, 1] that crops c pixels from every side (VALID), 1 at its centre:
+    the realtime network's BorderCrop as Bender can run it (multiplying by 1 and adding zeros is exact
+    in float16 too)."""
+    kernel = np.zeros((2 * crop + 1, 2 * crop + 1, channels, 1), np.float32)
+    kernel[crop, crop] = 1.0
+    return kernel
 
 
 def bender_depthwise_filter(kernel: np.ndarray) -> np.ndarray:
@@ -182,12 +191,20 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
                 return rt.Conv2D(input=two, filter=const(kernel(2, 1), f"{nm}/weights"), strides=[1, 1, 1, 1],
                                  padding="VALID", name=f"{nm}/Conv2D")
 
+            def concat(parts, axis: int, nm: str):
+                """ConcatV2 of the parts in order; past Bender's input limit, concatenations of concatenations."""
+                if len(parts) > MAX_CONCAT_INPUTS:
+                    size = -(-len(parts) // MAX_CONCAT_INPUTS)  # parts per group, so that groups <= the limit
+                    parts = [concat(parts[i:i + size], axis, f"{nm}/part{i // size}") if len(parts[i:i + size]) > 1
+                             else parts[i] for i in range(0, len(parts), size)]
+                return rt.ConcatV2(values=parts, axis=const(np.int32(axis), f"{nm}/axis"), name=nm)
+
             rows = ([pick(x, j, hh, 1, f"{name}/row{j}") for j in range(p, 0, -1)] + [x]
                     + [pick(x, hh - 1 - m, hh, 1, f"{name}/row{hh - 1 - m}") for m in range(1, p + 1)])
-            xh = rt.ConcatV2(values=rows, axis=const(np.int32(1), f"{name}/rows/axis"), name=f"{name}/rows")
+            xh = concat(rows, 1, f"{name}/rows")
             cols = ([pick(xh, j, ww, 2, f"{name}/col{j}") for j in range(p, 0, -1)] + [xh]
                     + [pick(xh, ww - 1 - m, ww, 2, f"{name}/col{ww - 1 - m}") for m in range(1, p + 1)])
-            return rt.ConcatV2(values=cols, axis=const(np.int32(2), f"{name}/cols/axis"), name=f"{name}/cols")
+            return concat(cols, 2, f"{name}/cols")
 
         def conv2d(x, c: BakedConv, name_scope: str, kernel=None, after_upsample: bool = False):
             kernel = c.kernel if kernel is None else kernel
@@ -258,6 +275,9 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
 
         x = tf.compat.v1.placeholder(tf.float32, [1, height, width, 3], name=INPUT_NAME)
         h, w = height, width
+        if net.border_pad:  # model.border_pad: Bender has no MirrorPad, so the pad is built like Magenta's
+            x = reflect_pad(x, net.border_pad, "transformer/border_pad")
+            h, w = h + 2 * net.border_pad, w + 2 * net.border_pad
         for c in net.contract:
             x = finish(conv2d(x, c, c.scope), c)
             h, w = c.output_hw(h, w)
@@ -266,6 +286,11 @@ def build_bender_graph(net: BakedNetwork, height: int, width: int, *,
             y = finish(conv2d(x, conv1, conv1.scope), conv1)
             y = finish(conv2d(y, conv2, conv2.scope), conv2)
             x = rt.Add(x=x, y=y, name=f"{block}/add")
+        if crop := net.border_pad // 4:  # the one-hot VALID depthwise conv of the Keras model's BorderCrop
+            kernel = crop_kernel(crop, int(x.shape[-1]))
+            x = rt.DepthwiseConv2dNative(input=x, filter=const(bender_depthwise_filter(kernel), "transformer/border_crop/weights"),
+                                         strides=[1, 1, 1, 1], padding="VALID", name="transformer/border_crop/depthwise")
+            h, w = h - 2 * crop, w - 2 * crop
         for n, c in enumerate(net.expand):
             last = n == len(net.expand) - 1
             parent = c.scope.rsplit("/", 1)[0]  # transformer/expand/convN

@@ -13,6 +13,7 @@ OUTPUT_NAME = "stylized_image"
 # Sources/Metal/instanceNorm.metal, instanceNorm3.metal: sqrt(var + 1e-4), clamp(..., -10, 10).
 BENDER_INSTANCE_NORM_EPSILON = 1e-4
 BENDER_INSTANCE_NORM_CLAMP = 10.0
+MAX_CONCAT_INPUTS = 10  # Bender's Concat layer: maxInputTextures
 
 # Recommended parity thresholds for the export stage (docs/bender.md: measured minima minus a margin).
 # BENDER_MIN_PSNR_DB: run_bender_numpy(graph) vs reference_forward, full frame, default graph

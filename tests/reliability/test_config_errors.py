@@ -28,6 +28,7 @@ CASES = [
     ("train", "model.alpha=0", "error: model.alpha=0 is not allowed", "> 0"),
     ("train", "model.alpha=-0.5", "error: model.alpha=-0.5 is not allowed", "> 0"),
     ("train", "model=realtime model.full_res_kernel=4", "error: model.full_res_kernel=4 is not allowed", "odd integer"),
+    ("train", "model=realtime model.border_pad=6", "error: model.border_pad=6 is not allowed", "divisible by 4"),
     ("train", "trainer.steps=-3", "error: trainer.steps=-3 is not allowed", ">= 0"),
     ("train", "data.image_size=66", "error: data.image_size=66 is not allowed", "divisible by 4"),
     ("train", "trainer.input_dtype=int8", "error: trainer.input_dtype='int8' is not allowed", "float32, uint8"),

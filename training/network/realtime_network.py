@@ -22,7 +22,11 @@ norms at full resolution, 3x3 convolutions at 1/2 resolution), this one does lit
   (benchmarks/realtime_speed.py).
 
 Every convolution is zero "same" padded (no MIRROR_PAD: padding folds into the conv on every
-runtime, and Bender maps SAME convolutions but skips Pad/MirrorPad). With static input shapes the
+runtime, and Bender maps SAME convolutions but skips Pad/MirrorPad). Zero padding tells the network
+where the photo's edge is, and a network trained with a style loss can learn to paint there (rings of
+colour in the corners); `border_pad` reflects the photo outwards by that many pixels first and crops
+the features back after the residual blocks (a MIRROR_PAD and a SLICE; Bender gets the pad as
+one-hot convolutions and concatenations, and the crop as a one-hot depthwise convolution). With static input shapes the
 baked TFLite fp16 export is CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, MEAN, SUB,
 SQUARED_DIFFERENCE, MUL, ADD, RSQRT and LOGISTIC (ReLUs fused), plus DEQUANTIZE of the fp16
 weights: all within the GPU delegate's rules (tests/test_realtime_network.py checks them). Of the
@@ -78,6 +82,49 @@ class PrescaledConditionalInstanceNorm(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "prescale": self.prescale}
 
 
+@keras.saving.register_keras_serializable(PACKAGE)
+class ReflectBorder(layers.Layer):
+    """Reflect-pads an image by `pad` pixels on every side (one MIRROR_PAD / Core ML `pad` reflect)."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, inputs):
+        p = self.pad
+        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d + 2 * self.pad  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class BorderCrop(layers.Layer):
+    """Removes `crop` pixels from every side: one SLICE in TFLite (STRIDED_SLICE is what dynamic shapes
+    add; this slice has constant bounds), slice_by_size in Core ML. Bender has no slice op: its graph
+    writes the crop as a VALID depthwise convolution with a one-hot filter (export/bender/graph.py)."""
+
+    def __init__(self, crop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.crop = int(crop)
+
+    def call(self, inputs):
+        c = self.crop
+        shape = ops.shape(inputs)
+        return ops.slice(inputs, [0, c, c, 0], [shape[0], shape[1] - 2 * c, shape[2] - 2 * c, shape[3]])
+
+    def compute_output_shape(self, input_shape):
+        shrink = lambda d: None if d is None else d - 2 * self.crop  # noqa: E731
+        return (input_shape[0], shrink(input_shape[1]), shrink(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "crop": self.crop}
+
+
 def build_realtime_network(
     channels: int = 48,
     stem_channels: int = 16,
@@ -87,6 +134,7 @@ def build_realtime_network(
     half_res_blocks: int = 0,
     full_res_channels: int = 0,
     full_res_kernel: int = 3,
+    border_pad: int = 0,
     input_shape=(None, None, 3),
     dtype=None,
     name: str = "transformer",
@@ -101,6 +149,8 @@ def build_realtime_network(
                        ("full_res_channels", full_res_channels)):
         if not (isinstance(value, int) and value >= 0):
             raise ValueError(f"model.{key} must be an integer >= 0, got {value!r}")
+    if not (isinstance(border_pad, int) and border_pad >= 0 and border_pad % 4 == 0):
+        raise ValueError(f"model.border_pad must be a multiple of 4 >= 0, got {border_pad!r}")
     if not (isinstance(full_res_kernel, int) and full_res_kernel >= 1 and full_res_kernel % 2):
         raise ValueError(f"model.full_res_kernel must be an odd integer >= 1, got {full_res_kernel!r}")
     kw = {"dtype": dtype} if dtype else {}
@@ -120,6 +170,8 @@ def build_realtime_network(
         return layers.Conv2D(depth, 1, use_bias=False, name=f"{scope}.pointwise", **kw)(x)
 
     x = content
+    if border_pad:  # the photo's edges reflected outwards, so the convolutions' zero padding falls outside it
+        x = ReflectBorder(border_pad, name="transformer.border_pad", **kw)(x)
     # Stem: to 1/4 resolution by two strided convolutions, no style conditioning (as Magenta's contract).
     for i, depth in enumerate((stem_channels, channels), start=1):
         x = layers.Conv2D(depth, 3, strides=2, padding="same", activation="relu",
@@ -132,6 +184,9 @@ def build_realtime_network(
         h = separable(h, f"{scope}.conv2", channels)
         h = cin(h, f"{scope}.conv2", channels)
         x = layers.Add(name=f"{scope}.add", **kw)([x, h])
+
+    if border_pad:  # back to the photo's own pixels before the head
+        x = BorderCrop(border_pad // 4, name="transformer.border_crop", **kw)(x)
 
     def up(x, scope, depth, use_bias):
         if upsample == "nearest":
@@ -173,5 +228,6 @@ def build_realtime_from_config(model_cfg, input_shape=(None, None, 3)) -> keras.
         half_res_blocks=int(model_cfg.get("half_res_blocks", 0)),
         full_res_channels=width(int(model_cfg.get("full_res_channels", 0))) if model_cfg.get("full_res_channels") else 0,
         full_res_kernel=int(model_cfg.get("full_res_kernel", 3)),
+        border_pad=int(model_cfg.get("border_pad", 0)),
         input_shape=input_shape,
     )

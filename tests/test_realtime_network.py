@@ -56,8 +56,6 @@ def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
                                atol=1e-6)
 
 
-# The head options for finer detail (configs/model/realtime.yaml): a separable block at 1/2 resolution and
-# an 8-channel full-resolution stage with a 5x5 conv to RGB.
 # The design options (configs/model/realtime.yaml): a separable block at 1/2 resolution and an 8-channel
 # full-resolution stage with a 5x5 conv to RGB; the photo reflect-padded by 16 px.
 DESIGNS = {"default": {}, "detail_head": {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5},

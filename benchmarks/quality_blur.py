@@ -54,14 +54,14 @@ def main() -> None:
     stylized = np.stack([np.asarray(stylizer({"content": p[None], "style": style_image[None]}, training=False))[0]
                          for p in photos])
 
-    rows = [{"blur_sigma": 0.0, **quality.score(embed, photos, photos, style_image, features)}]
-    rows[0]["image"] = "photo (identity)"
-    for sigma in (0.0, *args.sigmas):
-        images = np.clip(gaussian_filter(stylized, (0, sigma, sigma, 0)), 0, 1) if sigma else stylized
-        rows.append({"image": "published model", "blur_sigma": sigma,
-                     **quality.score(embed, images, photos, style_image, features)})
-    for row in rows:
-        row.pop("per_photo", None)
+    def row(image: str, sigma: float, images) -> dict:
+        scores = quality.score(embed, images, photos, style_image, features)
+        return {"image": image, "blur_sigma": sigma, **{k: v for k, v in scores.items() if k != "per_photo"}}
+
+    # sigma 0: gaussian_filter returns the images unchanged
+    rows = [row("photo (identity)", 0.0, photos)] + [
+        row("published model", sigma, np.clip(gaussian_filter(stylized, (0, sigma, sigma, 0)), 0, 1))
+        for sigma in (0.0, *args.sigmas)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"photos": content.heldout_names[: args.photos], "size": args.size,
                                           "style": args.style, "rows": rows}, indent=2))

@@ -24,9 +24,13 @@ EXPECTED_LAYERS = (["Start", "Convolution", "Convolution"] + RESIDUAL * 5
 LAST_TRANSPOSE = "transformer/expand/conv2/conv/conv2d_transpose"
 
 
+# Every design option off: the plain network, the base case of the Bender rewrites tested below.
+PLAIN = {"half_res_blocks": 0, "full_res_channels": 0, "border_pad": 0}
+
+
 @pytest.fixture(scope="module")
 def stylizer():
-    return realtime_stylizer(seed=1, published_predictor=True)
+    return realtime_stylizer(seed=1, published_predictor=True, **PLAIN)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +123,7 @@ def test_bender_eps_is_matched_and_the_clamp_guarded(stylizer, style, net):
 def test_nearest_upsampling_network_maps_too():
     """model.upsample=nearest: identity ConvTranspose + zero SAME 3x3 conv; the last conv's bias and
     sigmoid are fused into it by Bender, which then computes the output."""
-    stylizer = realtime_stylizer(seed=2, upsample="nearest", residual_blocks=1)
+    stylizer = realtime_stylizer(seed=2, upsample="nearest", residual_blocks=1, **PLAIN)
     style = random_bottleneck(6)
     graph = build_bender_graph(bake(stylizer.get_layer("transformer"), style), *SIZE)
     report = check_bender_graph(graph)
@@ -137,7 +141,7 @@ def test_detail_head_maps_too():
     """model.half_res_blocks / full_res_channels: the separable block at 1/2 resolution (its norm included),
     the transposed conv to 8 channels (its bias on a constant channel of the block before) and the 5x5
     conv that makes RGB, with the sigmoid fused by Bender; the graph computes the Keras model."""
-    stylizer = realtime_stylizer(seed=3, residual_blocks=1, half_res_blocks=1, full_res_channels=8, full_res_kernel=5)
+    stylizer = realtime_stylizer(seed=3, residual_blocks=1, **PLAIN | {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5})
     style = random_bottleneck(7)
     net = bake(stylizer.get_layer("transformer"), style)
     assert [(c.scope, c.activation) for c in net.expand] == [
@@ -156,7 +160,7 @@ def test_border_pad_maps_too():
     """model.border_pad: the reflect pad built from one-hot convs and ConcatV2 (concatenations of
     concatenations past Bender's 10 inputs), the crop a VALID one-hot depthwise conv; the graph computes
     the Keras model, and the padded photo leaves the output's size as the input's."""
-    stylizer = realtime_stylizer(seed=6, residual_blocks=1, border_pad=16)
+    stylizer = realtime_stylizer(seed=6, residual_blocks=1, **PLAIN | {"border_pad": 16})
     style = random_bottleneck(8)
     net = bake(stylizer.get_layer("transformer"), style)
     assert net.border_pad == 16
@@ -169,6 +173,20 @@ def test_border_pad_maps_too():
     assert crop.type == "DepthwiseConvolution" and crop.out_size == (SIZE[0] // 4, SIZE[1] // 4, 48)
     assert report.details[-1].out_size == (*SIZE, 3)
     assert_graph_computes_keras(stylizer, style, net, graph, report, ("coffee.jpg", "rocket.jpg"))
+
+
+def test_configured_design_maps_too():
+    """configs/model/realtime.yaml's design, both options together (border pad and detail head): the
+    graph keeps to Bender's rules and computes the Keras model."""
+    stylizer = realtime_stylizer(seed=7)
+    style = random_bottleneck(9)
+    net = bake(stylizer.get_layer("transformer"), style)
+    graph = build_bender_graph(net, *SIZE)
+    report = check_bender_graph(graph)
+    assert report.ok, report.summary()
+    assert report.dropped == []
+    assert report.layers[-4:] == ["Neuron", "ConvTranspose", "Neuron", "Convolution"]
+    assert_graph_computes_keras(stylizer, style, net, graph, report, ("fruits.jpg",))
 
 
 def test_depthwise_hand_over_is_read_transposed_by_mps():
@@ -272,16 +290,13 @@ def test_export_stage_writes_and_verifies_core_ml_and_bender(stylizer, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design", [
-    {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5},  # the head options for finer detail
-    {"border_pad": 16},
-])
-def test_export_stage_verifies_the_design_options_in_every_format(tmp_path, design):
-    """The design options export like the default design: the stage writes the four baked formats
-    (strength input included where it exists) and verifies each against Keras."""
+def test_export_stage_verifies_the_configured_design_in_every_format(tmp_path):
+    """configs/model/realtime.yaml's design (border pad and detail head; one residual block, for time):
+    the stage writes the four baked formats (strength input included where it exists) and verifies each
+    against Keras."""
     from export.stage import export
 
-    stylizer = realtime_stylizer(seed=4, published_predictor=True, residual_blocks=1, **design)
+    stylizer = realtime_stylizer(seed=4, published_predictor=True, residual_blocks=1)
     model_path = tmp_path / "model.keras"
     stylizer.save(model_path)
     manifest = export(compose_export(tmp_path, model_path, [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import REPO, compose_train, photo, realtime_stylizer
 from helpers import random_bottleneck as bottleneck
@@ -56,15 +57,16 @@ def test_saved_and_loaded_in_safe_mode(stylizer, tmp_path):
                                atol=1e-6)
 
 
-# The design options (configs/model/realtime.yaml): a separable block at 1/2 resolution and an 8-channel
-# full-resolution stage with a 5x5 conv to RGB; the photo reflect-padded by 16 px.
-DESIGNS = {"default": {}, "detail_head": {"half_res_blocks": 1, "full_res_channels": 8, "full_res_kernel": 5},
-           "border_pad": {"border_pad": 16}}
+# configs/model/realtime.yaml's design (a separable block at 1/2 resolution, an 8-channel full-resolution
+# stage with a 5x5 conv to RGB, the photo reflect-padded by 16 px) and the plain one with all three off.
+DESIGN_KEYS = ("half_res_blocks", "full_res_channels", "full_res_kernel", "border_pad")
+CONFIGURED = {key: OmegaConf.load(REPO / "configs" / "model" / "realtime.yaml")[key] for key in DESIGN_KEYS}
+DESIGNS = {"configured": CONFIGURED, "plain": {"half_res_blocks": 0, "full_res_channels": 0, "border_pad": 0}}
 
 
 @pytest.fixture(scope="module")
 def design_stylizers(stylizer):
-    return {name: realtime_stylizer(seed=5, **options) if options else stylizer for name, options in DESIGNS.items()}
+    return {"configured": stylizer, "plain": realtime_stylizer(seed=5, **DESIGNS["plain"])}
 
 
 @pytest.mark.parametrize("design", list(DESIGNS))
@@ -82,11 +84,12 @@ def test_tflite_fp16_export_meets_gpu_rules_and_matches_float32(design_stylizers
     assert report.ok, report.problems
     assert "RESIZE_NEAREST_NEIGHBOR" not in report.ops
     # border_pad: one MIRROR_PAD (REFLECT) and one SLICE with constant bounds (the Bender graph builds both
-    # from one-hot convs)
-    border = design == "border_pad"
+    # from one-hot convs); half_res_blocks: one more depthwise conv
+    options = DESIGNS[design]
+    border = int(options["border_pad"] > 0)
     assert (report.ops.get("MIRROR_PAD", 0), report.ops.get("SLICE", 0)) == (border, border)
     assert "STRIDED_SLICE" not in report.ops
-    assert report.ops["TRANSPOSE_CONV"] == 2 and report.ops["DEPTHWISE_CONV_2D"] == 10 + (design == "detail_head")
+    assert report.ops["TRANSPOSE_CONV"] == 2 and report.ops["DEPTHWISE_CONV_2D"] == 10 + options["half_res_blocks"]
     image = photo(384, 384)
     inputs = {"content_image": image} | ({"style_bottleneck": style} if variant == "transfer" else {})
     got = tflite_runner(flatbuffer, "serve", inputs, threads=2)()["stylized_image"]
@@ -157,7 +160,11 @@ def test_tflite_cost_counts_convolution_flops(stylizer):
     assert cost.flops == magenta + style_params
     assert cost.largest_activation_bytes == 386 * 386 * 16 * 4  # the reflect-padded full-resolution 16 channels of expand/conv2
 
-    realtime = (conv(192, 3, 3, 16) + conv(96, 3, 16, 48) + 10 * (2 * 96 * 96 * 9 * 48 + conv(96, 1, 48, 48))
-                + 2 * 96 * 96 * 48 * 4 * 24 + 2 * 192 * 192 * 24 * 4 * 3)  # two 2x2 stride-2 transposed convs
+    # The configured design: the photo reflect-padded to 416 for the stem and the residual blocks (cropped to
+    # 96 after them), two 2x2 stride-2 transposed convs (to 24, then 8 channels) around the separable block
+    # at 192, and the 5x5 conv to RGB at 384.
+    separable = lambda side, c: 2 * side * side * 9 * c + conv(side, 1, c, c)  # noqa: E731
+    realtime = (conv(208, 3, 3, 16) + conv(104, 3, 16, 48) + 10 * separable(104, 48)
+                + 2 * 96 * 96 * 48 * 4 * 24 + separable(192, 24) + 2 * 192 * 192 * 24 * 4 * 8 + conv(384, 5, 8, 3))
     baked = convert(constant_module(make_module("baked", stylizer, 384, 384, bottleneck(0))), "serve", fp16=True)
     assert tflite_cost(baked).flops == realtime

@@ -15,9 +15,11 @@ norms at full resolution, 3x3 convolutions at 1/2 resolution), this one does lit
   a plain conv + sigmoid, so no normalisation and no mean reduction runs at full resolution.
   Options for finer detail: `half_res_blocks` separable 3x3 convs with conditional instance norms at
   1/2 resolution, and `full_res_channels` > 0, where the last upsampling gives that many channels
-  (ReLU) and a `full_res_kernel` conv at full resolution makes the RGB image. By
-  default each is a 2x2 stride-2 transposed convolution (a 1x1 conv to 4x the channels followed
-  by depth-to-space: every output pixel of a 2x2 block has its own weights); `upsample="nearest"`
+  (ReLU) and a `full_res_kernel` conv at full resolution makes the RGB image. configs/model/realtime.yaml
+  sets one block, 8 channels and a 5x5 kernel, and `border_pad` 16; this builder's defaults are the
+  plain design, every option off. The upsamplings are 2x2 stride-2 transposed convolutions (a 1x1
+  conv to 4x the channels followed by depth-to-space: every output pixel of a 2x2 block has its own
+  weights); `upsample="nearest"`
   (resize + 3x3 conv, as Magenta) is about twice as slow, nearly all of it at full resolution
   (benchmarks/realtime_speed.py).
 
@@ -26,13 +28,14 @@ runtime, and Bender maps SAME convolutions but skips Pad/MirrorPad). Zero paddin
 where the photo's edge is, and a network trained with a style loss can learn to paint there (rings of
 colour in the corners); `border_pad` reflects the photo outwards by that many pixels first and crops
 the features back after the residual blocks (a MIRROR_PAD and a SLICE; Bender gets the pad as
-one-hot convolutions and concatenations, and the crop as a one-hot depthwise convolution). With static input shapes the
-baked TFLite fp16 export is CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, MEAN, SUB,
-SQUARED_DIFFERENCE, MUL, ADD, RSQRT and LOGISTIC (ReLUs fused), plus DEQUANTIZE of the fp16
-weights: all within the GPU delegate's rules (tests/test_realtime_network.py checks them). Of the
-TF ops, Bender's converter maps Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput, Relu, Sigmoid
-and Add; the instance norms and the last transposed convolution's bias (Bender's has none) are
-left to a Bender rewrite, as Magenta's network needs one for its norms and upsampling.
+one-hot convolutions and concatenations, and the crop as a one-hot depthwise convolution). With
+static input shapes the baked TFLite fp16 export is CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV,
+MEAN, SUB, SQUARED_DIFFERENCE, MUL, ADD, RSQRT and LOGISTIC (ReLUs fused), MIRROR_PAD and SLICE
+(`border_pad`), plus DEQUANTIZE of the fp16 weights: all within the GPU delegate's rules
+(tests/test_realtime_network.py checks them). Of the TF ops, Bender's converter maps Conv2D,
+DepthwiseConv2dNative, Conv2DBackpropInput, Relu, Sigmoid and Add; the instance norms and the last
+transposed convolution's bias (Bender's has none) are left to a Bender rewrite, as Magenta's
+network needs one for its norms and upsampling.
 """
 
 from __future__ import annotations

@@ -407,14 +407,21 @@ def _offsets(kernel, dilations, strides, out):
         yield pos, tuple(slice(p * d, p * d + s * (o - 1) + 1, s) for p, d, s, o in zip(pos, dilations, strides, out))
 
 
+def _conv_operands(get):
+    """conv and conv_transpose alike: input and weight in float32, the kernel's size, dilations, groups."""
+    x, w = _f32(get("x")), _f32(get("weight"))
+    kernel = w.shape[2:]
+    dilations = _ints(get("dilations"), [1] * len(kernel))
+    groups = int(get("groups")) if get("groups") is not None else 1
+    return x, w, kernel, dilations, groups
+
+
 @_op("conv")
 def _conv(op, get):
-    x, w = _f32(get("x")), _f32(get("weight"))
-    spatial, kernel = x.shape[2:], w.shape[2:]
+    x, w, kernel, dilations, groups = _conv_operands(get)
+    spatial = x.shape[2:]
     n = len(spatial)
-    dilations = _ints(get("dilations"), [1] * n)
     strides, pads = _window_args(op, get, spatial, kernel, dilations)
-    groups = int(get("groups")) if get("groups") is not None else 1
     batch, cin = x.shape[:2]
     cout, cin_g = w.shape[:2]
     if cin != cin_g * groups or cout % groups:
@@ -461,12 +468,10 @@ def _conv_transpose_crop(pad_type, full, out, custom):
 def _conv_transpose(op, get):
     # The transpose of `conv`: input pixel i adds x[i] * weight[k] to output pixel i * stride + k * dilation
     # of the full result, weights as given (no rotation); weight is [C_in, C_out / groups, *K].
-    x, w = _f32(get("x")), _f32(get("weight"))
-    spatial, kernel = x.shape[2:], w.shape[2:]
+    x, w, kernel, dilations, groups = _conv_operands(get)
+    spatial = x.shape[2:]
     n = len(spatial)
-    dilations = _ints(get("dilations"), [1] * n)
     strides = _ints(get("strides"), [1] * n)
-    groups = int(get("groups")) if get("groups") is not None else 1
     batch, cin = x.shape[:2]
     cout = w.shape[1] * groups
     if w.shape[0] != cin or cin % groups:

@@ -1,6 +1,6 @@
 """How the independent quality measures respond to blur: a table.
 
-    python -m benchmarks.quality_blur [--photos 2] [--size 384] [--sigmas 0.5 0.8 1.2] [--style starry]
+    python -m benchmarks.quality_blur [--photos 2] [--size 384] [--sigmas 0.5 0.8 1.2] [--style starry] [--style-embedder float]
 
 Magenta's published model (its Keras re-implementation with the published weights) stylizes the first
 --photos held-out photos with the painting of --style, at --size x --size, as the evaluate stage
@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=384, help="photo side in pixels, a multiple of 4")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 0.8, 1.2], help="Gaussian blur sigmas, pixels")
     parser.add_argument("--style", default="starry", help="a configs/style name")
+    parser.add_argument("--style-embedder", choices=["float", "int8"], default="float",
+                        help="the style distance's predictor, as evaluate.style_embedder")
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "quality_blur.json"))
     args = parser.parse_args()
     if args.photos < 1 or args.size < 16 or args.size % 4 or any(s <= 0 for s in args.sigmas):
@@ -38,7 +40,8 @@ def main() -> None:
     from scipy.ndimage import gaussian_filter
 
     from evaluation import quality
-    from evaluation.stage import STYLE_EMBEDDING_SIZE, predictor_feature_maps, published_style_embedder
+    from evaluation.stage import (STYLE_EMBEDDING_SIZE, predictor_feature_maps, predictor_style_embedder,
+                                  published_style_embedder)
     from training.config import style_image_path
     from training.data.datasets import fit_crop, load_content, load_painting, style_crop
     from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, published_stylizer, verified_path
@@ -49,8 +52,10 @@ def main() -> None:
     photos = np.stack([fit_crop(p, args.size, args.size) for p in content.heldout_full[: args.photos]])
     style_image = style_crop(load_painting(style_image_path(args.style, cfg.paths)), STYLE_EMBEDDING_SIZE)
     stylizer = published_stylizer(cfg.paths.published_dir)
-    embed = published_style_embedder(verified_path(cfg.paths.published_dir, PUBLISHED_PREDICTOR_INT8))
-    features = predictor_feature_maps(stylizer.get_layer("style_predictor"))
+    predictor = stylizer.get_layer("style_predictor")
+    embed = (predictor_style_embedder(predictor) if args.style_embedder == "float"
+             else published_style_embedder(verified_path(cfg.paths.published_dir, PUBLISHED_PREDICTOR_INT8)))
+    features = predictor_feature_maps(predictor)
     stylized = np.stack([np.asarray(stylizer({"content": p[None], "style": style_image[None]}, training=False))[0]
                          for p in photos])
 

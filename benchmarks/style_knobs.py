@@ -71,20 +71,14 @@ def built_stylizer(cfg, init_weights):
 def published_measures(cfg, init_weights):
     """Magenta's published style predictor (frozen, apart from any model trained here) as the embedder,
     and its ImageNet MobileNetV2's feature maps for the style statistics distance."""
-    from evaluation.stage import predictor_feature_maps
     import keras
 
-    from training.data.datasets import style_crop
+    from evaluation.stage import predictor_feature_maps, predictor_style_embedder
 
     published = compose(["init=magenta_published", f"paths.cache_dir={cfg.paths.cache_dir}"])
     keras.mixed_precision.set_global_policy("float32")
     predictor = built_stylizer(published, init_weights).get_layer("style_predictor")
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        crops = np.stack([style_crop(image, 256) for image in images])  # the predictor's input size
-        return keras.ops.convert_to_numpy(predictor(crops, training=False)).reshape(len(images), -1)
-
-    return embed, predictor_feature_maps(predictor)
+    return predictor_style_embedder(predictor), predictor_feature_maps(predictor)
 
 
 def run_setting(name, cfg, content, styles, measures, args, photos):

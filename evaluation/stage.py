@@ -61,8 +61,24 @@ def _grid(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], labels: 
     return png_bytes(grid)
 
 
+def predictor_style_embedder(predictor):
+    """A style predictor built with the published weights (Keras, float32) as a `quality` embedder:
+    images -> (N, 100) bottlenecks, each image cropped as style images are (`style_crop`: short side
+    to 256, centre crop). `evaluate.style_embedder=float`: the published file's network with its int8
+    weights dequantized and its activations in float, so images that agree to float precision get
+    the same bottleneck (the int8 file's quantized activations do not: docs/quality.md)."""
+    from training.data.datasets import style_crop
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        crops = np.stack([style_crop(image, STYLE_EMBEDDING_SIZE) for image in images]).astype(np.float32)
+        return keras.ops.convert_to_numpy(predictor(crops, training=False)).reshape(len(images), -1)
+
+    return embed
+
+
 def published_style_embedder(predictor_path):
-    """Magenta's published style predictor as a `quality` embedder: images -> (N, 100) bottlenecks.
+    """Magenta's published style predictor file (int8 TFLite, as released) as a `quality` embedder:
+    images -> (N, 100) bottlenecks (`evaluate.style_embedder=int8`).
 
     Each image is cropped as style images are (`style_crop`: short side to 256, centre crop) and
     run alone (the file's batch is 1).
@@ -234,7 +250,8 @@ def evaluate(cfg) -> dict:
     from training.objective.objective import StylizationObjective
     from training.schema import check_config
     from training.tracking import mlflow_run
-    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite, verified_path
+    from training.weights.magenta_import import (PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, published_predictor,
+                                                 run_tflite, verified_path)
 
     check_config(cfg, "evaluate", allow_other_keys=True)
     ev = cfg.evaluate
@@ -343,9 +360,11 @@ def evaluate(cfg) -> dict:
     quality["style_loss_ours_vs_published"] = {
         "ours": quality["formats"]["keras"]["style_loss"], "published": quality["formats"][PUBLISHED_NAME]["style_loss"]}
     # Measures independent of the training loss (evaluation/quality.py), the photo itself as the reference.
-    embed = published_style_embedder(published_predictor_file)
+    predictor = published_predictor(published_dir, cfg.paths.cache_dir)
+    embed = (predictor_style_embedder(predictor) if ev.style_embedder == "float"
+             else published_style_embedder(published_predictor_file))
     scored = {IDENTITY_NAME: inputs, **outputs}
-    features = published_feature_maps(published_dir, cfg.paths.cache_dir)
+    features = predictor_feature_maps(predictor)
     measures = (*quality_lib.MEASURES, quality_lib.STATISTICS_MEASURE)
     independent = {name: quality_lib.score(embed, out, inputs, main.style_image, features) for name, out in scored.items()}
     for name, scores in independent.items():

@@ -100,6 +100,7 @@ SCHEMA_CASES = [
     ("evaluate", "evaluate.runs=0", "error: evaluate.runs=0 is not allowed: an integer >= 1"),
     ("evaluate", "evaluate.threads=[0]", "error: evaluate.threads=[0] is not allowed: a list of LiteRT thread counts"),
     ("evaluate", "evaluate.compare=abc", "error: evaluate.compare='abc' is not allowed: a list of export folders"),
+    ("evaluate", "evaluate.style_embedder=fp16", "error: evaluate.style_embedder='fp16' is not allowed: one of float, int8"),
     ("stylize", "strength=2", "error: strength=2 is not allowed: a number from 0 (the photo's own style) to 1"),
 ]
 

@@ -196,10 +196,11 @@ def test_published_transfer_moves_a_heldout_photo_toward_the_painting(published_
     assert 0.5 < s["structure_similarity"] < 1.0  # strokes over the photo's layout
 
 
-def test_float_embedder_is_the_published_predictor_and_steady(published_embed, starry, real_photo):
+def test_float_embedder_is_the_published_predictor_without_its_activation_noise(published_embed, starry, real_photo):
     """evaluate.style_embedder=float: the int8 file's network (the painting's bottleneck close to the file's)
     with float activations. A published stylization and the same image plus noise of a quarter of a uint8
-    step get the same relative style distance from it, and about the int8 file's."""
+    step (four draws) keep its relative style distance to 0.2%; through the int8 file's quantized
+    activations it moves by over 1% (3% when measured)."""
     from evaluation.stage import predictor_style_embedder
     from training.data.datasets import fit_crop
     from training.weights.magenta_import import (PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, published_predictor,
@@ -211,11 +212,13 @@ def test_float_embedder_is_the_published_predictor_and_steady(published_embed, s
     photo = fit_crop(real_photo, 384, 384)
     bottleneck = run_tflite(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name, [starry[None]])
     stylized = run_tflite(PUBLISHED_DIR / PUBLISHED_TRANSFER_FP16.name, [photo[None], bottleneck])[0]
-    noisy = np.clip(stylized + np.random.default_rng(0).normal(0, 1e-3, stylized.shape), 0, 1).astype(np.float32)
-    pair, photos = np.stack([stylized, noisy]), np.stack([photo, photo])
-    steady = quality.relative_style_distance(float_embed, pair, photos, starry)
-    assert abs(steady[1] - steady[0]) < 1e-3 * steady[0]
-    assert steady[0] == pytest.approx(quality.relative_style_distance(published_embed, pair, photos, starry)[0], rel=0.1)
+    noisy = [np.clip(stylized + np.random.default_rng(seed).normal(0, 1e-3, stylized.shape), 0, 1) for seed in range(4)]
+    images, photos = np.stack([stylized, *noisy]).astype(np.float32), np.stack([photo] * 5)
+    steady = quality.relative_style_distance(float_embed, images, photos, starry)
+    moved = quality.relative_style_distance(published_embed, images, photos, starry)
+    assert np.abs(steady[1:] - steady[0]).max() < 2e-3 * steady[0]
+    assert np.abs(moved[1:] - moved[0]).max() > 1e-2 * moved[0]
+    assert steady[0] == pytest.approx(moved[0], rel=0.1)
 
 
 # ---------------------------------------------------------------- feature statistics

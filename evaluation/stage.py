@@ -97,16 +97,10 @@ def published_style_embedder(predictor_path):
 STATISTICS_LAYERS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu")
 
 
-def published_feature_maps(published_dir, cache_dir):
-    """The frozen ImageNet MobileNetV2 of Magenta's published predictor as a `quality` feature extractor:
-    an image, cropped as style images are, -> its maps at STATISTICS_LAYERS (float32, Keras)."""
-    from training.weights.magenta_import import published_predictor
-
-    return predictor_feature_maps(published_predictor(published_dir, cache_dir))
-
-
 def predictor_feature_maps(predictor):
-    """published_feature_maps for a style predictor already built with the published weights."""
+    """The frozen ImageNet MobileNetV2 of a style predictor built with the published weights as a
+    `quality` feature extractor: an image, cropped as style images are, -> its maps at
+    STATISTICS_LAYERS (float32, Keras)."""
     from training.data.datasets import style_crop
 
     backbone = predictor.get_layer("backbone_mobilenet_v2")

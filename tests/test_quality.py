@@ -255,11 +255,12 @@ def test_score_adds_the_statistics_measure_with_a_feature_extractor(real_photo):
 def test_published_mobilenet_statistics_put_the_stylized_photo_nearer_the_painting(starry, real_photo):
     """The published predictor's frozen MobileNetV2: Magenta's published model moves a held-out photo's
     feature statistics toward the painting's."""
-    from evaluation.stage import published_feature_maps
+    from evaluation.stage import predictor_feature_maps
     from training.data.datasets import fit_crop
-    from training.weights.magenta_import import PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, run_tflite
+    from training.weights.magenta_import import (PUBLISHED_PREDICTOR_INT8, PUBLISHED_TRANSFER_FP16, published_predictor,
+                                                 run_tflite)
 
-    features = published_feature_maps(PUBLISHED_DIR, REPO / ".cache" / "stylepipe")
+    features = predictor_feature_maps(published_predictor(PUBLISHED_DIR, REPO / ".cache" / "stylepipe"))
     photo = fit_crop(real_photo, 384, 384)
     bottleneck = run_tflite(PUBLISHED_DIR / PUBLISHED_PREDICTOR_INT8.name, [starry[None]])
     stylized = run_tflite(PUBLISHED_DIR / PUBLISHED_TRANSFER_FP16.name, [photo[None], bottleneck])

@@ -19,9 +19,8 @@ norms at full resolution, 3x3 convolutions at 1/2 resolution), this one does lit
   sets one block, 8 channels and a 5x5 kernel, and `border_pad` 16; this builder's defaults are the
   plain design, every option off. The upsamplings are 2x2 stride-2 transposed convolutions (a 1x1
   conv to 4x the channels followed by depth-to-space: every output pixel of a 2x2 block has its own
-  weights); `upsample="nearest"`
-  (resize + 3x3 conv, as Magenta) is about twice as slow, nearly all of it at full resolution
-  (benchmarks/realtime_speed.py).
+  weights); `upsample="nearest"` (resize + 3x3 conv, as Magenta) is about twice as slow, nearly all
+  of it at full resolution (benchmarks/realtime_speed.py).
 
 Every convolution is zero "same" padded (no MIRROR_PAD: padding folds into the conv on every
 runtime, and Bender maps SAME convolutions but skips Pad/MirrorPad). Zero padding tells the network

@@ -120,6 +120,36 @@ def test_a_resumed_run_continues_from_the_last_checkpoint_at_the_configured_lear
     assert rates == [pytest.approx(2e-4)]
 
 
+def test_a_cosine_schedule_slows_the_last_steps_and_resumes_on_its_curve(tmp_path):
+    """trainer.learning_rate_schedule=cosine: each step's weight change follows the rate down to 0 at
+    trainer.steps; a resumed run picks the curve up at its restored step, not at its start."""
+    from training.loop.runs import fingerprint
+    from training.loop.train import learning_rate, train
+
+    tiny = ["experiment=smoke", *TINY_TRAINING, "loss_network.weights=null", "data.heldout_count=1",
+            "trainer.learning_rate=1e-3", "trainer.learning_rate_schedule=cosine", "trainer.checkpoint_every=1",
+            "trainer.keep_checkpoints=10"]
+    schedule = learning_rate(compose_train([*tiny, "trainer.steps=8"], tmp_path).trainer)
+    assert [float(schedule(step)) for step in (0, 4, 8)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-9)
+    assert "learning_rate_schedule" in fingerprint(compose_train([*tiny, "trainer.steps=8"], tmp_path))
+
+    train(compose_train([*tiny, "trainer.steps=4"], tmp_path))
+    train(compose_train([*tiny, "trainer.steps=8"], tmp_path))  # resumed at step 4: rate 5e-4 falling to 0
+
+    def weights(step):
+        with np.load(tmp_path / "outputs" / "train" / "checkpoints" / f"ckpt-{step:08d}.npz") as f:
+            return [f[k] for k in sorted(f.files) if k.startswith("model/")]
+
+    def change(step):  # the median change of the weights the step moved (Adam moves each by about the rate)
+        moved = np.concatenate([np.abs(a - b).ravel() for a, b in zip(weights(step), weights(step - 1))])
+        return float(np.median(moved[moved > 0]))
+
+    # Step 4 ends the 4-step curve (rate 0.15e-3); the 8-step run resumes it at step 5 (rate 0.5e-3)
+    # and ends at 0.04e-3. At a constant rate each step moves the weights a little less than the last.
+    assert change(5) > 2 * change(4)
+    assert change(8) < 0.1 * change(2)
+
+
 def test_checkpoints_are_also_written_by_wall_time(tmp_path):
     """trainer.checkpoint_minutes: a run between step checkpoints still saves when that much time has
     passed (here a few milliseconds: every step), so a kill loses at most that much work."""

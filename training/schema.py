@@ -121,6 +121,7 @@ WEIGHT = number(0)
 INPUT_DTYPES = ("float32", "uint8")  # see training/data/datasets.py to_input_dtype
 SHIFTED_SUM_DEPTHWISE = ("none", "strided", "all")  # see training/network/depthwise.py
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")  # see training/loop/train.py learning_rate
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
 TEACHERS = ("magenta_published", "model")  # see training/objective/distillation.py
 TEACHER_LOSSES = ("l1", "l2")
@@ -205,6 +206,7 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "steps": STEPS,
         "batch_size": POSITIVE,
         "learning_rate": LEARNING_RATE,
+        "learning_rate_schedule": choice(*LEARNING_RATE_SCHEDULES),
         "teacher_weight": WEIGHT,
         "clipnorm": optional(number(above=0)),
         "checkpoint_every": POSITIVE,

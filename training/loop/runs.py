@@ -34,6 +34,9 @@ def fingerprint(cfg) -> dict:
         "data": data_fingerprint(cfg),
         # Only with a teacher: runs without one keep the fingerprints (and folders) they had.
         **({"teacher": teacher_fingerprint(cfg.teacher)} if cfg.get("teacher") else {}),
+        # Only when it decays: Adam's state then has no learning-rate variable (a constant run's checkpoint has one).
+        **({"learning_rate_schedule": cfg.trainer.learning_rate_schedule}
+           if cfg.trainer.learning_rate_schedule != "constant" else {}),
     }
 
 

@@ -224,7 +224,7 @@ def _build_objective(cfg, cache_dir, style_images=()):
                  distillation.loss)
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength,
                                                  distillation=distillation)
-    optimizer = keras.optimizers.Adam(float(cfg.trainer.learning_rate), clipnorm=cfg.trainer.clipnorm)
+    optimizer = keras.optimizers.Adam(learning_rate(cfg.trainer), clipnorm=cfg.trainer.clipnorm)
     jit = cfg.trainer.jit_compile
     # Several steps per execution: Keras hands the losses to callbacks (a device sync) once per execution.
     objective.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto",
@@ -253,6 +253,15 @@ def fix_style_targets(objective, batches, enabled: bool, textures: list[np.ndarr
     objective.fix_style_targets(textures)
     log.info("style targets: fixed for %d style image(s) (trainer.fixed_style_targets)", len(batches.styles))
     return True
+
+
+def learning_rate(trainer_cfg):
+    """Adam's learning rate: trainer.learning_rate on every step (constant), or a schedule from it down
+    to 0 at trainer.steps along a half cosine (cosine), computed from the step count inside the step."""
+    rate = float(trainer_cfg.learning_rate)
+    if trainer_cfg.learning_rate_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, int(trainer_cfg.steps)))
+    return rate
 
 
 def use_configured_learning_rate(optimizer, learning_rate: float) -> None:
@@ -330,7 +339,8 @@ def train(cfg: DictConfig) -> dict:
         if (latest := checkpoints.latest()) is not None:
             start_step = checkpoints.restore(latest[1], stylizer, optimizer)
             log.info("resuming from %s (step %d)", latest[1], start_step)
-            use_configured_learning_rate(optimizer, float(cfg.trainer.learning_rate))
+            if cfg.trainer.learning_rate_schedule == "constant":  # a schedule follows the restored step count
+                use_configured_learning_rate(optimizer, float(cfg.trainer.learning_rate))
         # A resume continues the earlier part's MLflow run and loss history.
         earlier_run = recorded_run_id(train_dir) if start_step else None
         earlier_history = read_history(train_dir, start_step) if start_step else []

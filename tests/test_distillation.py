@@ -48,34 +48,6 @@ def test_the_term_is_zero_on_the_teachers_own_images_and_weighted_otherwise():
     assert loss == pytest.approx(0.0, abs=1e-6) and np.allclose(teacher_images["painting"], expected, atol=1e-6)
 
 
-def test_the_texture_term_scores_the_students_grams_against_each_teacher_image():
-    """teacher.texture_weight: the style loss with each example's teacher image as its own target (the
-    objective's style layers and weights), times the weight; 0 on the teacher's own images, and no term
-    at weight 0."""
-    from keras import ops
-
-    from training.network.vgg16 import build_loss_network
-    from training.objective.distillation import Distillation
-    from training.objective.objective import TEXTURE_LOSS, StylizationObjective
-
-    teacher, style, term = _teacher_and_term()
-    textured = Distillation(teacher, term.bottlenecks, weight=2.0, texture_weight=3.0)
-    vgg, _ = build_loss_network(None, None)
-    objective = StylizationObjective(None, vgg, {"conv3": 1.0}, {"conv1": 0.4, "conv3": 0.4}, 10.0, style_strength=5,
-                                     distillation=textured)
-    rng = np.random.default_rng(2)
-    content = rng.random((2, 32, 32, 3), dtype=np.float32)
-    target = textured.teacher_images(ops.convert_to_tensor(content))
-    other = ops.convert_to_tensor(rng.random((2, 32, 32, 3), dtype=np.float32))
-    assert TEXTURE_LOSS in objective.loss_names
-    assert float(objective.loss_terms(target, content, style[None], texture_targets=target)[TEXTURE_LOSS]) == pytest.approx(0.0, abs=1e-6)
-    texture = float(objective.loss_terms(other, content, style[None], texture_targets=target)[TEXTURE_LOSS])
-    as_style = float(objective.loss_terms(other, content, target)["style_loss"])  # the teacher images as style images
-    assert texture > 0 and texture == pytest.approx(3.0 * as_style, rel=1e-5)
-    plain = StylizationObjective(None, vgg, {"conv3": 1.0}, {"conv1": 0.4}, 10.0, distillation=term)
-    assert TEXTURE_LOSS not in plain.loss_names
-
-
 @pytest.mark.slow
 def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path):
     """Guards the wiring (objective, train, checkpoints, MLflow): a student trained 6 steps, then resumed

@@ -237,7 +237,6 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "model_path": PATH,
         "weight": number(0, why="the distillation term's weight beside the perceptual loss"),
         "loss": choice(*TEACHER_LOSSES),
-        "texture_weight": number(0, why="the teacher's texture term beside the painting's style term (0: off)"),
     },
     "init": {
         "name": choice("magenta_published", "tfhub"),

@@ -43,9 +43,7 @@ def fingerprint(cfg) -> dict:
 def teacher_fingerprint(teacher_cfg) -> dict:
     """The distillation term a run trains with: its teacher and weight (the teacher's file by name)."""
     return {"name": teacher_cfg.name, "model_path": str(teacher_cfg.get("model_path")),
-            "weight": float(teacher_cfg.weight), "loss": teacher_cfg.loss,
-            # Only when on: runs without the term keep the fingerprints (and folders) they had.
-            **({"texture_weight": float(teacher_cfg.texture_weight)} if teacher_cfg.texture_weight else {})}
+            "weight": float(teacher_cfg.weight), "loss": teacher_cfg.loss}
 
 
 def data_fingerprint(cfg) -> dict:

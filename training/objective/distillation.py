@@ -2,10 +2,7 @@
 
 The term: the student's stylized batch against the teacher's stylization of the same content batch,
 a mean absolute (l1) or squared (l2) pixel error in [0, 1] units, times `teacher.weight`; the
-objective adds it to the perceptual loss (training/objective/objective.py). A pixel error rewards a
-blurred average of a texture the student cannot place stroke for stroke; `teacher.texture_weight` > 0
-adds the teacher's texture as a target the objective scores like the painting's: the Gram matrices of
-each teacher image's VGG-16 features at the style layers. The teacher is frozen and runs in
+objective adds it to the perceptual loss (training/objective/objective.py). The teacher is frozen and runs in
 inference mode: only its transfer network runs in the step, with the bottleneck of each training
 style computed once by its own style predictor. It is rebuilt from its file on every run, resumed
 or not, and never saved: checkpoints hold the student and its optimizer only.
@@ -58,8 +55,7 @@ class Distillation(keras.layers.Layer):
     (the batches' order of styles); without it every example takes row 0 (one style).
     """
 
-    def __init__(self, teacher: keras.Model, bottlenecks: np.ndarray, weight: float, loss: str = "l1",
-                 texture_weight: float = 0.0, **kwargs):
+    def __init__(self, teacher: keras.Model, bottlenecks: np.ndarray, weight: float, loss: str = "l1", **kwargs):
         # float32: the content and stylized images come in as they are (no cast to a bf16/fp16 compute dtype)
         super().__init__(name="distillation", dtype="float32", **kwargs)
         if loss not in PIXEL_LOSSES:
@@ -69,14 +65,12 @@ class Distillation(keras.layers.Layer):
         self.bottlenecks = np.asarray(bottlenecks, np.float32)
         self.weight = float(weight)
         self.loss = loss
-        self.texture_weight = float(texture_weight)  # read by the objective, which owns VGG-16
 
     @classmethod
     def from_config_group(cls, teacher_cfg, paths_cfg, style_images: list[np.ndarray]) -> "Distillation":
         """The term a `configs/teacher/` config describes, for styles `style_images` (the batches' order)."""
         teacher = load_teacher(teacher_cfg, paths_cfg)
-        return cls(teacher, style_bottlenecks(teacher, style_images), teacher_cfg.weight, teacher_cfg.loss,
-                   teacher_cfg.texture_weight)
+        return cls(teacher, style_bottlenecks(teacher, style_images), teacher_cfg.weight, teacher_cfg.loss)
 
     def teacher_images(self, content, style_index=None):
         """The teacher's stylization of `content` ([0, 1]), in inference mode and without gradients."""
@@ -85,11 +79,8 @@ class Distillation(keras.layers.Layer):
         bottleneck = ops.take(ops.convert_to_tensor(self.bottlenecks), style_index, axis=0)
         return ops.stop_gradient(self.teacher([content, bottleneck], training=False))
 
-    def call(self, content, stylized, style_index=None, teacher_images=None):
-        """The weighted pixel error; `teacher_images` when already computed (else they are here)."""
-        if teacher_images is None:
-            teacher_images = self.teacher_images(content, style_index)
-        return self.weight * pixel_error(stylized, teacher_images, self.loss)
+    def call(self, content, stylized, style_index=None):
+        return self.weight * pixel_error(stylized, self.teacher_images(content, style_index), self.loss)
 
     def stylize(self, photos: list[np.ndarray], style_index: int, batch_size: int = 4) -> list[np.ndarray]:
         """The teacher's stylization of photos (same size, [0, 1]) with training style `style_index`."""

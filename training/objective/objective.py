@@ -17,7 +17,6 @@ from training.network.vgg16 import ENDPOINTS, vgg_features
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss")
 DISTILL_LOSS = "distill_loss"  # teacher.weight x the error against the teacher's images (with a teacher only)
-TEXTURE_LOSS = "texture_loss"  # teacher.texture_weight x the style loss against the teacher's images (when > 0)
 
 
 def unit_float(images):
@@ -47,8 +46,7 @@ class StylizationObjective(keras.Model):
         self.tv_weight = float(tv_weight)
         # training/objective/distillation.py's term against a frozen teacher, added to the perceptual loss (None: none).
         self.distillation = distillation
-        self.loss_names = LOSS_NAMES + ((DISTILL_LOSS,) if distillation is not None else ()) + (
-            (TEXTURE_LOSS,) if distillation is not None and distillation.texture_weight > 0 else ())
+        self.loss_names = LOSS_NAMES + ((DISTILL_LOSS,) if distillation is not None else ())
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
         self.style_gram_table: dict | None = None  # fix_style_targets
 
@@ -106,35 +104,25 @@ class StylizationObjective(keras.Model):
         if self.style_gram_table is not None and "style_index" in inputs:
             index = inputs["style_index"]
             style_grams = {k: ops.take(table, index, axis=0) for k, table in self.style_gram_table.items()}
-        if self.distillation is None:
-            return {"stylized": stylized, **self.loss_terms(stylized, content, style, style_grams)}
-        teacher_images = self.distillation.teacher_images(content, inputs.get("style_index"))
-        texture_targets = teacher_images if TEXTURE_LOSS in self.loss_names else None
-        terms = self.loss_terms(stylized, content, style, style_grams, texture_targets)
-        terms[DISTILL_LOSS] = self.distillation(content, stylized, teacher_images=teacher_images)
+        terms = self.loss_terms(stylized, content, style, style_grams)
+        if self.distillation is not None:
+            terms[DISTILL_LOSS] = self.distillation(content, stylized, inputs.get("style_index"))
         return {"stylized": stylized, **terms}
 
-    def loss_terms(self, stylized, content, style, style_grams: dict | None = None, texture_targets=None) -> dict:
+    def loss_terms(self, stylized, content, style, style_grams: dict | None = None) -> dict:
         """Content, style and total variation losses of stylized images (the same code scores held-out photos).
 
         style_grams: the style targets when already known (fix_style_targets); else VGG-16 runs on `style`.
-        texture_targets: the teacher's images of the same photos, for the texture term (TEXTURE_LOSS): the
-        style loss with their Gram matrices as targets, one per example, times teacher.texture_weight.
         """
         content_f = self._features(ops.stop_gradient(ops.cast(content, stylized.dtype)), self.content_weights)
         stylized_f = self._features(stylized, {**self.content_weights, **self.style_weights})
         if style_grams is None:
             style_grams = self._style_grams(ops.stop_gradient(ops.cast(style, stylized.dtype)))
-        terms = {
+        return {
             "content_loss": losses.content_loss(stylized_f, content_f, self.content_weights),
             "style_loss": losses.style_loss(stylized_f, style_grams, self.style_weights),
             "tv_loss": self.tv_weight * losses.total_variation_loss(stylized),
         }
-        if texture_targets is not None:
-            texture_grams = self._style_grams(ops.stop_gradient(ops.cast(texture_targets, stylized.dtype)))
-            terms[TEXTURE_LOSS] = self.distillation.texture_weight * losses.style_loss(
-                stylized_f, texture_grams, self.style_weights)
-        return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under tf.distribute each replica's gradients are summed: scale by 1/replicas as Keras' own

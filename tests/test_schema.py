@@ -125,9 +125,9 @@ EXAMPLES = [
     ("train", ["data.style_size=abc"], "data.style_size='abc' is not allowed: an integer >= 16"),
     ("train", ["+trainer.stepz=3"], "trainer.stepz=3 is not allowed: not a key of trainer (its keys: allow_cpu, "
      "batch_size, checkpoint_every, checkpoint_minutes, clipnorm, data_worker_processes, data_workers, devices, "
-     "fixed_style_targets, input_dtype, jit_compile, keep_checkpoints, learning_rate, learning_rate_schedule, log_every, precision, progress, "
-     "relu_gradient_from_output, resume, shifted_sum_depthwise, space_to_depth_channels, steps, steps_per_execution, "
-     "teacher_weight)"),
+     "fixed_style_targets, input_dtype, jit_compile, keep_checkpoints, learning_rate, learning_rate_schedule, "
+     "log_every, precision, progress, relu_gradient_from_output, resume, shifted_sum_depthwise, "
+     "space_to_depth_channels, steps, steps_per_execution, teacher_weight)"),
     ("train", ["+loss_network.style_weights.conv5=1"], "loss_network.style_weights.conv5=1 is not allowed: not a key "
      "of loss_network.style_weights (its keys: conv1, conv2, conv3, conv4)"),
     ("train", ["+auth.token=x"], "auth={'token': 'x'} is not allowed: not a key of the train config (its keys: "

@@ -207,6 +207,28 @@ def load_exported(manifest_path, paths_cfg) -> ExportedModel:
     return ExportedModel(name, manifest, export_dir, verified, stylizer, painting, style_image, bottleneck, trained)
 
 
+def extra_photos(directory, heldout_names: list[str], data_cfg) -> tuple[list[str], list[np.ndarray]]:
+    """`evaluate.extra_photos_dir`: every image in that folder (sorted, named by file stem), scored after
+    the held-out photos. Photos no training reads widen the test beyond the few a data split holds out."""
+    from training.data.datasets import DEFAULT_MAX_PIXELS, DataError, find_images, load_image
+
+    files = find_images(directory, "evaluate.extra_photos_dir")
+    if not files:
+        raise DataError(f"evaluate.extra_photos_dir={directory}: no image files in this folder or below", "empty",
+                        str(directory))
+    names = [path.stem for path in files]
+    clashes = sorted({n for n in names if names.count(n) > 1 or n in heldout_names})
+    if clashes:
+        raise DataError(f"evaluate.extra_photos_dir={directory}: photo name(s) {', '.join(clashes)} also name another "
+                        "scored photo (a held-out one or a file of another type); rename them", "duplicate", str(directory))
+    try:
+        images = [load_image(path, int(data_cfg.get("min_side", 1)), int(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
+                  for path in files]
+    except DataError as err:
+        raise DataError(f"evaluate.extra_photos_dir: {err}", err.reason, err.path) from None
+    return names, images
+
+
 def compared_models(ev, paths_cfg) -> list[ExportedModel]:
     """The export of `evaluate.manifest` first, then each folder of `evaluate.compare`, uniquely named."""
     manifests = [Path(ev.manifest)] + [Path(folder) / MANIFEST_NAME for folder in ev.get("compare") or []]
@@ -255,6 +277,10 @@ def evaluate(cfg) -> dict:
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(ev.quality_photos)]
     photo_names = content.heldout_names[: int(ev.quality_photos)]
+    heldout_count = len(photos)
+    if ev.get("extra_photos_dir"):
+        extra_names, extra = extra_photos(ev.extra_photos_dir, photo_names, cfg.data)
+        photos, photo_names = [*photos, *extra], [*photo_names, *extra_names]
     published_dir = Path(cfg.paths.published_dir)
     published_predictor_file = verified_path(published_dir, PUBLISHED_PREDICTOR_INT8)  # the pinned sha256
     published_transfer_file = verified_path(published_dir, PUBLISHED_TRANSFER_FP16)
@@ -347,7 +373,8 @@ def evaluate(cfg) -> dict:
     outputs[PUBLISHED_NAME] = np.concatenate([run_tflite(published_transfer_file, [x[None], published_bottleneck])
                                               for x in inputs])
     compared = {m.name: keras_output(m, inputs) for m in models[1:]}
-    quality = {"style": main.manifest["style"], "size": [qh, qw], "photos": len(inputs), "formats": {}, "models": {}}
+    quality = {"style": main.manifest["style"], "size": [qh, qw], "photos": len(inputs), "heldout_photos": heldout_count,
+               "extra_photos": len(inputs) - heldout_count, "formats": {}, "models": {}}
     for name, out in outputs.items():
         quality["formats"][name] = {**loss_terms(out, inputs),
                                     "psnr_db_vs_keras": None if name == PUBLISHED_NAME else psnr_db(out, outputs["keras"])}

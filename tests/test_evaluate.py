@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import mlflow
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -48,8 +50,12 @@ def test_evaluate_writes_latency_quality_chart_grid_and_mlflow(exported, tmp_pat
     from evaluation.stage import evaluate
 
     phone = write_device_results(tmp_path / "phone.json")
+    extra = tmp_path / "unseen"
+    extra.mkdir()
+    shutil.copy(REPO / "data" / "evaluation" / "quokka.jpg", extra)
     metrics = evaluate(compose("evaluate", exported, [f"evaluate.sizes={SIZES}", "evaluate.runs=2", "evaluate.warmup=1",
-                                                      "evaluate.quality_photos=1", f"device_results={phone}"]))
+                                                      "evaluate.quality_photos=1", f"evaluate.extra_photos_dir={extra}",
+                                                      f"device_results={phone}"]))
     out = exported / "outputs" / "evaluate"
     assert json.loads((out / "metrics.json").read_text())["latency"] == metrics["latency"]
     rows = {(r["format"], r["threads"], r["height"], r["width"]) for r in metrics["latency"] if r["device"] == "host"}
@@ -67,12 +73,16 @@ def test_evaluate_writes_latency_quality_chart_grid_and_mlflow(exported, tmp_pat
     measures = ("style_distance", "style_distance_relative", "palette_distance", "structure_similarity")
     identity = metrics["quality"]["identity"]
     assert identity["style_distance_relative"] == pytest.approx(1.0) and identity["structure_similarity"] == pytest.approx(1.0)
-    photo = next(iter(identity["per_photo"]))
+    photo = next(iter(identity["per_photo"]))  # the held-out photo first, then the extra folder's
+    assert list(identity["per_photo"]) == [photo, "quokka"] and photo != "quokka"
+    assert (metrics["quality"]["photos"], metrics["quality"]["heldout_photos"], metrics["quality"]["extra_photos"]) == (2, 1, 1)
     summary = json.loads((out / "quality_summary.json").read_text())
     for name in ("identity", *q):
         scores = identity if name == "identity" else q[name]
         assert all(math.isfinite(scores[m]) and summary[f"{name}.{m}"] == pytest.approx(scores[m], abs=1e-4) for m in measures)
-        assert set(scores["per_photo"]) == {photo}
+        assert list(scores["per_photo"]) == [photo, "quokka"]
+        assert scores["style_distance_relative"] == pytest.approx(
+            sum(p["style_distance_relative"] for p in scores["per_photo"].values()) / 2)
     assert q["magenta_published"]["style_distance_relative"] < 1.0  # the published model styles the photo
     side = Image.open(out / "side_by_side" / f"{photo}.png")
     assert side.size[0] == 3 * 384 and side.size[1] > 384  # photo | published | ours, labelled above
@@ -83,7 +93,32 @@ def test_evaluate_writes_latency_quality_chart_grid_and_mlflow(exported, tmp_pat
     assert {f"{m}.{name}" for m in measures for name in ("identity", *q)} <= set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"latency.png", "stylized_grid.png", "metrics.json", "side_by_side"} <= artifacts
-    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "side_by_side")} == {f"side_by_side/{photo}.png"}
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "side_by_side")} == {
+        f"side_by_side/{photo}.png", "side_by_side/quokka.png"}
+
+
+def test_extra_photos_are_read_in_order_and_bad_folders_are_one_line(tmp_path):
+    """evaluate.extra_photos_dir: every image of the folder and below, sorted, named by stem; an empty folder,
+    a name that another scored photo already has, and a broken file each stop with one line naming the input."""
+    from evaluation.stage import extra_photos
+    from training.data.datasets import DataError
+
+    folder = tmp_path / "unseen"
+    (folder / "more").mkdir(parents=True)
+    data = {"min_side": 64, "max_pixels": 50_000_000}
+    with pytest.raises(DataError, match=rf"^evaluate.extra_photos_dir={folder}: no image files"):
+        extra_photos(folder, ["chelsea"], data)
+    shutil.copy(REPO / "data" / "evaluation" / "quokka.jpg", folder / "b_quokka.jpg")
+    Image.new("RGB", (96, 80), (200, 10, 10)).save(folder / "more" / "a_red.png")
+    names, images = extra_photos(folder, ["chelsea"], data)
+    assert names == ["b_quokka", "a_red"]  # sorted by path: b_quokka.jpg before more/a_red.png
+    assert images[1].shape == (80, 96, 3) and np.allclose(images[1][0, 0], [200 / 255, 10 / 255, 10 / 255], atol=1e-6)
+    assert images[0].shape == (643, 960, 3) and 0.0 <= images[0].min() < images[0].max() <= 1.0
+    with pytest.raises(DataError, match=r"^evaluate.extra_photos_dir=.*: photo name\(s\) b_quokka also name another"):
+        extra_photos(folder, ["b_quokka"], data)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=rf"^evaluate.extra_photos_dir: {folder / 'broken.jpg'}"):
+        extra_photos(folder, [], data)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -141,3 +176,16 @@ def test_a_compared_folder_without_an_export_is_one_line(exported, tmp_path):
 
     with pytest.raises(StylepipeError, match=rf"^evaluate.compare: {tmp_path} holds no export \(manifest.json missing\)"):
         evaluate(compose("evaluate", exported, [f"evaluate.compare=[{tmp_path}]"]))
+
+
+def test_every_evaluation_photo_is_attributed_and_no_training_config_reads_them():
+    """data/evaluation: one ATTRIBUTION.md row per image, and no data config points into the folder."""
+    from training.data.datasets import find_images
+
+    folder = REPO / "data" / "evaluation"
+    files = {path.name for path in find_images(folder, "data/evaluation")}
+    rows = {line.split("|")[1].strip() for line in (folder / "ATTRIBUTION.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| file") and not line.startswith("| ---")}
+    assert len(files) == 15 and files == rows
+    for config in (REPO / "configs" / "data").glob("*.yaml"):
+        assert "/evaluation" not in config.read_text(), config  # no content_dir under data/evaluation

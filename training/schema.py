@@ -307,6 +307,7 @@ STAGE_KEYS: dict[str, dict[str, Rule]] = {
         "evaluate.warmup": integer(0),
         "evaluate.runs": POSITIVE,
         "evaluate.quality_photos": POSITIVE,
+        "evaluate.extra_photos_dir": optional(PATH),
         "evaluate.style_embedder": choice("float", "int8"),
         "evaluate.device_results": optional(PATH),
         "run_name": RUN_NAME,

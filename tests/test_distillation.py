@@ -48,6 +48,42 @@ def test_the_term_is_zero_on_the_teachers_own_images_and_weighted_otherwise():
     assert loss == pytest.approx(0.0, abs=1e-6) and np.allclose(teacher_images["painting"], expected, atol=1e-6)
 
 
+
+def test_teacher_style_target_scores_each_image_against_its_teacher_images_grams():
+    """teacher.style_target=teacher: the style loss takes each example's teacher image as its style image
+    (its Gram matrices) in place of the painting. The teacher as its own student scores 0 there, and
+    above 0 against the painting; another student's style loss is exactly the loss with the teacher's
+    images passed as the style images."""
+    from keras import ops
+
+    from training.network.vgg16 import build_loss_network
+    from training.objective.distillation import Distillation, style_bottlenecks
+    from training.objective.objective import StylizationObjective
+
+    teacher, style, _ = _teacher_and_term()
+    vgg, _ = build_loss_network(None, None)
+    rng = np.random.default_rng(3)
+    content = rng.random((2, 32, 32, 3), dtype=np.float32)
+
+    def objective(target):
+        term = Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, style_target=target)
+        return StylizationObjective(teacher, vgg, {"conv3": 1.0}, {"conv1": 0.4, "conv3": 0.4}, 10.0, style_strength=5,
+                                    distillation=term)
+
+    own = {"content": content, "style": np.repeat(style[None], 2, axis=0)}
+    by_teacher, by_painting = objective("teacher")(own), objective("painting")(own)
+    assert float(by_teacher["style_loss"]) == pytest.approx(0.0, abs=1e-5) and float(by_teacher["distill_loss"]) < 1e-5
+    assert float(by_painting["style_loss"]) > 0.1
+    other_style = rng.random((64, 64, 3), dtype=np.float32)  # the student paints another style than the teacher's
+    target = objective("teacher")
+    out = target({"content": content, "style": np.repeat(other_style[None], 2, axis=0)})
+    teacher_images = target.distillation.teacher_images(ops.convert_to_tensor(content))
+    expected = target.loss_terms(out["stylized"], content, teacher_images)["style_loss"]
+    assert float(out["style_loss"]) > 0.01 and float(out["style_loss"]) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="style_target='photo': one of painting, teacher"):
+        Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, style_target="photo")
+
+
 @pytest.mark.slow
 def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path):
     """Guards the wiring (objective, train, checkpoints, MLflow): a student trained 6 steps, then resumed

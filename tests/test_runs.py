@@ -56,3 +56,15 @@ def test_the_fingerprint_covers_the_data(tmp_path):
     assert {k for k in shipped if shipped[k] != other[k]} == {"data"}
     # Not the step count or the learning rate: a longer run or another rate continues the same run.
     assert fingerprint(compose_train(["experiment=smoke", "trainer.steps=99", "trainer.learning_rate=1e-5"], tmp_path)) == shipped
+
+
+def test_the_teacher_style_target_enters_the_fingerprint_only_when_not_the_painting(tmp_path):
+    """A run against the teacher's textures is another run; runs against the painting keep their folders."""
+    from training.loop.runs import fingerprint
+
+    base = ["experiment=smoke", "style=starry", "model=realtime", "teacher=magenta_published"]
+    painting = fingerprint(compose_train(base, tmp_path))
+    assert "style_target" not in painting["teacher"]
+    assert fingerprint(compose_train([*base, "teacher.style_target=painting"], tmp_path)) == painting
+    textured = fingerprint(compose_train([*base, "teacher.style_target=teacher"], tmp_path))
+    assert textured["teacher"] == {**painting["teacher"], "style_target": "teacher"}

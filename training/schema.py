@@ -237,6 +237,7 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "model_path": PATH,
         "weight": number(0, why="the distillation term's weight beside the perceptual loss"),
         "loss": choice(*TEACHER_LOSSES),
+        "style_target": choice("painting", "teacher"),
     },
     "init": {
         "name": choice("magenta_published", "tfhub"),

@@ -220,8 +220,9 @@ def _build_objective(cfg, cache_dir, style_images=()):
         from training.objective.distillation import Distillation
 
         distillation = Distillation.from_config_group(cfg.teacher, cfg.paths, list(style_images))
-        log.info("distillation from teacher %s (teacher.weight=%g, %s)", cfg.teacher.name, distillation.weight,
-                 distillation.loss)
+        log.info("distillation from teacher %s (teacher.weight=%g, %s; style loss against the %s)", cfg.teacher.name,
+                 distillation.weight, distillation.loss,
+                 "teacher's images" if distillation.style_target == "teacher" else "painting")
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength,
                                                  distillation=distillation)
     optimizer = keras.optimizers.Adam(learning_rate(cfg.trainer), clipnorm=cfg.trainer.clipnorm)

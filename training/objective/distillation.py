@@ -2,7 +2,12 @@
 
 The term: the student's stylized batch against the teacher's stylization of the same content batch,
 a mean absolute (l1) or squared (l2) pixel error in [0, 1] units, times `teacher.weight`; the
-objective adds it to the perceptual loss (training/objective/objective.py). The teacher is frozen and runs in
+objective adds it to the perceptual loss (training/objective/objective.py). A pixel error rewards a
+blurred average of strokes the student cannot place exactly; `teacher.style_target=teacher` also
+makes the teacher's images the style loss's targets in place of the painting: each student image
+is scored against the Gram matrices of the teacher's image of the same crop, so the student learns
+the teacher's texture (its strokes, as the teacher paints them) rather than its own reading of the
+painting. The teacher is frozen and runs in
 inference mode: only its transfer network runs in the step, with the bottleneck of each training
 style computed once by its own style predictor. It is rebuilt from its file on every run, resumed
 or not, and never saved: checkpoints hold the student and its optimizer only.
@@ -19,6 +24,7 @@ import numpy as np
 from keras import ops
 
 PIXEL_LOSSES = ("l1", "l2")  # teacher.loss (training/config.py checks the config's)
+STYLE_TARGETS = ("painting", "teacher")  # teacher.style_target: the style loss's targets
 
 
 def load_teacher(teacher_cfg, paths_cfg) -> keras.Model:
@@ -55,11 +61,15 @@ class Distillation(keras.layers.Layer):
     (the batches' order of styles); without it every example takes row 0 (one style).
     """
 
-    def __init__(self, teacher: keras.Model, bottlenecks: np.ndarray, weight: float, loss: str = "l1", **kwargs):
+    def __init__(self, teacher: keras.Model, bottlenecks: np.ndarray, weight: float, loss: str = "l1",
+                 style_target: str = "painting", **kwargs):
         # float32: the content and stylized images come in as they are (no cast to a bf16/fp16 compute dtype)
         super().__init__(name="distillation", dtype="float32", **kwargs)
         if loss not in PIXEL_LOSSES:
             raise ValueError(f"loss={loss!r}: one of {', '.join(PIXEL_LOSSES)}")
+        if style_target not in STYLE_TARGETS:
+            raise ValueError(f"style_target={style_target!r}: one of {', '.join(STYLE_TARGETS)}")
+        self.style_target = style_target  # read by the objective, which owns the style loss
         self.teacher = teacher.get_layer("transformer")
         self.teacher.trainable = False
         self.bottlenecks = np.asarray(bottlenecks, np.float32)
@@ -70,7 +80,8 @@ class Distillation(keras.layers.Layer):
     def from_config_group(cls, teacher_cfg, paths_cfg, style_images: list[np.ndarray]) -> "Distillation":
         """The term a `configs/teacher/` config describes, for styles `style_images` (the batches' order)."""
         teacher = load_teacher(teacher_cfg, paths_cfg)
-        return cls(teacher, style_bottlenecks(teacher, style_images), teacher_cfg.weight, teacher_cfg.loss)
+        return cls(teacher, style_bottlenecks(teacher, style_images), teacher_cfg.weight, teacher_cfg.loss,
+                   teacher_cfg.get("style_target", "painting"))
 
     def teacher_images(self, content, style_index=None):
         """The teacher's stylization of `content` ([0, 1]), in inference mode and without gradients."""
@@ -79,8 +90,11 @@ class Distillation(keras.layers.Layer):
         bottleneck = ops.take(ops.convert_to_tensor(self.bottlenecks), style_index, axis=0)
         return ops.stop_gradient(self.teacher([content, bottleneck], training=False))
 
-    def call(self, content, stylized, style_index=None):
-        return self.weight * pixel_error(stylized, self.teacher_images(content, style_index), self.loss)
+    def call(self, content, stylized, style_index=None, teacher_images=None):
+        """The weighted pixel error; `teacher_images` when the objective already has them."""
+        if teacher_images is None:
+            teacher_images = self.teacher_images(content, style_index)
+        return self.weight * pixel_error(stylized, teacher_images, self.loss)
 
     def stylize(self, photos: list[np.ndarray], style_index: int, batch_size: int = 4) -> list[np.ndarray]:
         """The teacher's stylization of photos (same size, [0, 1]) with training style `style_index`."""

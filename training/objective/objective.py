@@ -104,9 +104,13 @@ class StylizationObjective(keras.Model):
         if self.style_gram_table is not None and "style_index" in inputs:
             index = inputs["style_index"]
             style_grams = {k: ops.take(table, index, axis=0) for k, table in self.style_gram_table.items()}
+        if self.distillation is None:
+            return {"stylized": stylized, **self.loss_terms(stylized, content, style, style_grams)}
+        teacher_images = self.distillation.teacher_images(content, inputs.get("style_index"))
+        if self.distillation.style_target == "teacher":  # each example's own target: its teacher image's Grams
+            style_grams = self._style_grams(ops.stop_gradient(ops.cast(teacher_images, stylized.dtype)))
         terms = self.loss_terms(stylized, content, style, style_grams)
-        if self.distillation is not None:
-            terms[DISTILL_LOSS] = self.distillation(content, stylized, inputs.get("style_index"))
+        terms[DISTILL_LOSS] = self.distillation(content, stylized, teacher_images=teacher_images)
         return {"stylized": stylized, **terms}
 
     def loss_terms(self, stylized, content, style, style_grams: dict | None = None) -> dict:

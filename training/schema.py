@@ -125,6 +125,7 @@ LEARNING_RATE_SCHEDULES = ("constant", "cosine")  # see training/loop/train.py l
 BACKBONES = ("inception_v3", "mobilenet_v2", "vgg16")
 TEACHERS = ("magenta_published", "model")  # see training/objective/distillation.py
 TEACHER_LOSSES = ("l1", "l2")
+TEACHER_STYLE_TARGETS = ("painting", "teacher")
 EXPORT_FORMATS = ("frozen_graph", "tflite_fp16", "coreml", "bender")
 ARBITRARY_FORMATS = ("frozen_graph", "tflite_fp16", "coreml")  # Bender has no conditional instance norm
 LOSS_NETWORK_LAYERS = ("conv1", "conv2", "conv3", "conv4")  # the loss network is VGG-16 to block 4
@@ -237,7 +238,7 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "model_path": PATH,
         "weight": number(0, why="the distillation term's weight beside the perceptual loss"),
         "loss": choice(*TEACHER_LOSSES),
-        "style_target": choice("painting", "teacher"),
+        "style_target": choice(*TEACHER_STYLE_TARGETS),
     },
     "init": {
         "name": choice("magenta_published", "tfhub"),

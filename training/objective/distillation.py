@@ -3,7 +3,7 @@
 The term: the student's stylized batch against the teacher's stylization of the same content batch,
 a mean absolute (l1) or squared (l2) pixel error in [0, 1] units, times `teacher.weight`; the
 objective adds it to the perceptual loss (training/objective/objective.py). A pixel error rewards a
-blurred average of strokes the student cannot place exactly; `teacher.style_target=teacher` also
+blurred average of strokes the student cannot place exactly; `teacher.style_target=teacher`
 makes the teacher's images the style loss's targets in place of the painting: each student image
 is scored against the Gram matrices of the teacher's image of the same crop, so the student learns
 the teacher's texture (its strokes, as the teacher paints them) rather than its own reading of the

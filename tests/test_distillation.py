@@ -48,7 +48,6 @@ def test_the_term_is_zero_on_the_teachers_own_images_and_weighted_otherwise():
     assert loss == pytest.approx(0.0, abs=1e-6) and np.allclose(teacher_images["painting"], expected, atol=1e-6)
 
 
-
 def test_teacher_style_target_scores_each_image_against_its_teacher_images_grams():
     """teacher.style_target=teacher: the style loss takes each example's teacher image as its style image
     (its Gram matrices) in place of the painting. The teacher as its own student scores 0 there, and

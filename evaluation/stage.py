@@ -272,15 +272,15 @@ def evaluate(cfg) -> dict:
     check_config(cfg, "evaluate", allow_other_keys=True)
     ev = cfg.evaluate
     external = device_lib.load(ev.device_results) if ev.get("device_results") else []  # validate before any work
-    models = compared_models(ev, cfg.paths)
-    main = models[0]
     content = load_content(cfg.data)
     photos = content.heldout_full[: int(ev.quality_photos)]
     photo_names = content.heldout_names[: int(ev.quality_photos)]
     heldout_count = len(photos)
-    if ev.get("extra_photos_dir"):
+    if ev.get("extra_photos_dir"):  # read before the exports are loaded and verified: a bad folder fails at once
         extra_names, extra = extra_photos(ev.extra_photos_dir, photo_names, cfg.data)
         photos, photo_names = [*photos, *extra], [*photo_names, *extra_names]
+    models = compared_models(ev, cfg.paths)
+    main = models[0]
     published_dir = Path(cfg.paths.published_dir)
     published_predictor_file = verified_path(published_dir, PUBLISHED_PREDICTOR_INT8)  # the pinned sha256
     published_transfer_file = verified_path(published_dir, PUBLISHED_TRANSFER_FP16)

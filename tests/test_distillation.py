@@ -83,6 +83,30 @@ def test_teacher_style_target_scores_each_image_against_its_teacher_images_grams
         Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, style_target="photo")
 
 
+def test_contrast_weight_adds_the_difference_of_per_channel_spreads_to_the_term():
+    """teacher.contrast_weight: inside the term, the mean |std(student) - std(teacher)| over each image's
+    channels. The teacher's own images score 0; an image with 0.8 of the teacher's deviation from its
+    channel means is off by 0.2 x the teacher's std, which a uniform shift (same spread) is not; a
+    negative weight is refused."""
+    from keras import ops
+
+    from training.objective.distillation import Distillation, style_bottlenecks
+
+    teacher, style, plain = _teacher_and_term()
+    term = Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, contrast_weight=3.0)
+    content = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+    expected = ops.convert_to_numpy(term.teacher_images(ops.convert_to_tensor(content)))
+    assert float(term(content, expected)) == pytest.approx(0.0, abs=1e-6)
+    means = expected.mean(axis=(1, 2), keepdims=True)
+    flatter = means + 0.8 * (expected - means)
+    contrast = 0.2 * float(expected.std(axis=(1, 2)).mean())
+    assert contrast > 0.01
+    assert float(term(content, flatter)) == pytest.approx(float(plain(content, flatter)) + 2.0 * 3.0 * contrast, rel=1e-4)
+    assert float(term(content, expected - 0.01)) == pytest.approx(float(plain(content, expected - 0.01)), rel=1e-4)
+    with pytest.raises(ValueError, match="contrast_weight=-1.0: a number >= 0"):
+        Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, contrast_weight=-1.0)
+
+
 @pytest.mark.slow
 def test_distillation_trains_the_student_only_logs_its_term_and_resumes(tmp_path):
     """Guards the wiring (objective, train, checkpoints, MLflow): a student trained 6 steps, then resumed

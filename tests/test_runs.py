@@ -59,7 +59,8 @@ def test_the_fingerprint_covers_the_data(tmp_path):
 
 
 def test_the_teacher_style_target_enters_the_fingerprint_only_when_not_the_painting(tmp_path):
-    """A run against the teacher's textures is another run; runs against the painting keep their folders."""
+    """A run against the teacher's textures, or with a contrast term, is another run; runs without them keep
+    their folders."""
     from training.loop.runs import fingerprint
 
     base = ["experiment=smoke", "style=starry", "model=realtime", "teacher=magenta_published"]
@@ -68,3 +69,6 @@ def test_the_teacher_style_target_enters_the_fingerprint_only_when_not_the_paint
     assert fingerprint(compose_train([*base, "teacher.style_target=painting"], tmp_path)) == painting
     textured = fingerprint(compose_train([*base, "teacher.style_target=teacher"], tmp_path))
     assert textured["teacher"] == {**painting["teacher"], "style_target": "teacher"}
+    assert "contrast_weight" not in painting["teacher"]
+    contrasted = fingerprint(compose_train([*base, "teacher.contrast_weight=2.5"], tmp_path))
+    assert contrasted["teacher"] == {**painting["teacher"], "contrast_weight": 2.5}

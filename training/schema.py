@@ -239,6 +239,7 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "weight": number(0, why="the distillation term's weight beside the perceptual loss"),
         "loss": choice(*TEACHER_LOSSES),
         "style_target": choice(*TEACHER_STYLE_TARGETS),
+        "contrast_weight": number(0, why="0: off"),
     },
     "init": {
         "name": choice("magenta_published", "tfhub"),

@@ -44,8 +44,10 @@ def teacher_fingerprint(teacher_cfg) -> dict:
     """The distillation term a run trains with: its teacher and weight (the teacher's file by name)."""
     return {"name": teacher_cfg.name, "model_path": str(teacher_cfg.get("model_path")),
             "weight": float(teacher_cfg.weight), "loss": teacher_cfg.loss,
-            # Only when not the default: runs against the painting keep the fingerprints (and folders) they had.
-            **({"style_target": teacher_cfg.style_target} if teacher_cfg.get("style_target", "painting") != "painting" else {})}
+            # Only when not the default: runs against the painting, without a contrast term, keep the fingerprints
+            # (and folders) they had.
+            **({"style_target": teacher_cfg.style_target} if teacher_cfg.get("style_target", "painting") != "painting" else {}),
+            **({"contrast_weight": float(teacher_cfg.contrast_weight)} if teacher_cfg.get("contrast_weight") else {})}
 
 
 def data_fingerprint(cfg) -> dict:

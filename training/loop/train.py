@@ -220,8 +220,9 @@ def _build_objective(cfg, cache_dir, style_images=()):
         from training.objective.distillation import Distillation
 
         distillation = Distillation.from_config_group(cfg.teacher, cfg.paths, list(style_images))
-        log.info("distillation from teacher %s (teacher.weight=%g, %s; style loss against the %s)", cfg.teacher.name,
+        log.info("distillation from teacher %s (teacher.weight=%g, %s%s; style loss against the %s)", cfg.teacher.name,
                  distillation.weight, distillation.loss,
+                 f" + {distillation.contrast_weight:g} x contrast" if distillation.contrast_weight else "",
                  "teacher's images" if distillation.style_target == "teacher" else "painting")
     objective = StylizationObjective.from_config(stylizer, loss_network, cfg.loss_network, cfg.style.strength,
                                                  distillation=distillation)

@@ -103,6 +103,8 @@ def test_contrast_weight_adds_the_difference_of_per_channel_spreads_to_the_term(
     assert contrast > 0.01
     assert float(term(content, flatter)) == pytest.approx(float(plain(content, flatter)) + 2.0 * 3.0 * contrast, rel=1e-4)
     assert float(term(content, expected - 0.01)) == pytest.approx(float(plain(content, expected - 0.01)), rel=1e-4)
+    held_out, _ = term.heldout(list(content), {"painting": list(flatter)})  # the same term on held-out photos
+    assert held_out == pytest.approx(float(term(content, flatter)), rel=1e-4)
     with pytest.raises(ValueError, match="contrast_weight=-1.0: a number >= 0"):
         Distillation(teacher, style_bottlenecks(teacher, [style]), weight=2.0, contrast_weight=-1.0)
 

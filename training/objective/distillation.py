@@ -106,14 +106,18 @@ class Distillation(keras.layers.Layer):
         bottleneck = ops.take(ops.convert_to_tensor(self.bottlenecks), style_index, axis=0)
         return ops.stop_gradient(self.teacher([content, bottleneck], training=False))
 
-    def call(self, content, stylized, style_index=None, teacher_images=None):
-        """The weighted pixel (and contrast) error; `teacher_images` when the objective already has them."""
-        if teacher_images is None:
-            teacher_images = self.teacher_images(content, style_index)
+    def error(self, stylized, teacher_images):
+        """The term before `weight`: the pixel error, plus contrast_weight x the contrast error."""
         error = pixel_error(stylized, teacher_images, self.loss)
         if self.contrast_weight:
             error = error + self.contrast_weight * contrast_error(stylized, teacher_images)
-        return self.weight * error
+        return error
+
+    def call(self, content, stylized, style_index=None, teacher_images=None):
+        """The weighted error; `teacher_images` when the objective already has them."""
+        if teacher_images is None:
+            teacher_images = self.teacher_images(content, style_index)
+        return self.weight * self.error(stylized, teacher_images)
 
     def stylize(self, photos: list[np.ndarray], style_index: int, batch_size: int = 4) -> list[np.ndarray]:
         """The teacher's stylization of photos (same size, [0, 1]) with training style `style_index`."""
@@ -125,10 +129,10 @@ class Distillation(keras.layers.Layer):
         return out
 
     def heldout(self, photos: list[np.ndarray], stylized: dict[str, list[np.ndarray]]) -> tuple[float, dict]:
-        """The term on held-out photos: (mean over styles of weight x pixel error, {style: teacher images}).
+        """The term on held-out photos: (mean over styles of weight x error, {style: teacher images}).
         stylized: the student's images of `photos` per style, in the training styles' order."""
         teacher = {name: self.stylize(photos, i) for i, name in enumerate(stylized)}
-        errors = [float(pixel_error(np.stack(stylized[name]), np.stack(teacher[name]), self.loss)) for name in stylized]
+        errors = [float(self.error(np.stack(stylized[name]), np.stack(teacher[name]))) for name in stylized]
         return self.weight * float(np.mean(errors)), teacher
 
 

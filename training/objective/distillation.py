@@ -27,8 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-PIXEL_LOSSES = ("l1", "l2")  # teacher.loss (training/config.py checks the config's)
-STYLE_TARGETS = ("painting", "teacher")  # teacher.style_target: the style loss's targets
+from training.schema import TEACHER_LOSSES, TEACHER_STYLE_TARGETS
 
 
 def load_teacher(teacher_cfg, paths_cfg) -> keras.Model:
@@ -78,10 +77,10 @@ class Distillation(keras.layers.Layer):
                  style_target: str = "painting", contrast_weight: float = 0.0, **kwargs):
         # float32: the content and stylized images come in as they are (no cast to a bf16/fp16 compute dtype)
         super().__init__(name="distillation", dtype="float32", **kwargs)
-        if loss not in PIXEL_LOSSES:
-            raise ValueError(f"loss={loss!r}: one of {', '.join(PIXEL_LOSSES)}")
-        if style_target not in STYLE_TARGETS:
-            raise ValueError(f"style_target={style_target!r}: one of {', '.join(STYLE_TARGETS)}")
+        if loss not in TEACHER_LOSSES:
+            raise ValueError(f"loss={loss!r}: one of {', '.join(TEACHER_LOSSES)}")
+        if style_target not in TEACHER_STYLE_TARGETS:
+            raise ValueError(f"style_target={style_target!r}: one of {', '.join(TEACHER_STYLE_TARGETS)}")
         if not contrast_weight >= 0:
             raise ValueError(f"contrast_weight={contrast_weight!r}: a number >= 0")
         self.style_target = style_target  # read by the objective, which owns the style loss

@@ -172,3 +172,19 @@ def test_a_fine_tune_of_the_published_model_keeps_it_as_its_teacher(tmp_path):
     assert compose_train(["style=starry", "init=magenta_published", "teacher.weight=2"], tmp_path).teacher.weight == 2
     student = compose_train(["style=starry", "model=realtime", "teacher=magenta_published"], tmp_path)
     assert student.teacher.weight == 20
+    assert (fine_tune.style.strength, fine_tune.teacher.contrast_weight) == (5, 0)
+
+
+def test_a_realtime_student_trains_with_a_stronger_style_and_the_contrast_term(tmp_path):
+    """With a teacher, model=realtime's distilled_style_strength (9) and distilled_contrast_weight (2.5)
+    become style.strength's and teacher.contrast_weight's defaults (docs/realtime.md); without a teacher,
+    or for another network, style.strength stays 5 and the term has no contrast part; the command line wins."""
+    for teacher in (["teacher=magenta_published"], ["teacher=model", "teacher.model_path=teacher.keras"]):
+        student = compose_train(["style=starry", "model=realtime", *teacher], tmp_path)
+        assert (student.style.strength, student.teacher.contrast_weight) == (9, 2.5)
+        magenta = compose_train(["style=starry", *teacher], tmp_path)
+        assert (magenta.style.strength, magenta.teacher.contrast_weight) == (5, 0)
+    assert compose_train(["style=starry", "model=realtime"], tmp_path).style.strength == 5
+    chosen = compose_train(["style=starry", "model=realtime", "teacher=magenta_published", "style.strength=7",
+                            "teacher.contrast_weight=0"], tmp_path)
+    assert (chosen.style.strength, chosen.teacher.contrast_weight) == (7, 0)

